@@ -111,6 +111,9 @@ class Interaction(Base):
     api_key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     source: Mapped[str] = mapped_column(String(32), default="api")  # api | cli | eval | synth
     messages: Mapped[list[Any]] = mapped_column(JSON)  # the conversation as the client sent it
+    # sha256 of the conversation including this answer: the next turn of a stateless client names its
+    # parent by sending exactly these messages back.
+    thread_sha256: Mapped[str] = mapped_column(String(64), index=True)
     retrieval_query: Mapped[str] = mapped_column(Text)
     collections: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)  # scope retrieval ran under
     filters: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
@@ -134,6 +137,13 @@ class Interaction(Base):
     passages: Mapped[list[Passage]] = relationship(
         back_populates="interaction", cascade="all, delete-orphan", order_by="Passage.rank"
     )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole record as JSON-ready data (the API's and ``ragloop logs --export``'s shape)."""
+        data = {c.name: getattr(self, c.name) for c in self.__table__.columns}
+        data["created_at"] = self.created_at.isoformat() + "Z"
+        data["passages"] = [p.to_dict() for p in self.passages]
+        return data
 
 
 class Passage(Base):
@@ -160,3 +170,6 @@ class Passage(Base):
     rank_fulltext: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     interaction: Mapped[Interaction] = relationship(back_populates="passages")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {c.name: getattr(self, c.name) for c in self.__table__.columns if c.name not in ("id", "interaction_id")}

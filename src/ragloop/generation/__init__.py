@@ -1,0 +1,1 @@
+"""Stage 3 of the loop: render the versioned prompt, generate a cited answer, and record the interaction."""

@@ -1,0 +1,343 @@
+"""The assistant: retrieve, render, generate, parse citations, and record the interaction.
+
+One ``Assistant`` per process serves every door (HTTP, ``ragloop ask``, evaluation). The interaction is
+committed to the database before the answer is handed back (before the final event when streaming), so an
+acknowledged answer is never lost; it holds what ``replay`` needs to rebuild the exact prompt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ragloop.config import Settings
+from ragloop.errors import RagloopError
+from ragloop.generation.backends import Backend, Generation, GenParams, OpenAIBackend, TransformersBackend
+from ragloop.generation.citations import parse_citations
+from ragloop.generation.models import resolve_model
+from ragloop.generation.prompts import get_template, prompt_sha256
+from ragloop.ingest.kb import KnowledgeBase
+from ragloop.retrieval.search import Hit, Retriever
+from ragloop.store import registry
+from ragloop.store.db import session_scope
+from ragloop.store.models import Interaction, KBVersion, ModelVersion, Passage
+
+ROLES = {"system", "user", "assistant"}
+FOLLOW_UP = re.compile(
+    r"^(and|but|also|what about|how about|why|so)\b|\b(it|its|they|them|their|this|that|these|those|he|she|his|her)\b",
+    re.IGNORECASE,
+)
+
+
+@dataclass
+class AnswerRequest:
+    """One turn as a door received it. ``collections`` is the caller's scope: None means every collection."""
+
+    messages: list[dict]
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    seed: int = 0
+    k: int | None = None
+    collections: list[str] | None = None
+    filters: dict | None = None
+    conversation_id: str | None = None
+    user_id: str | None = None
+    api_key_id: str | None = None
+    source: str = "api"
+
+
+@dataclass
+class AnswerResult:
+    interaction_id: str
+    conversation_id: str
+    turn_index: int
+    answer: str
+    citations: list[dict]
+    passages: list[Hit]
+    model_version: str
+    model_alias: str | None
+    kb_version: int | None
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    latency: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass
+class _Prepared:
+    req: AnswerRequest
+    messages: list[dict]
+    query: str
+    version: ModelVersion
+    alias: str | None
+    backend: Backend
+    adapter: str | None
+    hits: list[Hit]
+    kb_version: int | None
+    prompt: list[dict]
+    params: GenParams
+    conversation_id: str
+    turn_index: int
+    started: float
+    retrieve_s: float
+
+
+def normalise_messages(messages: Any, max_messages: int) -> list[dict]:
+    """OpenAI-style messages -> [{"role", "content": str}]; clear errors for anything else."""
+    if not isinstance(messages, list) or not messages:
+        raise RagloopError("`messages` must be a non-empty list of {role, content} objects.")
+    if len(messages) > max_messages:
+        raise RagloopError(f"Too many messages ({len(messages)} > {max_messages}).")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise RagloopError(f"messages[{i}] needs a role among {sorted(ROLES)}.")
+        content = m.get("content")
+        if isinstance(content, list):  # content parts: keep the text ones
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        if not isinstance(content, str):
+            raise RagloopError(f"messages[{i}].content must be a string or a list of text parts.")
+        out.append({"role": m["role"], "content": content})
+    if out[-1]["role"] != "user" or not out[-1]["content"].strip():
+        raise RagloopError("The last message must be a non-empty user message (the question).")
+    return out
+
+
+def retrieval_query(messages: list[dict]) -> str:
+    """The last user turn, with the previous user turn prepended when the last one reads as a follow-up
+    ("and for children?", "what does it say about fines?") and so cannot be searched on its own."""
+    users = [m["content"].strip() for m in messages if m["role"] == "user"]
+    last = users[-1]
+    if len(users) > 1 and (len(last.split()) <= 6 or FOLLOW_UP.search(last)):
+        return f"{users[-2]} {last}"
+    return last
+
+
+def thread_sha256(messages: list[dict]) -> str:
+    """Identity of a conversation so far (user and assistant turns, whitespace-trimmed)."""
+    turns = [[m["role"], m["content"].strip()] for m in messages if m["role"] in ("user", "assistant")]
+    return hashlib.sha256(json.dumps(turns, ensure_ascii=False).encode()).hexdigest()
+
+
+class Assistant:
+    """Serves answers for one project home. Thread-safe: the server calls it from a thread pool."""
+
+    def __init__(self, settings: Settings, kb: KnowledgeBase | None = None, retriever: Retriever | None = None):
+        self.settings = settings
+        self.kb = kb or KnowledgeBase(settings)
+        self.retriever = retriever or Retriever(settings, self.kb)
+        self.template = get_template(settings.prompt.template)
+        self._lock = threading.Lock()
+        self._backends: dict[str, Backend] = {}
+        self._tagged: set[int] = set()
+        gen = settings.generator
+        if gen.backend == "openai":
+            if not gen.base_url:
+                raise RagloopError("[generator] backend = 'openai' needs base_url.")
+            self.base_name = f"{gen.base_url}#{gen.model}"
+            self.base_hash = hashlib.sha256(self.base_name.encode()).hexdigest()
+            self.base_dir = None
+        elif gen.backend == "transformers":
+            self.base_dir, self.base_hash = resolve_model(gen.model, settings.model_cache_dir)
+            self.base_name = gen.model
+        else:
+            raise RagloopError(f"Unknown generator backend {gen.backend!r}: use 'transformers' or 'openai'.")
+        with session_scope(settings.db_url) as s:
+            self.base_version_id = registry.ensure_base_version(s, self.base_name, self.base_hash).id
+
+    # Models ----------------------------------------------------------------------------------------
+    def _backend(self, base_hash: str) -> Backend:
+        with self._lock:
+            backend = self._backends.get(base_hash)
+            if backend is None:
+                if base_hash != self.base_hash:
+                    raise RagloopError("This model version was trained on another base model than the one configured.")
+                gen = self.settings.generator
+                if gen.backend == "openai":
+                    import os
+
+                    backend = OpenAIBackend(gen.base_url or "", gen.model, os.environ.get(gen.api_key_env), gen.timeout_s)
+                else:
+                    backend = TransformersBackend(self.base_dir, threads=gen.threads)  # type: ignore[arg-type]
+                self._backends[base_hash] = backend
+            return backend
+
+    def backend_for(self, version: ModelVersion) -> tuple[Backend, str | None]:
+        """The loaded backend and adapter name for a model version (adapters are loaded on first use:
+        a newly promoted version is served without a restart)."""
+        backend = self._backend(version.base_hash)
+        if not version.adapter_path:
+            return backend, None
+        if isinstance(backend, TransformersBackend):
+            backend.load_adapter(version.id, version.adapter_path)
+        return backend, version.id
+
+    def warm_up(self) -> None:
+        """Load the default model now rather than on the first request."""
+        with session_scope(self.settings.db_url) as s:
+            version, _ = registry.resolve(s, None)
+        self.backend_for(version)
+
+    # Answering -------------------------------------------------------------------------------------
+    def _tag(self, version: int) -> None:
+        """Protect a KB version that a record refers to from compaction and cleanup."""
+        if version in self._tagged:
+            return
+        tag = self.kb.tag(version)
+        with session_scope(self.settings.db_url) as s:
+            row = s.get(KBVersion, version)
+            if row is not None and row.tag != tag:
+                row.tag = tag
+        self._tagged.add(version)
+
+    def _prepare(self, req: AnswerRequest) -> _Prepared:
+        started = time.perf_counter()
+        limits = self.settings.limits
+        messages = normalise_messages(req.messages, limits.max_messages)
+        gen = self.settings.generator
+        max_tokens = req.max_tokens if req.max_tokens is not None else gen.max_new_tokens
+        if not 1 <= max_tokens <= limits.max_new_tokens:
+            raise RagloopError(f"max_tokens must be between 1 and {limits.max_new_tokens}.")
+        temperature = req.temperature if req.temperature is not None else gen.temperature
+        if not 0 <= temperature <= 2:
+            raise RagloopError("temperature must be between 0 and 2.")
+        params = GenParams(max_new_tokens=max_tokens, temperature=temperature, seed=req.seed)
+
+        with session_scope(self.settings.db_url) as s:
+            version, alias = registry.resolve(s, req.model)
+            conversation_id, turn_index = self._conversation(s, req, messages)
+        backend, adapter = self.backend_for(version)
+
+        query = retrieval_query(messages)
+        t0 = time.perf_counter()
+        for _ in range(3):  # re-run if an ingest moved the KB under us, so the recorded version is exact
+            kb_version = self.kb.version or None
+            hits = self.retriever.search(
+                query, req.k or self.settings.retrieval.top_k, collections=req.collections, filters=req.filters
+            )
+            if (self.kb.version or None) == kb_version:
+                break
+        retrieve_s = time.perf_counter() - t0
+        if kb_version is not None and hits:
+            self._tag(kb_version)
+        prompt = self.template.render(messages, hits)
+        return _Prepared(req, messages, query, version, alias, backend, adapter, hits, kb_version, prompt, params,
+                         conversation_id, turn_index, started, retrieve_s)
+
+    def _conversation(self, session, req: AnswerRequest, messages: list[dict]) -> tuple[str, int]:  # type: ignore[no-untyped-def]
+        turn_index = sum(1 for m in messages if m["role"] == "user") - 1
+        if req.conversation_id:
+            return req.conversation_id[:64], turn_index
+        if turn_index > 0:
+            from sqlalchemy import select
+
+            parent = session.scalars(
+                select(Interaction.conversation_id).where(Interaction.thread_sha256 == thread_sha256(messages[:-1]))
+            ).first()
+            if parent:
+                return parent, turn_index
+        return uuid.uuid4().hex, turn_index
+
+    def _record(self, p: _Prepared, gen: Generation) -> AnswerResult:
+        citations = parse_citations(gen.text, p.hits)
+        total_s = time.perf_counter() - p.started
+        interaction = Interaction(
+            conversation_id=p.conversation_id,
+            turn_index=p.turn_index,
+            user_id=p.req.user_id,
+            api_key_id=p.req.api_key_id,
+            source=p.req.source,
+            messages=p.messages,
+            thread_sha256=thread_sha256([*p.messages, {"role": "assistant", "content": gen.text}]),
+            retrieval_query=p.query,
+            collections=p.req.collections,
+            filters=p.req.filters,
+            kb_version=p.kb_version,
+            template_id=self.template.id,
+            template_version=self.template.version,
+            prompt_sha256=prompt_sha256(p.prompt),
+            model_version=p.version.id,
+            model_alias=p.alias,
+            gen_params=p.params.to_dict(),
+            answer=gen.text,
+            citations=citations,
+            finish_reason=gen.finish_reason,
+            prompt_tokens=gen.prompt_tokens,
+            completion_tokens=gen.completion_tokens,
+            latency_retrieve_ms=p.retrieve_s * 1000,
+            latency_generate_ms=gen.generate_s * 1000,
+            latency_first_token_ms=None if gen.first_token_s is None else (p.retrieve_s + gen.first_token_s) * 1000,
+            latency_total_ms=total_s * 1000,
+            passages=[
+                Passage(
+                    rank=rank,
+                    chunk_id=h.chunk_id,
+                    doc_id=h.doc_id,
+                    collection=h.collection,
+                    source_path=h.source_path,
+                    title=h.title,
+                    section=h.section,
+                    text_sha256=h.text_sha256,
+                    kb_version=p.kb_version or 0,
+                    score=h.score,
+                    score_dense=h.score_dense,
+                    score_fulltext=h.score_fulltext,
+                    rank_dense=h.rank_dense,
+                    rank_fulltext=h.rank_fulltext,
+                )
+                for rank, h in enumerate(p.hits, start=1)
+            ],
+        )
+        with session_scope(self.settings.db_url) as s:
+            s.add(interaction)
+        return AnswerResult(
+            interaction_id=interaction.id,
+            conversation_id=p.conversation_id,
+            turn_index=p.turn_index,
+            answer=gen.text,
+            citations=citations,
+            passages=p.hits,
+            model_version=p.version.id,
+            model_alias=p.alias,
+            kb_version=p.kb_version,
+            prompt_tokens=gen.prompt_tokens,
+            completion_tokens=gen.completion_tokens,
+            finish_reason=gen.finish_reason,
+            latency={
+                "retrieve_ms": interaction.latency_retrieve_ms,
+                "generate_ms": interaction.latency_generate_ms,
+                "first_token_ms": interaction.latency_first_token_ms,
+                "total_ms": interaction.latency_total_ms,
+            },
+        )
+
+    def answer(self, req: AnswerRequest) -> AnswerResult:
+        """Answer one turn and return once it is recorded."""
+        p = self._prepare(req)
+        return self._record(p, p.backend.generate(p.prompt, p.params, p.adapter))
+
+    def stream(self, req: AnswerRequest) -> Iterator[str | AnswerResult]:
+        """Yield text deltas, then the ``AnswerResult`` once the interaction is committed.
+
+        Validation and retrieval happen before the first yield, so a bad request fails before any
+        streaming response has started."""
+        p = self._prepare(req)
+        return self._stream(p)
+
+    def _stream(self, p: _Prepared) -> Iterator[str | AnswerResult]:
+        final: Generation | None = None
+        for item in p.backend.stream(p.prompt, p.params, p.adapter):
+            if isinstance(item, Generation):
+                final = item
+            else:
+                yield item
+        assert final is not None
+        yield self._record(p, final)

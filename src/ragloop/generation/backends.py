@@ -1,0 +1,270 @@
+"""Generator backends: one small interface, two real implementations.
+
+* ``TransformersBackend`` runs a causal LM in-process (fp32 on CPU), optionally with PEFT LoRA adapters that
+  can be added and switched per request without a restart.
+* ``OpenAIBackend`` sends the same chat messages to any OpenAI-compatible server (vLLM with multi-LoRA,
+  llama.cpp server, OpenAI): the scale-out path.
+
+Both take the rendered chat messages, so what is recorded is what was sent whichever backend answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import httpx
+
+from ragloop.errors import GenerationError
+
+
+@dataclass
+class GenParams:
+    """Generation parameters, recorded with every interaction."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+
+
+@dataclass
+class Generation:
+    """What a backend returns after (or at the end of) a generation."""
+
+    text: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+    first_token_s: float | None = None
+    generate_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    def generate(self, messages: list[dict], params: GenParams, adapter: str | None = None) -> Generation: ...
+
+    def stream(self, messages: list[dict], params: GenParams, adapter: str | None = None) -> Iterator[str | Generation]:
+        """Yields text deltas, then one final ``Generation`` with the counts."""
+        ...
+
+
+class TransformersBackend:
+    """An in-process Hugging Face causal LM. One generation at a time per loaded model (a lock): on a CPU
+    two concurrent generations only thrash the cores, and a shared PEFT model must not switch adapters
+    under a running generation."""
+
+    def __init__(self, model_dir: Path, threads: int | None = None):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.torch = torch
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+            self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        except Exception as exc:
+            raise GenerationError(f"Could not load the generator from {model_dir}: {exc}") from exc
+        self.model.eval()
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.lock = threading.Lock()
+        self.adapters: dict[str, str] = {}  # adapter name -> path
+        self._peft = None
+
+    # Adapters --------------------------------------------------------------------------------------
+    def load_adapter(self, name: str, path: str) -> None:
+        """Attach a LoRA adapter under ``name`` (idempotent); later requests pick it per call."""
+        if name in self.adapters:
+            return
+        from peft import PeftModel
+
+        with self.lock:
+            try:
+                if self._peft is None:
+                    self._peft = PeftModel.from_pretrained(self.model, path, adapter_name=name)
+                    self._peft.eval()
+                else:
+                    self._peft.load_adapter(path, adapter_name=name)
+            except Exception as exc:
+                raise GenerationError(f"Could not load adapter {path}: {exc}") from exc
+            self.adapters[name] = path
+
+    def _model_for(self, adapter: str | None):  # type: ignore[no-untyped-def]
+        """The module to run, with the right adapter active. Call under the lock."""
+        if adapter is None:
+            if self._peft is None:
+                return self.model, None
+            return self._peft, self._peft.disable_adapter()
+        if adapter not in self.adapters:
+            raise GenerationError(f"Adapter {adapter!r} is not loaded.")
+        self._peft.set_adapter(adapter)
+        return self._peft, None
+
+    # Generation ------------------------------------------------------------------------------------
+    def encode(self, messages: list[dict]):  # type: ignore[no-untyped-def]
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        return ids["input_ids"], ids["attention_mask"]
+
+    def _gen_kwargs(self, params: GenParams) -> dict:
+        kwargs = {"max_new_tokens": params.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
+        if params.temperature > 0:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kwargs
+
+    def generate(self, messages: list[dict], params: GenParams, adapter: str | None = None) -> Generation:
+        result: Generation | None = None
+        text = []
+        for item in self.stream(messages, params, adapter):
+            if isinstance(item, Generation):
+                result = item
+            else:
+                text.append(item)
+        assert result is not None
+        return result
+
+    def stream(self, messages: list[dict], params: GenParams, adapter: str | None = None) -> Iterator[str | Generation]:
+        from transformers import TextIteratorStreamer
+
+        input_ids, attention_mask = self.encode(messages)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        box: dict = {}
+
+        def work() -> None:
+            try:
+                with self.lock:
+                    model, ctx = self._model_for(adapter)
+                    if params.temperature > 0:
+                        self.torch.manual_seed(params.seed)
+                    with self.torch.inference_mode():
+                        if ctx is not None:
+                            with ctx:
+                                box["out"] = model.generate(input_ids=input_ids, attention_mask=attention_mask, streamer=streamer, **self._gen_kwargs(params))
+                        else:
+                            box["out"] = model.generate(input_ids=input_ids, attention_mask=attention_mask, streamer=streamer, **self._gen_kwargs(params))
+            except BaseException as exc:  # surfaced in the consumer thread
+                box["error"] = exc
+                streamer.end()
+
+        start = time.perf_counter()
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        first: float | None = None
+        pieces: list[str] = []
+        for piece in streamer:
+            if not piece:
+                continue
+            if first is None:
+                first = time.perf_counter() - start
+            pieces.append(piece)
+            yield piece
+        thread.join()
+        if "error" in box:
+            raise GenerationError(f"Generation failed: {box['error']}") from box["error"]
+        out = box["out"][0, input_ids.shape[1] :]
+        n_new = int(out.shape[0])
+        eos = self.tokenizer.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos])
+        finish = "stop" if n_new and int(out[-1]) in eos_ids or n_new < params.max_new_tokens else "length"
+        yield Generation(
+            text="".join(pieces).strip(),
+            prompt_tokens=int(input_ids.shape[1]),
+            completion_tokens=n_new,
+            finish_reason=finish,
+            first_token_s=first,
+            generate_s=time.perf_counter() - start,
+        )
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible ``/v1/chat/completions`` server. ``adapter`` becomes the model name (vLLM
+    serves each LoRA under its own name)."""
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 120.0):
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout_s)
+
+    def _body(self, messages: list[dict], params: GenParams, adapter: str | None, stream: bool) -> dict:
+        body = {
+            "model": adapter or self.model,
+            "messages": messages,
+            "max_tokens": params.max_new_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "seed": params.seed,
+            "stream": stream,
+        }
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    def generate(self, messages: list[dict], params: GenParams, adapter: str | None = None) -> Generation:
+        start = time.perf_counter()
+        try:
+            resp = self.client.post("/chat/completions", json=self._body(messages, params, adapter, False))
+            resp.raise_for_status()
+            data = resp.json()
+            choice = data["choices"][0]
+        except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
+            raise GenerationError(f"The generator at {self.base_url} failed: {exc}") from exc
+        usage = data.get("usage") or {}
+        elapsed = time.perf_counter() - start
+        return Generation(
+            text=(choice["message"].get("content") or "").strip(),
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            completion_tokens=int(usage.get("completion_tokens", 0)),
+            finish_reason=choice.get("finish_reason") or "stop",
+            first_token_s=elapsed,
+            generate_s=elapsed,
+        )
+
+    def stream(self, messages: list[dict], params: GenParams, adapter: str | None = None) -> Iterator[str | Generation]:
+        start = time.perf_counter()
+        first: float | None = None
+        pieces: list[str] = []
+        usage: dict = {}
+        finish = "stop"
+        try:
+            with self.client.stream("POST", "/chat/completions", json=self._body(messages, params, adapter, True)) as resp:
+                resp.raise_for_status()
+                for line in resp.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    payload = line[5:].strip()
+                    if payload == "[DONE]":
+                        break
+                    event = json.loads(payload)
+                    usage = event.get("usage") or usage
+                    for choice in event.get("choices") or []:
+                        piece = (choice.get("delta") or {}).get("content") or ""
+                        finish = choice.get("finish_reason") or finish
+                        if piece:
+                            if first is None:
+                                first = time.perf_counter() - start
+                            pieces.append(piece)
+                            yield piece
+        except (httpx.HTTPError, ValueError) as exc:
+            raise GenerationError(f"The generator at {self.base_url} failed while streaming: {exc}") from exc
+        yield Generation(
+            text="".join(pieces).strip(),
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            completion_tokens=int(usage.get("completion_tokens", 0)),
+            finish_reason=finish,
+            first_token_s=first,
+            generate_s=time.perf_counter() - start,
+        )

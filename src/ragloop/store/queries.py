@@ -1,0 +1,43 @@
+"""Read-side queries over recorded interactions, shared by ``ragloop logs`` and the web UI."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+
+from sqlalchemy import Select, or_, select
+from sqlalchemy.orm import Session, selectinload
+
+from ragloop.store.models import Interaction
+
+
+def interaction_query(
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    model: str | None = None,
+    text: str | None = None,
+    conversation_id: str | None = None,
+) -> Select:
+    """A select over interactions, oldest first. ``text`` matches the question or the answer (case-insensitive)."""
+    q = select(Interaction).options(selectinload(Interaction.passages)).order_by(Interaction.created_at, Interaction.id)
+    if since:
+        q = q.where(Interaction.created_at >= since)
+    if until:
+        q = q.where(Interaction.created_at < until)
+    if model:
+        q = q.where(or_(Interaction.model_version == model, Interaction.model_alias == model))
+    if conversation_id:
+        q = q.where(Interaction.conversation_id == conversation_id)
+    if text:
+        pattern = f"%{text.replace('\\', '\\\\').replace('%', '\\%').replace('_', '\\_')}%"
+        q = q.where(or_(Interaction.retrieval_query.ilike(pattern, escape="\\"), Interaction.answer.ilike(pattern, escape="\\")))
+    return q
+
+
+def iter_interactions(session: Session, limit: int | None = None, **filters) -> Iterator[Interaction]:  # type: ignore[no-untyped-def]
+    """Stream matching interactions in batches, so exporting millions of records stays in constant memory."""
+    q = interaction_query(**filters)
+    if limit:
+        q = q.limit(limit)
+    yield from session.scalars(q.execution_options(yield_per=500))
