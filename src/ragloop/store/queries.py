@@ -30,7 +30,8 @@ def interaction_query(
     if conversation_id:
         q = q.where(Interaction.conversation_id == conversation_id)
     if text:
-        pattern = f"%{text.replace('\\', '\\\\').replace('%', '\\%').replace('_', '\\_')}%"
+        escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        pattern = f"%{escaped}%"
         q = q.where(or_(Interaction.retrieval_query.ilike(pattern, escape="\\"), Interaction.answer.ilike(pattern, escape="\\")))
     return q
 

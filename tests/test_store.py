@@ -1,0 +1,143 @@
+"""Storage tests, run on SQLite and on PostgreSQL (RAGLOOP_TEST_POSTGRES_URL; `make test` starts one).
+
+A missing PostgreSQL fails these tests instead of skipping them: production runs on it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from ragloop.errors import AuthError, NotFound
+from ragloop.store import registry
+from ragloop.store.db import dispose_all, get_engine, session_scope
+from ragloop.store.keys import create_key, hash_key, revoke_key, verify_key
+from ragloop.store.models import ApiKey, Interaction, Passage, utcnow
+from ragloop.store.queries import iter_interactions
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+        return
+    base = os.environ.get("RAGLOOP_TEST_POSTGRES_URL")
+    if not base:
+        pytest.fail("RAGLOOP_TEST_POSTGRES_URL is not set: run the suite with `make test` (it starts PostgreSQL).")
+    name = f"ragloop_t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = base.rsplit("/", 1)[0] + "/" + name
+    yield url
+    dispose_all()
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def make_interaction(**overrides) -> Interaction:
+    fields = dict(
+        conversation_id="c1",
+        turn_index=0,
+        messages=[{"role": "user", "content": "What is the right to erasure?"}],
+        thread_sha256="t" * 64,
+        retrieval_query="What is the right to erasure?",
+        kb_version=3,
+        template_id="cited-answer",
+        template_version=1,
+        prompt_sha256="p" * 64,
+        model_version="base-abc",
+        gen_params={"max_new_tokens": 64, "temperature": 0.0},
+        answer="The data subject may obtain erasure [1].",
+        citations=[{"n": 1, "valid": True}],
+        passages=[
+            Passage(rank=1, chunk_id="k1", doc_id="d1", collection="gdpr", source_path="gdpr.xml", title="GDPR",
+                    section="Article 17", text_sha256="h" * 64, kb_version=3, score=0.03, score_dense=0.8,
+                    score_fulltext=7.1, rank_dense=1, rank_fulltext=2),
+            Passage(rank=2, chunk_id="k2", doc_id="d1", collection="gdpr", source_path="gdpr.xml", title="GDPR",
+                    section="Article 16", text_sha256="i" * 64, kb_version=3, score=0.02),
+        ],
+    )
+    fields.update(overrides)
+    return Interaction(**fields)
+
+
+def test_migrations_create_schema(db_url):
+    engine = get_engine(db_url)
+    tables = set(sa.inspect(engine).get_table_names())
+    assert {"interactions", "passages", "documents", "kb_versions", "api_keys", "model_versions", "model_aliases",
+            "alembic_version"} <= tables
+    get_engine(db_url)  # idempotent
+
+
+def test_interaction_round_trip_keeps_every_field(db_url):
+    with session_scope(db_url) as s:
+        s.add(make_interaction())
+    with session_scope(db_url) as s:
+        (row,) = s.scalars(sa.select(Interaction)).all()
+        data = row.to_dict()
+    assert data["messages"][0]["content"] == "What is the right to erasure?"
+    assert [p["chunk_id"] for p in data["passages"]] == ["k1", "k2"]
+    assert data["passages"][0]["score_fulltext"] == pytest.approx(7.1)
+    assert data["gen_params"] == {"max_new_tokens": 64, "temperature": 0.0}
+
+
+def test_failed_transaction_leaves_nothing(db_url):
+    with pytest.raises(RuntimeError), session_scope(db_url) as s:
+        s.add(make_interaction())
+        s.flush()
+        raise RuntimeError("crash mid-write")
+    with session_scope(db_url) as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(Interaction)) == 0
+        assert s.scalar(sa.select(sa.func.count()).select_from(Passage)) == 0
+
+
+def test_keys_are_stored_hashed_and_verified(db_url):
+    with session_scope(db_url) as s:
+        key, secret = create_key(s, "ops", admin=True, collections=["gdpr"])
+    with session_scope(db_url) as s:
+        stored = s.get(ApiKey, key.id)
+        assert stored.key_hash == hash_key(secret) and secret not in (stored.key_hash, stored.prefix)
+        assert verify_key(s, secret).collections == ["gdpr"]
+        with pytest.raises(AuthError):
+            verify_key(s, secret + "x")
+        with pytest.raises(AuthError):
+            verify_key(s, None)
+        revoke_key(s, key.id)
+    with session_scope(db_url) as s, pytest.raises(AuthError):
+        verify_key(s, secret)
+
+
+def test_registry_resolves_aliases_and_versions(db_url):
+    with session_scope(db_url) as s:
+        base = registry.ensure_base_version(s, "packaged", "f" * 64)
+        assert registry.resolve(s, None)[0].id == base.id  # no production alias yet: base
+        assert registry.resolve(s, "base") == (base, "base")
+        assert registry.resolve(s, base.id) == (base, None)
+        registry.set_alias(s, "production", base.id)
+        assert registry.resolve(s, None)[1] == "production"
+        with pytest.raises(NotFound, match="Known models"):
+            registry.resolve(s, "gpt-4")
+        with pytest.raises(NotFound):
+            registry.set_alias(s, "candidate", "nope")
+
+
+def test_log_queries_filter_by_date_model_and_text(db_url):
+    now = utcnow()
+    with session_scope(db_url) as s:
+        s.add(make_interaction(created_at=now - timedelta(days=3), model_version="v1"))
+        s.add(make_interaction(created_at=now, model_version="v2", answer="Fines up to 4 % [1].",
+                               retrieval_query="fines 100%_off"))
+    with session_scope(db_url) as s:
+        assert len(list(iter_interactions(s))) == 2
+        assert [i.model_version for i in iter_interactions(s, since=now - timedelta(days=1))] == ["v2"]
+        assert [i.model_version for i in iter_interactions(s, model="v1")] == ["v1"]
+        assert [i.model_version for i in iter_interactions(s, text="FINES")] == ["v2"]
+        assert [i.model_version for i in iter_interactions(s, text="100%_")] == ["v2"]  # wildcards are literal
+        assert [i.model_version for i in iter_interactions(s, text="%")] == ["v2"]  # literal, not match-all
+        assert len(list(iter_interactions(s, limit=1))) == 1
