@@ -19,7 +19,11 @@ from rich.table import Table
 from ragloop.config import Settings, init_home, load_settings
 from ragloop.errors import RagloopError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="ragloop: a RAG assistant that trains on its own traffic.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="ragloop: a RAG assistant that trains on its own traffic.",
+)
 kb_app = typer.Typer(no_args_is_help=True, help="Knowledge-base versions.")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys (stored hashed).")
 models_app = typer.Typer(no_args_is_help=True, help="Model versions and aliases.")
@@ -29,7 +33,10 @@ app.add_typer(models_app, name="models")
 
 console = Console()
 err = Console(stderr=True)
-HomeOpt = Annotated[Path | None, typer.Option("--home", help="Project home (default: RAGLOOP_HOME or the nearest ragloop.toml).")]
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option("--home", help="Project home (default: RAGLOOP_HOME or the nearest ragloop.toml)."),
+]
 
 
 def _settings(home: Path | None) -> Settings:
@@ -50,7 +57,9 @@ def main() -> None:  # pragma: no cover - console script
 
 
 @app.command()
-def init(directory: Annotated[Path, typer.Argument(help="Folder to create the home in.")] = Path(".")) -> None:
+def init(
+    directory: Annotated[Path, typer.Argument(help="Folder to create the home in.")] = Path("."),
+) -> None:
     """Create a project home: ragloop.toml and data/."""
     home = init_home(directory)
     load_settings(home)
@@ -59,7 +68,9 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder to create the ho
 
 @app.command()
 def ingest(
-    paths: Annotated[list[Path], typer.Argument(help="Files or folders (.txt .md .html .pdf .json .jsonl .xml).")],
+    paths: Annotated[
+        list[Path], typer.Argument(help="Files or folders (.txt .md .html .pdf .json .jsonl .xml).")
+    ],
     collection: Annotated[str | None, typer.Option(help="Collection the documents belong to.")] = None,
     home: HomeOpt = None,
 ) -> None:
@@ -67,7 +78,13 @@ def ingest(
     from ragloop.ingest.pipeline import ingest_paths
 
     settings = _settings(home)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    ) as bar:
         task = bar.add_task("ingesting", total=None)
 
         def progress(name: str, done: int, total: int) -> None:
@@ -80,7 +97,12 @@ def ingest(
 
 
 def _print_report(report) -> None:  # type: ignore[no-untyped-def]
-    for label, items in (("added", report.added), ("replaced", report.replaced), ("unchanged", report.unchanged), ("removed", report.removed)):
+    for label, items in (
+        ("added", report.added),
+        ("replaced", report.replaced),
+        ("unchanged", report.unchanged),
+        ("removed", report.removed),
+    ):
         if items:
             console.print(f"{label}: {len(items)}")
     for source, message in report.errors:
@@ -117,8 +139,15 @@ def kb_versions(home: HomeOpt = None) -> None:
     with session_scope(settings.db_url) as s:
         for v in s.scalars(select(KBVersion).order_by(KBVersion.version)):
             c = v.change or {}
-            table.add_row(str(v.version), v.created_at.isoformat(timespec="seconds"), str(v.n_chunks),
-                          str(len(c.get("added", []))), str(len(c.get("replaced", []))), str(len(c.get("removed", []))), v.tag or "")
+            table.add_row(
+                str(v.version),
+                v.created_at.isoformat(timespec="seconds"),
+                str(v.n_chunks),
+                str(len(c.get("added", []))),
+                str(len(c.get("replaced", []))),
+                str(len(c.get("removed", []))),
+                v.tag or "",
+            )
     console.print(table)
 
 
@@ -135,7 +164,9 @@ def kb_compact(home: HomeOpt = None) -> None:
 def ask(
     question: Annotated[str, typer.Argument()],
     model: Annotated[str | None, typer.Option(help="Model version or alias.")] = None,
-    collection: Annotated[list[str] | None, typer.Option(help="Restrict retrieval to these collections.")] = None,
+    collection: Annotated[
+        list[str] | None, typer.Option(help="Restrict retrieval to these collections.")
+    ] = None,
     k: Annotated[int | None, typer.Option(help="Passages to show the model.")] = None,
     max_tokens: Annotated[int | None, typer.Option()] = None,
     stream: Annotated[bool, typer.Option(help="Print tokens as they come.")] = True,
@@ -147,8 +178,14 @@ def ask(
 
     settings = _settings(home)
     assistant = Assistant(settings)
-    req = AnswerRequest(messages=[{"role": "user", "content": question}], model=model, k=k, max_tokens=max_tokens,
-                        collections=collection or None, source="cli")
+    req = AnswerRequest(
+        messages=[{"role": "user", "content": question}],
+        model=model,
+        k=k,
+        max_tokens=max_tokens,
+        collections=collection or None,
+        source="cli",
+    )
     result: AnswerResult | None = None
     if stream and not as_json:
         for item in assistant.stream(req):
@@ -175,8 +212,17 @@ def _result_json(result) -> dict:  # type: ignore[no-untyped-def]
         "citations": result.citations,
         "model_version": result.model_version,
         "kb_version": result.kb_version,
-        "passages": [{"rank": i, "passage_id": h.chunk_id, "source_path": h.source_path, "title": h.title, "section": h.section, "score": h.score}
-                     for i, h in enumerate(result.passages, 1)],
+        "passages": [
+            {
+                "rank": i,
+                "passage_id": h.chunk_id,
+                "source_path": h.source_path,
+                "title": h.title,
+                "section": h.section,
+                "score": h.score,
+            }
+            for i, h in enumerate(result.passages, 1)
+        ],
         "latency_ms": result.latency,
     }
 
@@ -187,13 +233,17 @@ def _print_sources(result) -> None:  # type: ignore[no-untyped-def]
         mark = "[bold green]cited[/]" if i in cited else "[dim]shown[/]"
         where = f"{h.source_path}" + (f" › {h.section}" if h.section else "")
         console.print(f"  [{i}] {mark} {where}", highlight=False)
-    console.print(f"[dim]interaction {result.interaction_id} · model {result.model_version} · KB v{result.kb_version} · "
-                  f"{result.latency['total_ms']:.0f} ms[/]")
+    console.print(
+        f"[dim]interaction {result.interaction_id} · model {result.model_version} · KB v{result.kb_version} · "
+        f"{result.latency['total_ms']:.0f} ms[/]"
+    )
 
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Bind address (auth turns on by default off loopback).")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Bind address (auth turns on by default off loopback).")
+    ] = None,
     port: Annotated[int | None, typer.Option()] = None,
     auth: Annotated[str | None, typer.Option(help="auto | on | off")] = None,
     home: HomeOpt = None,
@@ -247,7 +297,9 @@ def logs(
     text: Annotated[str | None, typer.Option(help="Text in the question or answer.")] = None,
     conversation: Annotated[str | None, typer.Option(help="Conversation id.")] = None,
     limit: Annotated[int | None, typer.Option(help="At most this many.")] = None,
-    export: Annotated[Path | None, typer.Option(help="Write full records as JSONL to this file ('-' for stdout).")] = None,
+    export: Annotated[
+        Path | None, typer.Option(help="Write full records as JSONL to this file ('-' for stdout).")
+    ] = None,
     home: HomeOpt = None,
 ) -> None:
     """List, filter and export recorded interactions."""
@@ -255,7 +307,9 @@ def logs(
     from ragloop.store.queries import iter_interactions
 
     settings = _settings(home)
-    filters = dict(since=_date(since), until=_date(until), model=model, text=text, conversation_id=conversation)
+    filters = dict(
+        since=_date(since), until=_date(until), model=model, text=text, conversation_id=conversation
+    )
     with session_scope(settings.db_url) as s:
         rows = iter_interactions(s, limit=limit, **filters)
         if export is not None:
@@ -274,9 +328,15 @@ def logs(
         table = Table("id", "when", "model", "question", "answer", "cites", "ms")
         for i in rows:
             question = i.messages[-1]["content"] if i.messages else ""
-            table.add_row(i.id[:12], i.created_at.isoformat(timespec="seconds"), i.model_alias or i.model_version,
-                          question[:60], i.answer[:60].replace("\n", " "), str(sum(1 for c in i.citations if c.get("valid"))),
-                          f"{i.latency_total_ms:.0f}")
+            table.add_row(
+                i.id[:12],
+                i.created_at.isoformat(timespec="seconds"),
+                i.model_alias or i.model_version,
+                question[:60],
+                i.answer[:60].replace("\n", " "),
+                str(sum(1 for c in i.citations if c.get("valid"))),
+                f"{i.latency_total_ms:.0f}",
+            )
         console.print(table)
 
 
@@ -284,7 +344,9 @@ def logs(
 def keys_create(
     name: Annotated[str, typer.Argument()],
     admin: Annotated[bool, typer.Option(help="May ingest and administer.")] = False,
-    collection: Annotated[list[str] | None, typer.Option(help="Scope to these collections (repeat); default all.")] = None,
+    collection: Annotated[
+        list[str] | None, typer.Option(help="Scope to these collections (repeat); default all.")
+    ] = None,
     home: HomeOpt = None,
 ) -> None:
     """Create an API key; the secret is printed once and stored only hashed."""
@@ -293,7 +355,9 @@ def keys_create(
 
     with session_scope(_settings(home).db_url) as s:
         key, secret = create_key(s, name, admin=admin, collections=collection or None)
-    err.print(f"key {key.id} ({'admin' if admin else 'user'}; collections: {', '.join(collection) if collection else 'all'}) — store it now, it is not shown again:")
+    err.print(
+        f"key {key.id} ({'admin' if admin else 'user'}; collections: {', '.join(collection) if collection else 'all'}) — store it now, it is not shown again:"
+    )
     print(secret)
 
 
@@ -306,13 +370,22 @@ def keys_list(home: HomeOpt = None) -> None:
     table = Table("id", "name", "prefix", "admin", "collections", "created", "revoked")
     with session_scope(_settings(home).db_url) as s:
         for k in list_keys(s):
-            table.add_row(k.id, k.name, k.prefix + "…", "yes" if k.admin else "", ", ".join(k.collections or []) or "all",
-                          k.created_at.isoformat(timespec="seconds"), k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "")
+            table.add_row(
+                k.id,
+                k.name,
+                k.prefix + "…",
+                "yes" if k.admin else "",
+                ", ".join(k.collections or []) or "all",
+                k.created_at.isoformat(timespec="seconds"),
+                k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "",
+            )
     console.print(table)
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: Annotated[str, typer.Argument(help="Key id or prefix.")], home: HomeOpt = None) -> None:
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="Key id or prefix.")], home: HomeOpt = None
+) -> None:
     """Revoke a key: it stops working on the next request."""
     from ragloop.store.db import session_scope
     from ragloop.store.keys import revoke_key
@@ -331,12 +404,20 @@ def models_list(home: HomeOpt = None) -> None:
     table = Table("version", "aliases", "base", "adapter", "created")
     with session_scope(_settings(home).db_url) as s:
         for mv, aliases in list_models(s):
-            table.add_row(mv.id, ", ".join(aliases), mv.base_model, mv.adapter_path or "", mv.created_at.isoformat(timespec="seconds"))
+            table.add_row(
+                mv.id,
+                ", ".join(aliases),
+                mv.base_model,
+                mv.adapter_path or "",
+                mv.created_at.isoformat(timespec="seconds"),
+            )
     console.print(table)
 
 
 @models_app.command("alias")
-def models_alias(name: Annotated[str, typer.Argument()], version: Annotated[str, typer.Argument()], home: HomeOpt = None) -> None:
+def models_alias(
+    name: Annotated[str, typer.Argument()], version: Annotated[str, typer.Argument()], home: HomeOpt = None
+) -> None:
     """Point an alias (production, candidate, ...) at a model version."""
     from ragloop.store.db import session_scope
     from ragloop.store.registry import set_alias
@@ -344,3 +425,207 @@ def models_alias(name: Annotated[str, typer.Argument()], version: Annotated[str,
     with session_scope(_settings(home).db_url) as s:
         set_alias(s, name, version)
     console.print(f"{name} → {version}")
+
+
+# ---- Feedback, review, datasets (stages 4-6) ---------------------------------------------------------
+dataset_app = typer.Typer(no_args_is_help=True, help="Curated, versioned training datasets.")
+review_app = typer.Typer(no_args_is_help=True, help="The expert review queue.")
+app.add_typer(dataset_app, name="dataset")
+app.add_typer(review_app, name="review")
+
+
+@app.command()
+def feedback(
+    interaction_id: Annotated[str, typer.Argument()],
+    thumbs: Annotated[str | None, typer.Option(help="up or down")] = None,
+    rating: Annotated[int | None, typer.Option(help="1-5")] = None,
+    comment: Annotated[str | None, typer.Option()] = None,
+    correction: Annotated[str | None, typer.Option(help="The corrected answer (cite passages as [n]).")] = None,
+    gold: Annotated[list[int] | None, typer.Option(help="Shown passage number that answers the question (repeat).")] = None,
+    irrelevant: Annotated[list[int] | None, typer.Option(help="Shown passage number that is irrelevant (repeat).")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Tag (repeat).")] = None,
+    reviewer: Annotated[str, typer.Option(help="Reviewer id; several reviewers are kept apart.")] = "cli",
+    home: HomeOpt = None,
+) -> None:
+    """Rate, correct or mark the gold passages of a recorded answer."""
+    from ragloop.feedback.service import add_feedback
+    from ragloop.store.db import session_scope
+
+    data = {k: v for k, v in dict(thumbs=thumbs, rating=rating, comment=comment, corrected_answer=correction,
+                                  gold=gold, irrelevant=irrelevant, tags=tag, reviewer_id=reviewer).items() if v is not None}
+    with session_scope(_settings(home).db_url) as s:
+        fb = add_feedback(s, interaction_id, data)
+    console.print(f"feedback {fb.id} recorded for {interaction_id} by {fb.reviewer_id}")
+
+
+@review_app.command("sample")
+def review_sample(
+    n: Annotated[int, typer.Option(help="How many to add.")] = 20,
+    queue: Annotated[str, typer.Option()] = "default",
+    seed: Annotated[int, typer.Option()] = 0,
+    home: HomeOpt = None,
+) -> None:
+    """Add interactions to the review queue: thumbs-down first, then low retrieval scores, then random."""
+    from ragloop.feedback.review import sample_queue
+    from ragloop.store.db import session_scope
+
+    with session_scope(_settings(home).db_url) as s:
+        r = sample_queue(s, n, queue=queue, seed=seed)
+    console.print(f"queued {r.total}: {r.thumbs_down} thumbs-down, {r.low_score} low score, {r.random} random "
+                  f"— review them at http://127.0.0.1:8000/review")
+
+
+@app.command()
+def synth(
+    n: Annotated[int, typer.Option(help="Questions to generate.")] = 50,
+    out: Annotated[Path, typer.Option(help="Generic QA JSONL to write.")] = Path("synth.jsonl"),
+    method: Annotated[str, typer.Option(help="llm (the generator or --teacher-url) or extractive (no model).")] = "llm",
+    teacher_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL of a teacher model.")] = None,
+    teacher_model: Annotated[str | None, typer.Option()] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    home: HomeOpt = None,
+) -> None:
+    """Generate question/answer pairs from the knowledge base (training data before there is traffic)."""
+    from ragloop.datasets.synth import synthesize
+
+    settings = _settings(home)
+    with Progress(TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err) as bar:
+        task = bar.add_task("synth", total=n)
+        counts = synthesize(settings, n, out, method=method, teacher_url=teacher_url, teacher_model=teacher_model,
+                            seed=seed, progress=lambda done, total: bar.update(task, completed=done))
+    console.print(f"wrote {counts['written']} to {out} (unparsed {counts['unparsed']}, unsupported {counts['unsupported']})")
+
+
+@dataset_app.command("build")
+def dataset_build(
+    name: Annotated[str, typer.Option(help="Dataset name.")] = "dataset",
+    policy: Annotated[Path | None, typer.Option(help="Curation policy file (YAML/JSON); default policy otherwise.")] = None,
+    interactions: Annotated[bool, typer.Option(help="Use recorded interactions.")] = True,
+    import_: Annotated[list[str] | None, typer.Option("--import", help="[FORMAT:]FILE of QA data (hotpotqa, squad, pubmedqa, apibench, generic).")] = None,
+    eval_set: Annotated[list[Path] | None, typer.Option(help="Evaluation set to decontaminate against (repeat).")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    min_examples: Annotated[int, typer.Option(help="Fail if fewer examples pass.")] = 0,
+    home: HomeOpt = None,
+) -> None:
+    """Curate, anonymise, split and RAFT-format a dataset version (same inputs + seed = same hash)."""
+    import shlex
+
+    from ragloop.curation.policy import load_policy
+    from ragloop.datasets.build import build_dataset
+
+    settings = _settings(home)
+    imports = []
+    for spec in import_ or []:
+        fmt, _, path = spec.rpartition(":") if ":" in spec and not Path(spec).exists() else ("", "", spec)
+        imports.append((fmt or "auto", Path(path)))
+    command = "ragloop " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["dataset"] else ""
+    report = build_dataset(settings, load_policy(policy), name=name, from_interactions=interactions, imports=imports,
+                           eval_sets=list(eval_set or []), seed=seed, min_examples=min_examples, command=command)
+    _print_counts(report.counts)
+    console.print(f"{'built' if report.created else 'unchanged (identical version exists)'}: [bold]{report.dataset_id}[/]")
+
+
+def _print_counts(counts: dict) -> None:
+    for source, n in counts.get("sources", {}).items():
+        console.print(f"source {source}: {n}")
+    for f in counts.get("filters", []):
+        reasons = ", ".join(f"{k} {v}" for k, v in f["reasons"].items())
+        console.print(f"  filter {f['filter']:<20} dropped {f['dropped']:>4} of {f['before']:<4} {reasons}")
+    if counts.get("decontamination"):
+        console.print(f"decontamination dropped: {counts['decontamination']}")
+    if counts.get("pii"):
+        console.print(f"PII replaced: {counts['pii']}")
+    if counts.get("examples"):
+        console.print("examples: " + ", ".join(f"{k} {v}" for k, v in counts["examples"].items()))
+
+
+@dataset_app.command("list")
+def dataset_list(home: HomeOpt = None) -> None:
+    """Dataset versions, newest first."""
+    from sqlalchemy import select
+
+    from ragloop.store.db import session_scope
+    from ragloop.store.models import DatasetVersion
+
+    table = Table("id", "name", "created", "source", "train", "val", "test", "erased")
+    with session_scope(_settings(home).db_url) as s:
+        for dv in s.scalars(select(DatasetVersion).order_by(DatasetVersion.created_at.desc())):
+            ex = (dv.counts or {}).get("examples", {})
+            table.add_row(dv.id, dv.name, dv.created_at.isoformat(timespec="seconds"), dv.source,
+                          *(str(ex.get(k, 0)) for k in ("train", "val", "test")), "yes" if dv.contains_erased else "")
+    console.print(table)
+
+
+@dataset_app.command("show")
+def dataset_show(dataset_id: Annotated[str, typer.Argument()], examples: Annotated[int, typer.Option(help="Print N examples.")] = 1,
+                 home: HomeOpt = None) -> None:
+    """A dataset version: hash, policy, sources, filter report, and sample examples."""
+    from ragloop.datasets.build import load_examples
+    from ragloop.errors import NotFound
+    from ragloop.store.db import session_scope
+    from ragloop.store.models import DatasetVersion
+
+    settings = _settings(home)
+    with session_scope(settings.db_url) as s:
+        dv = s.get(DatasetVersion, dataset_id)
+        if dv is None:
+            raise NotFound(f"No dataset version {dataset_id!r}; see `ragloop dataset list`.")
+        console.print(f"[bold]{dv.id}[/] {dv.name} · hash {dv.content_hash} · seed {dv.seed} · KB v{dv.kb_version} · source {dv.source}")
+        console.print(f"policy {dv.policy.get('name')} v{dv.policy.get('version')}: raft {dv.policy.get('raft')}")
+        if dv.contains_erased:
+            console.print(f"[red]contains erased data[/]: {dv.erased_note}")
+        _print_counts(dv.counts or {})
+    for ex in load_examples(settings, dataset_id, "train")["train"][:examples]:
+        console.rule(f"example {ex['id']} (oracle {'kept' if ex['has_oracle'] else 'removed'})")
+        console.print(ex["prompt"][-1]["content"], markup=False, highlight=False)
+        console.rule("target")
+        console.print(ex["completion"], markup=False, highlight=False)
+
+
+@dataset_app.command("diff")
+def dataset_diff(a: Annotated[str, typer.Argument()], b: Annotated[str, typer.Argument()], home: HomeOpt = None) -> None:
+    """What changed between two dataset versions: examples added/removed per split, policy differences."""
+    from ragloop.datasets.build import load_examples
+
+    settings = _settings(home)
+    ea, eb = load_examples(settings, a), load_examples(settings, b)
+    for split in ea:
+        ids_a, ids_b = {e["id"] for e in ea[split]}, {e["id"] for e in eb[split]}
+        console.print(f"{split}: {len(ids_a)} → {len(ids_b)} (+{len(ids_b - ids_a)} −{len(ids_a - ids_b)})")
+
+
+@dataset_app.command("export")
+def dataset_export(
+    dataset_id: Annotated[str, typer.Argument()],
+    fmt: Annotated[str, typer.Option("--format", help="trl-prompt-completion | trl-conversational | openai | hf | dpo")] = "trl-prompt-completion",
+    out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Export a dataset version for a trainer."""
+    from ragloop.datasets.export import export_dataset
+
+    settings = _settings(home)
+    out = out or settings.data_dir / "exports" / f"{dataset_id}-{fmt}"
+    rows = export_dataset(settings, dataset_id, fmt, out)
+    console.print(f"exported to {out}: " + ", ".join(f"{k} {v}" for k, v in rows.items()))
+
+
+@app.command()
+def forget(
+    conversation: Annotated[str | None, typer.Option(help="Conversation id.")] = None,
+    user: Annotated[str | None, typer.Option(help="User id (the API's `user` field).")] = None,
+    text: Annotated[str | None, typer.Option(help="Text in the question or answer.")] = None,
+    older_than: Annotated[int | None, typer.Option(help="Days: expire records older than this (retention).")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Only say what would be deleted.")] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Erase records (GDPR Art. 17) and mark datasets and models built from them."""
+    from ragloop.curation.erasure import forget as do_forget
+
+    r = do_forget(_settings(home), conversation_id=conversation, user_id=user, text=text, older_than_days=older_than, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    console.print(f"{verb} {r.interactions} interactions and {r.feedback} feedback entries")
+    for ds in r.datasets:
+        console.print(f"dataset {ds} marked as containing erased data; rebuild: {r.rebuild.get(ds)}")
+    for mv in r.models:
+        console.print(f"model {mv} marked as trained on erased data")

@@ -19,7 +19,9 @@ CORPUS = [
 ]
 
 
-def build_tiny_model(folder: Path, seed: int = 0, vocab_size: int = 400, hidden: int = 32, layers: int = 2) -> Path:
+def build_tiny_model(
+    folder: Path, seed: int = 0, vocab_size: int = 400, hidden: int = 32, layers: int = 2
+) -> Path:
     """Write a tokenizer + tiny LlamaForCausalLM with a ChatML chat template to ``folder``."""
     import torch
     from tokenizers import ByteLevelBPETokenizer

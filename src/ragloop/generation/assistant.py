@@ -102,7 +102,9 @@ def normalise_messages(messages: Any, max_messages: int) -> list[dict]:
             raise RagloopError(f"messages[{i}] needs a role among {sorted(ROLES)}.")
         content = m.get("content")
         if isinstance(content, list):  # content parts: keep the text ones
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+            content = "".join(
+                p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+            )
         if not isinstance(content, str):
             raise RagloopError(f"messages[{i}].content must be a string or a list of text parts.")
         out.append({"role": m["role"], "content": content})
@@ -130,7 +132,9 @@ def thread_sha256(messages: list[dict]) -> str:
 class Assistant:
     """Serves answers for one project home. Thread-safe: the server calls it from a thread pool."""
 
-    def __init__(self, settings: Settings, kb: KnowledgeBase | None = None, retriever: Retriever | None = None):
+    def __init__(
+        self, settings: Settings, kb: KnowledgeBase | None = None, retriever: Retriever | None = None
+    ):
         self.settings = settings
         self.kb = kb or KnowledgeBase(settings)
         self.retriever = retriever or Retriever(settings, self.kb)
@@ -159,12 +163,16 @@ class Assistant:
             backend = self._backends.get(base_hash)
             if backend is None:
                 if base_hash != self.base_hash:
-                    raise RagloopError("This model version was trained on another base model than the one configured.")
+                    raise RagloopError(
+                        "This model version was trained on another base model than the one configured."
+                    )
                 gen = self.settings.generator
                 if gen.backend == "openai":
                     import os
 
-                    backend = OpenAIBackend(gen.base_url or "", gen.model, os.environ.get(gen.api_key_env), gen.timeout_s)
+                    backend = OpenAIBackend(
+                        gen.base_url or "", gen.model, os.environ.get(gen.api_key_env), gen.timeout_s
+                    )
                 else:
                     backend = TransformersBackend(self.base_dir, threads=gen.threads)  # type: ignore[arg-type]
                 self._backends[base_hash] = backend
@@ -221,7 +229,10 @@ class Assistant:
         for _ in range(3):  # re-run if an ingest moved the KB under us, so the recorded version is exact
             kb_version = self.kb.version or None
             hits = self.retriever.search(
-                query, req.k or self.settings.retrieval.top_k, collections=req.collections, filters=req.filters
+                query,
+                req.k or self.settings.retrieval.top_k,
+                collections=req.collections,
+                filters=req.filters,
             )
             if (self.kb.version or None) == kb_version:
                 break
@@ -229,8 +240,23 @@ class Assistant:
         if kb_version is not None and hits:
             self._tag(kb_version)
         prompt = self.template.render(messages, hits)
-        return _Prepared(req, messages, query, version, alias, backend, adapter, hits, kb_version, prompt, params,
-                         conversation_id, turn_index, started, retrieve_s)
+        return _Prepared(
+            req,
+            messages,
+            query,
+            version,
+            alias,
+            backend,
+            adapter,
+            hits,
+            kb_version,
+            prompt,
+            params,
+            conversation_id,
+            turn_index,
+            started,
+            retrieve_s,
+        )
 
     def _conversation(self, session, req: AnswerRequest, messages: list[dict]) -> tuple[str, int]:  # type: ignore[no-untyped-def]
         turn_index = sum(1 for m in messages if m["role"] == "user") - 1
@@ -240,7 +266,9 @@ class Assistant:
             from sqlalchemy import select
 
             parent = session.scalars(
-                select(Interaction.conversation_id).where(Interaction.thread_sha256 == thread_sha256(messages[:-1]))
+                select(Interaction.conversation_id).where(
+                    Interaction.thread_sha256 == thread_sha256(messages[:-1])
+                )
             ).first()
             if parent:
                 return parent, turn_index
@@ -274,7 +302,9 @@ class Assistant:
             completion_tokens=gen.completion_tokens,
             latency_retrieve_ms=p.retrieve_s * 1000,
             latency_generate_ms=gen.generate_s * 1000,
-            latency_first_token_ms=None if gen.first_token_s is None else (p.retrieve_s + gen.first_token_s) * 1000,
+            latency_first_token_ms=None
+            if gen.first_token_s is None
+            else (p.retrieve_s + gen.first_token_s) * 1000,
             latency_total_ms=total_s * 1000,
             passages=[
                 Passage(

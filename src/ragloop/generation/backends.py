@@ -34,7 +34,12 @@ class GenParams:
     seed: int = 0
 
     def to_dict(self) -> dict:
-        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+        }
 
 
 @dataclass
@@ -53,7 +58,9 @@ class Generation:
 class Backend(Protocol):
     def generate(self, messages: list[dict], params: GenParams, adapter: str | None = None) -> Generation: ...
 
-    def stream(self, messages: list[dict], params: GenParams, adapter: str | None = None) -> Iterator[str | Generation]:
+    def stream(
+        self, messages: list[dict], params: GenParams, adapter: str | None = None
+    ) -> Iterator[str | Generation]:
         """Yields text deltas, then one final ``Generation`` with the counts."""
         ...
 
@@ -114,7 +121,9 @@ class TransformersBackend:
 
     # Generation ------------------------------------------------------------------------------------
     def encode(self, messages: list[dict]):  # type: ignore[no-untyped-def]
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        ids = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         return ids["input_ids"], ids["attention_mask"]
 
     def _gen_kwargs(self, params: GenParams) -> dict:
@@ -136,7 +145,9 @@ class TransformersBackend:
         assert result is not None
         return result
 
-    def stream(self, messages: list[dict], params: GenParams, adapter: str | None = None) -> Iterator[str | Generation]:
+    def stream(
+        self, messages: list[dict], params: GenParams, adapter: str | None = None
+    ) -> Iterator[str | Generation]:
         from transformers import TextIteratorStreamer
 
         input_ids, attention_mask = self.encode(messages)
@@ -152,9 +163,19 @@ class TransformersBackend:
                     with self.torch.inference_mode():
                         if ctx is not None:
                             with ctx:
-                                box["out"] = model.generate(input_ids=input_ids, attention_mask=attention_mask, streamer=streamer, **self._gen_kwargs(params))
+                                box["out"] = model.generate(
+                                    input_ids=input_ids,
+                                    attention_mask=attention_mask,
+                                    streamer=streamer,
+                                    **self._gen_kwargs(params),
+                                )
                         else:
-                            box["out"] = model.generate(input_ids=input_ids, attention_mask=attention_mask, streamer=streamer, **self._gen_kwargs(params))
+                            box["out"] = model.generate(
+                                input_ids=input_ids,
+                                attention_mask=attention_mask,
+                                streamer=streamer,
+                                **self._gen_kwargs(params),
+                            )
             except BaseException as exc:  # surfaced in the consumer thread
                 box["error"] = exc
                 streamer.end()
@@ -233,14 +254,18 @@ class OpenAIBackend:
             generate_s=elapsed,
         )
 
-    def stream(self, messages: list[dict], params: GenParams, adapter: str | None = None) -> Iterator[str | Generation]:
+    def stream(
+        self, messages: list[dict], params: GenParams, adapter: str | None = None
+    ) -> Iterator[str | Generation]:
         start = time.perf_counter()
         first: float | None = None
         pieces: list[str] = []
         usage: dict = {}
         finish = "stop"
         try:
-            with self.client.stream("POST", "/chat/completions", json=self._body(messages, params, adapter, True)) as resp:
+            with self.client.stream(
+                "POST", "/chat/completions", json=self._body(messages, params, adapter, True)
+            ) as resp:
                 resp.raise_for_status()
                 for line in resp.iter_lines():
                     if not line.startswith("data:"):

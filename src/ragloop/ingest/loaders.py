@@ -126,7 +126,8 @@ def _clean(text: str) -> str:
 
 def _build_document(doc_key: str, title: str, blocks: Iterable[Block]) -> LoadedDocument:
     """Group consecutive paragraphs with the same heading path into sections and compute offsets."""
-    cleaned = ((tuple(_clean(h) for h in path if _clean(h)), _clean(p)) for path, p in blocks)
+    # Headings come clean from the readers (parts like "Article 17" and its title joined by two spaces).
+    cleaned = ((tuple(h.strip() for h in path if h.strip()), _clean(p)) for path, p in blocks)
     sections: list[Section] = []
     offset = 0
     for path, group in itertools.groupby((b for b in cleaned if b[1]), key=lambda b: b[0]):
@@ -223,19 +224,15 @@ def _read_markdown(data: bytes, title: str, settings: IngestSettings) -> list[Lo
 
     for line in lines:
         if _FENCE.match(line):  # code blocks stay one paragraph, and a "# comment" in them is no heading
-            if not in_fence:
-                flush()
+            flush()  # the fence lines themselves are markup, not text
             in_fence = not in_fence
-            buffer.append(line)
-            if not in_fence:
-                flush()
         elif in_fence:
             buffer.append(line)
         elif atx := _ATX.match(line):
-            open_heading(len(atx.group(1)), (atx.group(2) or "").strip())
+            open_heading(len(atx.group(1)), _clean(atx.group(2) or ""))
         elif _SETEXT.match(line) and len(buffer) == 1:  # "Title" underlined by === or ---
             text = buffer.pop()
-            open_heading(1 if line.strip().startswith("=") else 2, text.strip())
+            open_heading(1 if line.strip().startswith("=") else 2, _clean(text))
         elif _RULE.match(line) or not line.strip():
             flush()
         else:
@@ -249,48 +246,17 @@ def _read_markdown(data: bytes, title: str, settings: IngestSettings) -> list[Lo
 # HTML ------------------------------------------------------------------------------------------------------
 
 _DROP_TAGS = ["script", "style", "nav", "noscript", "template", "svg", "iframe", "head"]
+# Elements that end the current paragraph; everything else (a, b, span ...) is inline.
 _BLOCK_TAGS = frozenset(
-    {
-        "address",
-        "article",
-        "aside",
-        "blockquote",
-        "body",
-        "caption",
-        "dd",
-        "details",
-        "div",
-        "dl",
-        "dt",
-        "fieldset",
-        "figcaption",
-        "figure",
-        "footer",
-        "form",
-        "header",
-        "hr",
-        "li",
-        "main",
-        "ol",
-        "p",
-        "pre",
-        "section",
-        "summary",
-        "table",
-        "tbody",
-        "td",
-        "tfoot",
-        "th",
-        "thead",
-        "tr",
-        "ul",
-    }
+    "address article aside blockquote body caption dd details div dl dt fieldset figcaption figure footer "  # noqa: SIM905
+    "form header hr li main ol p pre section summary table tbody td tfoot th thead tr ul".split()
 )
 _HTML_HEADINGS = {f"h{i}": i for i in range(1, 7)}
 
 
 def _read_html(data: bytes, title: str, settings: IngestSettings) -> list[LoadedDocument]:
-    from bs4 import BeautifulSoup, NavigableString, PreformattedString, Tag
+    from bs4 import BeautifulSoup
+    from bs4.element import NavigableString, PreformattedString, Tag
 
     soup = BeautifulSoup(_decode_text(data), "lxml")
     page_title = _clean(soup.title.get_text(" ")) if soup.title else ""
@@ -352,9 +318,7 @@ def _read_pdf(data: bytes, title: str, settings: IngestSettings) -> list[LoadedD
         meta_title = str((reader.metadata or {}).get("/Title") or "")
     except IngestError:
         raise
-    except (
-        Exception
-    ) as exc:  # pypdf raises many types on broken input (PdfReadError, KeyError, ValueError...)
+    except Exception as exc:  # pypdf raises many types on broken input (PdfReadError, KeyError ...)
         raise IngestError(
             f"is a corrupt or encrypted PDF that cannot be read ({type(exc).__name__}: {exc}); "
             "re-export or repair it (e.g. `qpdf --decrypt in.pdf out.pdf`)."
@@ -464,17 +428,18 @@ def _json_heading(node: dict, settings: IngestSettings) -> str | None:
     by its number). A numbered dict without title and titled children (a point, a recital) is not: its text
     belongs to the enclosing section, so an article stays in one piece.
     """
-    title = _first_scalar(node, settings.json_title_fields)
-    number = _first_scalar(node, _NUMBER_KEYS)
-    kind = _first_scalar(node, _TYPE_KEYS)
-    if title is None:
+    title, number, kind = (
+        _clean(_first_scalar(node, keys) or "")
+        for keys in (settings.json_title_fields, _NUMBER_KEYS, _TYPE_KEYS)
+    )
+    if not title:
         titled_children = any(
             isinstance(item, dict) and _first_scalar(item, settings.json_title_fields)
             for value in node.values()
             if isinstance(value, list)
             for item in value
         )
-        if number is None or not titled_children:
+        if not number or not titled_children:
             return None
     prefix = " ".join(p for p in (kind.capitalize() if kind and number else None, number) if p)
     if not title:
@@ -491,7 +456,6 @@ def _json_tree(root: dict, title: str, settings: IngestSettings) -> LoadedDocume
     ("1. ...", "(a) ..."). The root's title is the document title, not a heading; text with no heading above
     it is filed under the top-level key that holds it ("recitals" -> "Recitals").
     """
-    text_keys = set(settings.json_text_fields)
     meta_keys = (
         set(settings.json_title_fields) | set(_NUMBER_KEYS) | set(_TYPE_KEYS) | set(settings.json_id_fields)
     )
@@ -520,9 +484,7 @@ def _json_tree(root: dict, title: str, settings: IngestSettings) -> LoadedDocume
                     emit(path, group, f"{label}{text}")
                     label = ""
         for key, value in node.items():
-            if key in meta_keys or (key in text_keys and not isinstance(value, dict)):
-                continue
-            if isinstance(value, (dict, list)):
+            if key not in meta_keys and isinstance(value, (dict, list)):
                 walk(value, path, (key.replace("_", " ").strip().capitalize(),) if is_root else group)
 
     walk(root, (), (), is_root=True)
@@ -559,10 +521,8 @@ _WORD = re.compile(r"[^\W\d_]{3,}")
 
 
 def _tag(el: Any) -> str:
-    """Local tag name, lowercase; "" for comments, processing instructions, entities."""
-    from lxml import etree
-
-    return etree.QName(el).localname.lower() if isinstance(el.tag, str) else ""
+    """Local tag name (no namespace), lowercase; "" for comments, processing instructions, entities."""
+    return el.tag.rpartition("}")[2].lower() if isinstance(el.tag, str) else ""
 
 
 def _is_title(el: Any) -> bool:
@@ -603,10 +563,11 @@ def _read_xml(data: bytes, title: str, settings: IngestSettings) -> list[LoadedD
 
     if b"\x00" in data and not data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise IngestError("contains NUL bytes: it is a binary file, not XML. Check the file type.")
-    # No entity expansion, DTD loading or network: an uploaded XML file must not read files or hosts.
+    # Only entities defined inside the file are expanded (libxml2 refuses "billion laughs" amplification);
+    # no external entities, DTD loading or network: an uploaded XML file must not read files or hosts.
     parser = etree.XMLParser(
         recover=False,
-        resolve_entities=False,
+        resolve_entities="internal",
         load_dtd=False,
         no_network=True,
         remove_comments=True,

@@ -22,10 +22,14 @@ def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
-def create_key(session: Session, name: str, *, admin: bool = False, collections: list[str] | None = None) -> tuple[ApiKey, str]:
+def create_key(
+    session: Session, name: str, *, admin: bool = False, collections: list[str] | None = None
+) -> tuple[ApiKey, str]:
     """(record, secret). The secret is never stored nor logged; print it once to the person."""
     secret = PREFIX + secrets.token_urlsafe(32)
-    key = ApiKey(name=name, prefix=secret[:10], key_hash=hash_key(secret), admin=admin, collections=collections)
+    key = ApiKey(
+        name=name, prefix=secret[:10], key_hash=hash_key(secret), admin=admin, collections=collections
+    )
     session.add(key)
     session.flush()
     return key, secret
@@ -34,7 +38,9 @@ def create_key(session: Session, name: str, *, admin: bool = False, collections:
 def verify_key(session: Session, secret: str | None) -> ApiKey:
     """The live key for this secret, or AuthError."""
     if not secret:
-        raise AuthError("An API key is required: send `Authorization: Bearer <key>` (create one with `ragloop keys create`).")
+        raise AuthError(
+            "An API key is required: send `Authorization: Bearer <key>` (create one with `ragloop keys create`)."
+        )
     key = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(secret))).first()
     if key is None or key.revoked_at is not None:
         raise AuthError("Invalid or revoked API key.")
@@ -42,9 +48,10 @@ def verify_key(session: Session, secret: str | None) -> ApiKey:
 
 
 def revoke_key(session: Session, key_id_or_prefix: str) -> ApiKey:
-    key = session.get(ApiKey, key_id_or_prefix) or session.scalars(
-        select(ApiKey).where(ApiKey.prefix == key_id_or_prefix)
-    ).first()
+    key = (
+        session.get(ApiKey, key_id_or_prefix)
+        or session.scalars(select(ApiKey).where(ApiKey.prefix == key_id_or_prefix)).first()
+    )
     if key is None:
         raise NotFound(f"No API key {key_id_or_prefix!r}; see `ragloop keys list`.")
     key.revoked_at = utcnow()

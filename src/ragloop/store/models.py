@@ -69,8 +69,11 @@ class ModelVersion(Base):
     base_hash: Mapped[str] = mapped_column(String(64), default="")
     adapter_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     parent_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    dataset_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    contains_erased: Mapped[bool] = mapped_column(Boolean, default=False)
+    erased_note: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class ModelAlias(Base):
@@ -172,4 +175,83 @@ class Passage(Base):
     interaction: Mapped[Interaction] = relationship(back_populates="passages")
 
     def to_dict(self) -> dict[str, Any]:
-        return {c.name: getattr(self, c.name) for c in self.__table__.columns if c.name not in ("id", "interaction_id")}
+        return {
+            c.name: getattr(self, c.name)
+            for c in self.__table__.columns
+            if c.name not in ("id", "interaction_id")
+        }
+
+
+class Feedback(Base):
+    """One reviewer's judgement of one interaction. Append-only: a reviewer's later submission is a new row
+    (the latest per reviewer counts), so several reviewers are kept apart and nothing is overwritten."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    interaction_id: Mapped[str] = mapped_column(ForeignKey("interactions.id", ondelete="CASCADE"), index=True)
+    reviewer_id: Mapped[str] = mapped_column(String(128), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    source: Mapped[str] = mapped_column(String(32), default="human")  # human | auto | eval
+    thumbs: Mapped[int | None] = mapped_column(Integer, nullable=True)  # +1 / -1
+    rating: Mapped[int | None] = mapped_column(Integer, nullable=True)  # 1..5
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    corrected_answer: Mapped[str | None] = mapped_column(Text, nullable=True)
+    gold_ranks: Mapped[list[Any] | None] = mapped_column(
+        JSON, nullable=True
+    )  # ranks of shown passages marked relevant
+    irrelevant_ranks: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    tags: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {c.name: getattr(self, c.name) for c in self.__table__.columns}
+        data["created_at"] = self.created_at.isoformat() + "Z"
+        return data
+
+
+class ReviewItem(Base):
+    """An entry of the expert review queue: an interaction (or, later, an eval answer) sampled for review."""
+
+    __tablename__ = "review_items"
+    __table_args__ = (UniqueConstraint("interaction_id", "queue"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    queue: Mapped[str] = mapped_column(String(64), default="default")
+    interaction_id: Mapped[str] = mapped_column(ForeignKey("interactions.id", ondelete="CASCADE"), index=True)
+    reason: Mapped[str] = mapped_column(String(32))  # thumbs_down | low_score | random | eval
+    priority: Mapped[float] = mapped_column(Float, default=0.0)  # lower first
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | done | skipped
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    done_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class DatasetVersion(Base):
+    """A built, immutable training dataset: its examples live in ``path``; everything that determined them
+    (policy, sources, KB version, seed) is recorded so the same inputs rebuild the same content hash."""
+
+    __tablename__ = "dataset_versions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    policy: Mapped[dict[str, Any]] = mapped_column(JSON)
+    source: Mapped[str] = mapped_column(String(256))  # interactions | import:<file> | synth | mixed
+    kb_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    seed: Mapped[int] = mapped_column(Integer, default=0)
+    path: Mapped[str] = mapped_column(Text)
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # per split, per filter drops
+    command: Mapped[str] = mapped_column(Text, default="")  # the command that rebuilds it
+    contains_erased: Mapped[bool] = mapped_column(Boolean, default=False)
+    erased_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class DatasetSource(Base):
+    """Lineage: which interactions a dataset version was built from (erasure follows these links)."""
+
+    __tablename__ = "dataset_sources"
+
+    dataset_id: Mapped[str] = mapped_column(
+        ForeignKey("dataset_versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    interaction_id: Mapped[str] = mapped_column(String(32), primary_key=True, index=True)

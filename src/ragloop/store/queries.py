@@ -20,7 +20,11 @@ def interaction_query(
     conversation_id: str | None = None,
 ) -> Select:
     """A select over interactions, oldest first. ``text`` matches the question or the answer (case-insensitive)."""
-    q = select(Interaction).options(selectinload(Interaction.passages)).order_by(Interaction.created_at, Interaction.id)
+    q = (
+        select(Interaction)
+        .options(selectinload(Interaction.passages))
+        .order_by(Interaction.created_at, Interaction.id)
+    )
     if since:
         q = q.where(Interaction.created_at >= since)
     if until:
@@ -32,7 +36,12 @@ def interaction_query(
     if text:
         escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         pattern = f"%{escaped}%"
-        q = q.where(or_(Interaction.retrieval_query.ilike(pattern, escape="\\"), Interaction.answer.ilike(pattern, escape="\\")))
+        q = q.where(
+            or_(
+                Interaction.retrieval_query.ilike(pattern, escape="\\"),
+                Interaction.answer.ilike(pattern, escape="\\"),
+            )
+        )
     return q
 
 

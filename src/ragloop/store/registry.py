@@ -55,8 +55,12 @@ def resolve(session: Session, name: str | None) -> tuple[ModelVersion, str | Non
         return session.get(ModelVersion, alias.model_version_id), alias.name  # type: ignore[return-value]
     mv = session.get(ModelVersion, name)
     if mv is None:
-        known = list(session.scalars(select(ModelAlias.name))) + list(session.scalars(select(ModelVersion.id)))
-        raise NotFound(f"The model {name!r} does not exist. Known models and aliases: {', '.join(known) or 'none'}.")
+        known = list(session.scalars(select(ModelAlias.name))) + list(
+            session.scalars(select(ModelVersion.id))
+        )
+        raise NotFound(
+            f"The model {name!r} does not exist. Known models and aliases: {', '.join(known) or 'none'}."
+        )
     return mv, None
 
 

@@ -1,0 +1,86 @@
+"""Erasure (GDPR Article 17) and retention.
+
+``forget`` deletes the raw records (interactions, the passages they showed, feedback, review items) and,
+through lineage, marks every dataset version built from them, and every model version trained on those
+datasets, as containing erased data, with the command that rebuilds them without it. Retention expires
+records older than N days the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import delete, select
+
+from ragloop.config import Settings
+from ragloop.errors import RagloopError
+from ragloop.store.db import session_scope
+from ragloop.store.models import (
+    DatasetSource,
+    DatasetVersion,
+    Feedback,
+    Interaction,
+    ModelVersion,
+    Passage,
+    ReviewItem,
+    utcnow,
+)
+from ragloop.store.queries import interaction_query
+
+
+@dataclass
+class ForgetReport:
+    interactions: int = 0
+    feedback: int = 0
+    datasets: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    rebuild: dict[str, str] = field(default_factory=dict)  # dataset id -> command that rebuilds it
+
+
+def forget(
+    settings: Settings,
+    *,
+    conversation_id: str | None = None,
+    user_id: str | None = None,
+    text: str | None = None,
+    older_than_days: int | None = None,
+    dry_run: bool = False,
+) -> ForgetReport:
+    """Delete matching interactions and everything derived from them that is stored raw."""
+    if not any([conversation_id, user_id, text, older_than_days is not None]):
+        raise RagloopError("Say what to forget: --conversation, --user, --text or --older-than DAYS.")
+    report = ForgetReport()
+    with session_scope(settings.db_url) as s:
+        q = interaction_query(conversation_id=conversation_id, text=text,
+                              until=utcnow() - timedelta(days=older_than_days) if older_than_days is not None else None)
+        if user_id:
+            q = q.where(Interaction.user_id == user_id)
+        ids = [i.id for i in s.scalars(q)]
+        report.interactions = len(ids)
+        if not ids:
+            return report
+        report.feedback = len(list(s.scalars(select(Feedback.id).where(Feedback.interaction_id.in_(ids)))))
+        datasets = sorted(set(s.scalars(select(DatasetSource.dataset_id).where(DatasetSource.interaction_id.in_(ids)))))
+        models = sorted(set(s.scalars(select(ModelVersion.id).where(ModelVersion.dataset_id.in_(datasets))))) if datasets else []
+        report.datasets, report.models = datasets, models
+        for dv in s.scalars(select(DatasetVersion).where(DatasetVersion.id.in_(datasets))) if datasets else []:
+            report.rebuild[dv.id] = dv.command or f"ragloop dataset build --name {dv.name} --seed {dv.seed}"
+        if dry_run:
+            s.rollback()
+            return report
+        when = utcnow().isoformat(timespec="seconds")
+        for dv in s.scalars(select(DatasetVersion).where(DatasetVersion.id.in_(datasets))) if datasets else []:
+            dv.contains_erased = True
+            dv.erased_note = (f"{when}: built from records erased since; rebuild without them with: "
+                              f"{report.rebuild[dv.id]}")
+        for mv in s.scalars(select(ModelVersion).where(ModelVersion.id.in_(models))) if models else []:
+            mv.contains_erased = True
+            mv.erased_note = f"{when}: trained on dataset(s) {', '.join(d for d in datasets if d == mv.dataset_id)} that contain erased records; retrain on the rebuilt dataset."
+        for chunk in range(0, len(ids), 500):
+            part = ids[chunk : chunk + 500]
+            for model in (Feedback, ReviewItem, Passage):
+                s.execute(delete(model).where(model.interaction_id.in_(part)))
+            s.execute(delete(DatasetSource).where(DatasetSource.interaction_id.in_(part)))
+            s.execute(delete(Interaction).where(Interaction.id.in_(part)))
+    return report

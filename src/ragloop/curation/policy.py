@@ -1,0 +1,115 @@
+"""The curation policy: a versioned config file that says which records become training data.
+
+It is stored whole with every dataset built from it, so a dataset can always say why each record is in it.
+Format (YAML or JSON)::
+
+    name: default
+    version: 1
+    filters:                       # applied in this order; each reports how many records it dropped
+      - accepted: {min_rating: 4}  # reviewed and liked (thumbs up or rating >= min_rating); a correction counts
+      - cites_shown_passage: {}    # the answer cites at least one passage it was shown
+      - verify_citations: {threshold: null}   # every cited statement supported (null = the validated default)
+      - refusal: {}                # drop refusals ("I don't know") from answer targets
+      - length: {min_question_chars: 3, max_question_chars: 2000, min_answer_chars: 1, max_answer_chars: 4000}
+      - dedupe: {threshold: 0.8}   # exact + MinHash near-duplicate questions
+    pii: {enabled: true, entities: null, vault: false}
+    split: {train: 0.8, val: 0.1, test: 0.1}
+    raft: {n_passages: 5, p_oracle: 0.8, policy: answer, target: reasoning}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ragloop.errors import RagloopError
+
+FILTERS: dict[str, dict[str, Any]] = {
+    "accepted": {"min_rating": 4, "allow_unreviewed": False},
+    "cites_shown_passage": {},
+    "verify_citations": {"threshold": None},
+    "refusal": {},
+    "length": {"min_question_chars": 3, "max_question_chars": 2000, "min_answer_chars": 1, "max_answer_chars": 4000},
+    "dedupe": {"threshold": 0.8},
+}
+SECTIONS = {"name", "version", "filters", "pii", "split", "raft", "description"}
+
+
+@dataclass
+class Policy:
+    name: str = "default"
+    version: int = 1
+    filters: list[tuple[str, dict[str, Any]]] = field(
+        default_factory=lambda: [(name, dict(args)) for name, args in FILTERS.items()]
+    )
+    pii: dict[str, Any] = field(default_factory=lambda: {"enabled": True, "entities": None, "vault": False})
+    split: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
+    raft: dict[str, Any] = field(default_factory=lambda: {"n_passages": 5, "p_oracle": 0.8, "policy": "answer",
+                                                          "target": "reasoning"})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "filters": [{n: a} for n, a in self.filters],
+                "pii": self.pii, "split": self.split, "raft": self.raft}
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def parse_policy(data: Any, origin: str = "policy") -> Policy:
+    """Validate a policy document completely; unknown filters or keys are errors, not silently ignored."""
+    if not isinstance(data, dict):
+        raise RagloopError(f"{origin}: a policy must be a mapping with keys {sorted(SECTIONS)}.")
+    unknown = set(data) - SECTIONS
+    if unknown:
+        raise RagloopError(f"{origin}: unknown policy keys {sorted(unknown)}; allowed: {sorted(SECTIONS)}.")
+    policy = Policy(name=str(data.get("name", "default")), version=int(data.get("version", 1)))
+    if "filters" in data:
+        raw = data["filters"]
+        if not isinstance(raw, list):
+            raise RagloopError(f"{origin}: `filters` must be a list like [{{accepted: {{min_rating: 4}}}}, ...].")
+        policy.filters = []
+        for entry in raw:
+            if isinstance(entry, str):
+                name, args = entry, {}
+            elif isinstance(entry, dict) and len(entry) == 1:
+                ((name, args),) = entry.items()
+            else:
+                raise RagloopError(f"{origin}: each filter is a name or a one-key mapping, got {entry!r}.")
+            if name not in FILTERS:
+                raise RagloopError(f"{origin}: unknown filter {name!r}; known filters: {', '.join(FILTERS)}.")
+            args = args or {}
+            if not isinstance(args, dict) or set(args) - set(FILTERS[name]):
+                raise RagloopError(f"{origin}: filter {name!r} takes {sorted(FILTERS[name]) or 'no options'}, got {args!r}.")
+            policy.filters.append((name, {**FILTERS[name], **args}))
+    for section in ("pii", "split", "raft"):
+        if section in data:
+            value = data[section]
+            defaults = getattr(policy, section)
+            if not isinstance(value, dict) or set(value) - set(defaults):
+                raise RagloopError(f"{origin}: `{section}` takes {sorted(defaults)}, got {value!r}.")
+            defaults.update(value)
+    total = sum(float(policy.split.get(k, 0)) for k in ("train", "val", "test"))
+    if abs(total - 1.0) > 1e-6:
+        raise RagloopError(f"{origin}: split shares must add up to 1 (got {total}).")
+    if policy.raft["policy"] not in ("answer", "abstain") or policy.raft["target"] not in ("plain", "reasoning"):
+        raise RagloopError(f"{origin}: raft.policy is answer|abstain and raft.target plain|reasoning.")
+    return policy
+
+
+def load_policy(path: Path | None) -> Policy:
+    """The policy in ``path`` (YAML or JSON), or the default policy."""
+    if path is None:
+        return Policy()
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RagloopError(f"Cannot read policy file {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise RagloopError(f"Policy file {path} is not valid YAML/JSON: {exc}") from exc
+    return parse_policy(data, str(path))

@@ -1,0 +1,264 @@
+"""Dataset versions: curated records (and/or imported QA sets) -> anonymised, split, RAFT-formatted,
+content-hashed, immutable training data.
+
+The order of operations matters: PII is replaced before anything is rendered (so no prompt, target or
+export ever holds a raw identifier), the split is decided before RAFT sampling (so no gold document is in
+two splits), and evaluation questions are removed before the split (decontamination).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shlex
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from ragloop.config import Settings
+from ragloop.curation.dedupe import near_duplicate_of
+from ragloop.curation.pipeline import apply_filters, load_candidates
+from ragloop.curation.policy import Policy
+from ragloop.datasets.importers import read_qa_file
+from ragloop.datasets.qa import QAItem, QAPassage
+from ragloop.datasets.raft import RaftConfig, RaftExample, build_raft_examples, misled_answer
+from ragloop.errors import NotFound, RagloopError
+from ragloop.generation.citations import CITE
+from ragloop.ingest.kb import KnowledgeBase
+from ragloop.store.db import session_scope
+from ragloop.store.models import DatasetSource, DatasetVersion
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class BuildReport:
+    dataset_id: str
+    created: bool
+    counts: dict = field(default_factory=dict)
+
+
+def candidates_to_items(candidates) -> list[QAItem]:  # type: ignore[no-untyped-def]
+    """Live traffic as QA items: oracle = gold-marked (else cited) passages; distractors = the other
+    passages the retriever really returned for that question (hard negatives)."""
+    items = []
+    for c in candidates:
+        passages = [QAPassage(id=p.chunk_id, title=p.title, text=p.text, source_path=p.source_path, section=p.section)
+                    for p in c.passages]
+        oracle = set(c.oracle_ranks)
+        answer = " ".join(CITE.sub("", c.answer).split())
+        items.append(QAItem(
+            id=c.interaction_id, question=c.question, answers=[answer],
+            gold=[p for r, p in enumerate(passages, 1) if r in oracle],
+            distractors=[p for r, p in enumerate(passages, 1) if r not in oracle],
+            answer_type="free", group=c.conversation_id,
+            meta={"interaction_id": c.interaction_id, "rejected": c.rejected, "kb_version": c.kb_version,
+                  "from_correction": c.from_correction},
+        ))
+    return items
+
+
+def anonymise_items(items: list[QAItem], policy: Policy, vault: Path | None, secret: str) -> tuple[list[QAItem], dict]:
+    """Replace PII in question, answers, passages and rejected answer with the same pseudonym per entity."""
+    if not policy.pii.get("enabled", True):
+        return items, {}
+    from ragloop.curation.pii import Anonymizer
+
+    anon = Anonymizer(entities=policy.pii.get("entities"), vault_path=vault if policy.pii.get("vault") else None, secret=secret)
+    out = []
+    for item in items:
+        fields = {
+            "question": item.question,
+            "answers": list(item.answers),
+            "gold": [p.text for p in item.gold],
+            "distractors": [p.text for p in item.distractors],
+            "rejected": item.meta.get("rejected") or "",
+            "reasoning": item.reasoning or "",
+        }
+        a = anon.anonymize_example(fields)
+        meta = dict(item.meta, rejected=a["rejected"] or None)
+        out.append(replace(
+            item, question=a["question"], answers=a["answers"], reasoning=a["reasoning"] or None, meta=meta,
+            gold=[replace(p, text=t) for p, t in zip(item.gold, a["gold"], strict=True)],
+            distractors=[replace(p, text=t) for p, t in zip(item.distractors, a["distractors"], strict=True)],
+        ))
+    return out, dict(anon.stats)
+
+
+def decontaminate(items: list[QAItem], eval_items: list[QAItem], threshold: float = 0.8) -> tuple[list[QAItem], dict]:
+    """Drop items whose question nearly duplicates an evaluation question or whose gold passage is an
+    evaluation gold passage (by normalised text hash)."""
+    def key(text: str) -> str:
+        return hashlib.sha256(" ".join(text.lower().split()).encode()).hexdigest()
+
+    eval_gold = {key(p.text) for e in eval_items for p in e.gold}
+    near = near_duplicate_of([i.question for i in items], [e.question for e in eval_items], threshold)
+    kept, by_question, by_gold = [], 0, 0
+    for item, dup in zip(items, near, strict=True):
+        if dup:
+            by_question += 1
+        elif any(key(p.text) in eval_gold for p in item.gold):
+            by_gold += 1
+        else:
+            kept.append(item)
+    return kept, {"near_duplicate_question": by_question, "shared_gold_passage": by_gold}
+
+
+def split_items(items: list[QAItem], shares: dict[str, float], seed: int) -> dict[str, list[QAItem]]:
+    """Grouped split: items sharing a conversation/group or any gold passage's document land in the same
+    split (union-find over those keys), so no gold document spans two splits."""
+    parent = list(range(len(items)))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    owner: dict[str, int] = {}
+    for idx, item in enumerate(items):
+        keys = [f"g:{item.group}"] if item.group else []
+        keys += [f"d:{p.source_path or p.title}:{p.title}" for p in item.gold]
+        for k in keys:
+            if k in owner:
+                parent[find(idx)] = find(owner[k])
+            else:
+                owner[k] = idx
+    groups: dict[int, list[int]] = {}
+    for idx in range(len(items)):
+        groups.setdefault(find(idx), []).append(idx)
+    order = sorted(groups.values(), key=lambda g: hashlib.sha256(f"{seed}:{items[g[0]].id}".encode()).hexdigest())
+    out: dict[str, list[QAItem]] = {s: [] for s in SPLITS}
+    total = len(items)
+    targets = {s: shares.get(s, 0.0) * total for s in SPLITS}
+    for group in order:  # greedy: the split furthest below its target share takes the next group
+        name = max(SPLITS, key=lambda s: (targets[s] - len(out[s])) / (targets[s] or 1e-9) if targets[s] else -1e9)
+        out[name].extend(items[i] for i in sorted(group))
+    return out
+
+
+def content_hash(splits: dict[str, list[RaftExample]]) -> str:
+    digest = hashlib.sha256()
+    for name in SPLITS:
+        for ex in splits.get(name, []):
+            digest.update(json.dumps(asdict(ex), sort_keys=True, ensure_ascii=False).encode())
+            digest.update(b"\n")
+        digest.update(f"--{name}--".encode())
+    return digest.hexdigest()
+
+
+def build_dataset(
+    settings: Settings,
+    policy: Policy,
+    *,
+    name: str = "dataset",
+    from_interactions: bool = True,
+    imports: list[tuple[str, Path]] = (),  # type: ignore[assignment]
+    eval_sets: list[Path] = (),  # type: ignore[assignment]
+    seed: int = 0,
+    min_examples: int = 0,
+    command: str = "",
+) -> BuildReport:
+    """Build (or find, when identical) a dataset version and record it with its lineage."""
+    counts: dict = {"filters": [], "sources": {}}
+    items: list[QAItem] = []
+    source_ids: list[str] = []
+    if from_interactions:
+        candidates = load_candidates(settings)
+        counts["sources"]["interactions"] = len(candidates)
+        kept, reports = apply_filters(candidates, policy)
+        counts["filters"] = [{"filter": r.name, "before": r.before, "dropped": r.dropped, "reasons": r.reasons} for r in reports]
+        items += candidates_to_items(kept)
+        source_ids = [c.interaction_id for c in kept]
+    for fmt, path in imports:
+        imported = read_qa_file(Path(path), fmt)
+        counts["sources"][f"import:{Path(path).name}"] = len(imported)
+        items += imported
+    if not items:
+        raise RagloopError(
+            "Nothing to build from: no interaction passed curation and no import was given. Rate some answers "
+            "(`ragloop feedback`), relax the policy, or add `--import FILE` (e.g. the output of `ragloop synth`)."
+        )
+    if len(items) < min_examples:
+        raise RagloopError(f"Only {len(items)} examples passed curation (< --min-examples {min_examples}); "
+                           "top up with `ragloop synth` and `--import`.")
+    if eval_sets:
+        eval_items = [e for path in eval_sets for e in read_qa_file(Path(path))]
+        items, counts["decontamination"] = decontaminate(items, eval_items)
+    secret = _home_secret(settings)
+    vault = settings.data_dir / "pii-vault.json"
+    items, counts["pii"] = anonymise_items(items, policy, vault, secret)
+    split = split_items(items, policy.split, seed)
+    kb = KnowledgeBase(settings)
+    pool = [QAPassage(id=r["chunk_id"], title=r["title"], text=r["text"], source_path=r["source_path"], section=r["section"])
+            for r in (kb.random_chunks(200, seed) if kb.count() else [])]
+    config = RaftConfig(**policy.raft, seed=seed)
+    examples = {s: build_raft_examples(split[s], config, random_pool=pool) for s in SPLITS}
+    counts["examples"] = {s: len(v) for s, v in examples.items()}
+    digest = content_hash(examples)
+    dataset_id = f"ds-{digest[:12]}"
+    with session_scope(settings.db_url) as s:
+        if s.get(DatasetVersion, dataset_id) is not None:
+            return BuildReport(dataset_id, False, counts)
+    folder = settings.data_dir / "datasets" / dataset_id
+    folder.mkdir(parents=True, exist_ok=True)
+    for split_name, rows in examples.items():
+        with (folder / f"{split_name}.jsonl").open("w", encoding="utf-8") as fh:
+            for ex in rows:
+                fh.write(json.dumps(asdict(ex), ensure_ascii=False) + "\n")
+    (folder / "policy.json").write_text(json.dumps(policy.to_dict(), indent=2))
+    (folder / "report.json").write_text(json.dumps(counts, indent=2, default=str))
+    sources = ["interactions"] * from_interactions + [f"import:{Path(p).name}" for _, p in imports]
+    with session_scope(settings.db_url) as s:
+        s.add(DatasetVersion(
+            id=dataset_id, name=name, content_hash=digest, policy=policy.to_dict(), source="+".join(sources),
+            kb_version=kb.version or None, seed=seed, path=str(folder), counts=counts, command=command,
+        ))
+        s.flush()
+        for iid in dict.fromkeys(source_ids):
+            s.add(DatasetSource(dataset_id=dataset_id, interaction_id=iid))
+    return BuildReport(dataset_id, True, counts)
+
+
+def _home_secret(settings: Settings) -> str:
+    """Per-home secret keying the pseudonyms (stable across builds, never leaves the home)."""
+    path = settings.data_dir / "pii-secret"
+    if not path.exists():
+        path.write_text(hashlib.sha256(random.SystemRandom().randbytes(32)).hexdigest())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def load_examples(settings: Settings, dataset_id: str, split: str | None = None) -> dict[str, list[dict]]:
+    with session_scope(settings.db_url) as s:
+        dv = s.get(DatasetVersion, dataset_id)
+        if dv is None:
+            raise NotFound(f"No dataset version {dataset_id!r}; see `ragloop dataset list`.")
+        folder = Path(dv.path)
+    out = {}
+    for name in [split] if split else SPLITS:
+        path = folder / f"{name}.jsonl"
+        out[name] = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+    return out
+
+
+def rebuild_command(dv: DatasetVersion) -> str:
+    return dv.command or f"ragloop dataset build --name {shlex.quote(dv.name)} --seed {dv.seed}"
+
+
+def dpo_pairs(examples: list[dict]) -> list[dict]:
+    """Preference pairs on the same context: chosen = the target; rejected = the thumbs-down answer when a
+    reviewer corrected it, else an answer misled by a distractor."""
+    pairs = []
+    for ex in examples:
+        rejected = (ex.get("meta") or {}).get("rejected") or misled_answer(_example(ex))
+        if rejected and rejected.strip() != ex["completion"].strip():
+            pairs.append({"prompt": ex["prompt"], "chosen": [{"role": "assistant", "content": ex["completion"]}],
+                          "rejected": [{"role": "assistant", "content": rejected}]})
+    return pairs
+
+
+def _example(ex: dict) -> RaftExample:
+    data = dict(ex)
+    data["passages"] = [QAPassage(**p) for p in ex["passages"]]
+    return RaftExample(**data)

@@ -1,0 +1,52 @@
+"""The QA record every dataset becomes: a question, its acceptable answers, the passages that hold the
+answer (gold) and passages that look relevant but do not (distractors).
+
+Importers produce these from public formats, curation can produce them from live traffic, and the RAFT
+builder and the evaluation stage consume them, so the fields are the contract between those stages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+ANSWER_TYPES = ("span", "label", "api_call", "free")
+
+
+@dataclass(frozen=True)
+class QAPassage:
+    """One passage, with the attributes the serve-time prompt template renders (title, source, section)."""
+
+    id: str
+    title: str
+    text: str
+    source_path: str = ""
+    section: str = ""
+
+
+@dataclass
+class QAItem:
+    """One question with everything needed to build a training example or score an answer.
+
+    ``answers[0]`` is the canonical answer (the one a training target states); the others are also
+    accepted when scoring. ``answer_type`` picks the extraction and scoring rule: "span" (free text
+    taken from a passage), "label" (yes / no / maybe), "api_call" (a Python call, matched by AST) or
+    "free". ``group`` is the leakage key: items sharing it must land in the same split.
+    """
+
+    id: str
+    question: str
+    answers: list[str]
+    gold: list[QAPassage]
+    distractors: list[QAPassage]
+    answer_type: str
+    reasoning: str | None = None
+    group: str = ""
+    meta: dict = field(default_factory=dict)
+
+
+def passage_id(title: str, text: str) -> str:
+    """A stable id for a passage whose format gives none: the same title and text always get the same
+    id, in every process and on every machine (unlike ``hash()``), so splits and dedup agree across runs."""
+    digest = hashlib.sha256(f"{title}\x00{text}".encode()).hexdigest()
+    return f"p-{digest[:16]}"

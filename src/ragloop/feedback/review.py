@@ -1,0 +1,92 @@
+"""The expert review queue: which interactions a reviewer sees, in which order.
+
+Sampling puts thumbs-down answers first (someone already said they are wrong), then answers whose best
+retrieval score was low (likely unsupported), then a random share so that reviewers also see typical traffic
+and the queue is an unbiased check, not only a list of failures.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ragloop.store.models import Feedback, Interaction, Passage, ReviewItem
+
+REASONS = ("thumbs_down", "low_score", "random")
+
+
+@dataclass
+class SampleReport:
+    thumbs_down: int = 0
+    low_score: int = 0
+    random: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.thumbs_down + self.low_score + self.random
+
+
+def sample_queue(
+    session: Session, n: int = 20, *, queue: str = "default", low_score_share: float = 0.5, seed: int = 0
+) -> SampleReport:
+    """Add up to ``n`` interactions not yet queued: every thumbs-down first, then the lowest top-passage
+    dense scores, then random ones."""
+    queued = select(ReviewItem.interaction_id).where(ReviewItem.queue == queue)
+    report = SampleReport()
+    added: set[str] = set()
+
+    def add(ids: list[str], reason: str, base: float) -> None:
+        for i, iid in enumerate(ids):
+            if report.total >= n or iid in added:
+                continue
+            session.add(ReviewItem(queue=queue, interaction_id=iid, reason=reason, priority=base + i))
+            added.add(iid)
+            setattr(report, reason, getattr(report, reason) + 1)
+
+    down = list(
+        session.scalars(
+            select(Feedback.interaction_id)
+            .where(Feedback.thumbs == -1, Feedback.interaction_id.not_in(queued))
+            .group_by(Feedback.interaction_id)
+            .order_by(func.max(Feedback.created_at).desc())
+        )
+    )
+    add(down, "thumbs_down", 0)
+    n_low = round((n - report.total) * low_score_share)
+    top_score = func.max(func.coalesce(Passage.score_dense, Passage.score))
+    low = session.scalars(
+        select(Passage.interaction_id)
+        .where(Passage.interaction_id.not_in(queued))
+        .group_by(Passage.interaction_id)
+        .order_by(top_score.asc(), Passage.interaction_id)
+        .limit(n_low + len(added))
+    )
+    add([iid for iid in low if iid not in added][:n_low], "low_score", 1_000)
+    rest = list(
+        session.scalars(select(Interaction.id).where(Interaction.id.not_in(queued)).order_by(Interaction.id))
+    )
+    random.Random(seed).shuffle(rest)
+    add(rest, "random", 2_000)
+    session.flush()
+    return report
+
+
+def pending(session: Session, queue: str = "default", limit: int = 50) -> list[ReviewItem]:
+    return list(
+        session.scalars(
+            select(ReviewItem)
+            .where(ReviewItem.queue == queue, ReviewItem.status == "pending")
+            .order_by(ReviewItem.priority, ReviewItem.id)
+            .limit(limit)
+        )
+    )
+
+
+def queue_counts(session: Session, queue: str = "default") -> dict[str, int]:
+    rows = session.execute(
+        select(ReviewItem.status, func.count()).where(ReviewItem.queue == queue).group_by(ReviewItem.status)
+    )
+    return {status: count for status, count in rows}

@@ -1,0 +1,168 @@
+"""Feedback on interactions: thumbs, 1–5 rating, comment, corrected answer, which shown passages were
+relevant (gold) or not, tags, reviewer id.
+
+Feedback is append-only and kept per reviewer: two reviewers never overwrite each other, and the latest
+submission of a reviewer is that reviewer's judgement. ``judgement`` folds them into what curation needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ragloop.errors import NotFound, RagloopError
+from ragloop.store.models import Feedback, Interaction, ReviewItem, utcnow
+
+FIELDS = {
+    "reviewer_id",
+    "thumbs",
+    "rating",
+    "comment",
+    "corrected_answer",
+    "gold",
+    "irrelevant",
+    "tags",
+    "source",
+}
+MAX_TEXT = 20_000
+
+
+def _ranks(value: Any, n_passages: int, name: str) -> list[int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise RagloopError(f"`{name}` must be a list of passage numbers (1..{n_passages}).")
+    bad = [v for v in value if not 1 <= v <= n_passages]
+    if bad:
+        raise RagloopError(
+            f"`{name}` names passages {bad} but the interaction showed {n_passages} (1..{n_passages})."
+        )
+    return sorted(set(value))
+
+
+def validate_feedback(data: Any, n_passages: int) -> dict[str, Any]:
+    """Check a feedback payload completely before anything is written; returns the column values."""
+    if not isinstance(data, dict):
+        raise RagloopError("Feedback must be a JSON object.")
+    unknown = set(data) - FIELDS
+    if unknown:
+        raise RagloopError(f"Unknown feedback fields {sorted(unknown)}; allowed: {sorted(FIELDS)}.")
+    reviewer = data.get("reviewer_id") or "anonymous"
+    if not isinstance(reviewer, str) or len(reviewer) > 128:
+        raise RagloopError("`reviewer_id` must be a string of at most 128 characters.")
+    thumbs = data.get("thumbs")
+    if isinstance(thumbs, str):
+        thumbs = {"up": 1, "down": -1}.get(thumbs, thumbs)
+    if thumbs is not None and thumbs not in (1, -1):
+        raise RagloopError("`thumbs` must be 'up', 'down', 1 or -1.")
+    rating = data.get("rating")
+    if rating is not None and (
+        isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5
+    ):
+        raise RagloopError("`rating` must be an integer from 1 to 5.")
+    texts = {}
+    for name in ("comment", "corrected_answer"):
+        value = data.get(name)
+        if value is not None and (not isinstance(value, str) or len(value) > MAX_TEXT):
+            raise RagloopError(f"`{name}` must be a string of at most {MAX_TEXT} characters.")
+        texts[name] = value.strip() if isinstance(value, str) and value.strip() else None
+    tags = data.get("tags")
+    if tags is not None and (
+        not isinstance(tags, list) or not all(isinstance(t, str) and len(t) <= 64 for t in tags)
+    ):
+        raise RagloopError("`tags` must be a list of short strings.")
+    source = data.get("source") or "human"
+    if source not in ("human", "auto", "eval"):
+        raise RagloopError("`source` must be human, auto or eval.")
+    gold = _ranks(data.get("gold"), n_passages, "gold")
+    irrelevant = _ranks(data.get("irrelevant"), n_passages, "irrelevant")
+    if gold and irrelevant and set(gold) & set(irrelevant):
+        raise RagloopError(
+            f"Passages {sorted(set(gold) & set(irrelevant))} are marked both gold and irrelevant."
+        )
+    if (
+        thumbs is None
+        and rating is None
+        and not texts["corrected_answer"]
+        and gold is None
+        and not texts["comment"]
+    ):
+        raise RagloopError("Empty feedback: give thumbs, a rating, a correction, gold passages or a comment.")
+    return dict(
+        reviewer_id=reviewer,
+        thumbs=thumbs,
+        rating=rating,
+        gold_ranks=gold,
+        irrelevant_ranks=irrelevant,
+        tags=tags,
+        source=source,
+        **texts,
+    )
+
+
+def add_feedback(session: Session, interaction_id: str, data: Any) -> Feedback:
+    """Validate and append one reviewer's feedback; marks the interaction's review items done."""
+    interaction = session.get(Interaction, interaction_id)
+    if interaction is None:
+        raise NotFound(f"No interaction {interaction_id!r}.")
+    values = validate_feedback(data, len(interaction.passages))
+    fb = Feedback(interaction_id=interaction_id, **values)
+    session.add(fb)
+    for item in session.scalars(
+        select(ReviewItem).where(ReviewItem.interaction_id == interaction_id, ReviewItem.status == "pending")
+    ):
+        item.status, item.done_at = "done", utcnow()
+    session.flush()
+    return fb
+
+
+def feedback_for(session: Session, interaction_id: str) -> list[Feedback]:
+    return list(
+        session.scalars(
+            select(Feedback).where(Feedback.interaction_id == interaction_id).order_by(Feedback.id)
+        )
+    )
+
+
+@dataclass
+class Judgement:
+    """All reviewers' latest feedback on one interaction, folded.
+
+    ``accepted`` is True when every reviewer who gave thumbs or a rating liked it (thumbs up or rating ≥ the
+    threshold), False when any disliked it, None when nobody judged. A correction wins over the answer."""
+
+    reviewers: list[str] = field(default_factory=list)
+    accepted: bool | None = None
+    mean_rating: float | None = None
+    thumbs_down: bool = False
+    corrected_answer: str | None = None
+    gold_ranks: list[int] = field(default_factory=list)
+    irrelevant_ranks: list[int] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+
+
+def judgement(feedback: list[Feedback], accept_rating: int = 4) -> Judgement:
+    latest: dict[str, Feedback] = {}
+    for fb in sorted(feedback, key=lambda f: (f.created_at, f.id)):
+        latest[fb.reviewer_id] = fb
+    j = Judgement(reviewers=sorted(latest))
+    votes: list[bool] = []
+    ratings = [f.rating for f in latest.values() if f.rating is not None]
+    for fb in latest.values():
+        if fb.thumbs is not None:
+            votes.append(fb.thumbs > 0)
+        elif fb.rating is not None:
+            votes.append(fb.rating >= accept_rating)
+        if fb.thumbs == -1:
+            j.thumbs_down = True
+        if fb.corrected_answer:
+            j.corrected_answer = fb.corrected_answer  # the latest reviewer's correction
+        j.gold_ranks = sorted(set(j.gold_ranks) | set(fb.gold_ranks or []))
+        j.irrelevant_ranks = sorted(set(j.irrelevant_ranks) | set(fb.irrelevant_ranks or []))
+        j.tags = sorted(set(j.tags) | set(fb.tags or []))
+    j.accepted = all(votes) if votes else None
+    j.mean_rating = sum(ratings) / len(ratings) if ratings else None
+    return j

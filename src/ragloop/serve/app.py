@@ -1,0 +1,480 @@
+"""The HTTP door: an OpenAI-compatible chat API over the assistant, file upload into the knowledge base,
+and read access to recorded interactions.
+
+Routes only translate HTTP into calls on ``Assistant`` and ``ingest_uploads`` and back, and apply API keys
+(``serve.auth``). The assistant is synchronous and CPU-bound, so it runs in worker threads of its own and
+the event loop stays free for health checks and other requests while answers are generated. A streamed
+answer's final event is sent only after the assistant has committed the interaction, as is a non-streamed
+response, so every answer a client received is on disk.
+
+Status codes: 400 malformed or invalid input, 401 missing or wrong key, 403 not admin or outside the key's
+collections, 404 unknown model or record, 413 body or file too large, 422 an upload of which no file could
+be ingested, 500 anything unexpected (details go to the server log, never to the client).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import PurePath
+from typing import Any
+
+import anyio
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ragloop.config import Settings
+from ragloop.errors import NotFound, RagloopError
+from ragloop.generation.assistant import AnswerRequest, AnswerResult, Assistant
+from ragloop.ingest.pipeline import ingest_uploads
+from ragloop.serve import schemas
+from ragloop.serve.auth import (
+    OPEN,
+    Caller,
+    auth_required,
+    authenticate,
+    may_read_interaction,
+    narrow_scope,
+    require_admin,
+    require_collection,
+)
+from ragloop.store import registry
+from ragloop.store.db import session_scope
+from ragloop.store.models import Interaction
+
+log = logging.getLogger("ragloop.serve")
+
+# Answers queue for worker threads of their own, so a burst of chat requests (which a local model answers
+# one at a time anyway) cannot take every thread from model listings, record reads and auth checks.
+ASSISTANT_THREADS = 32
+# One upload holds at most this many files; with the per-file limit it bounds the whole request body.
+UPLOAD_MAX_FILES = 16
+UPLOAD_MAX_FIELD_BYTES = 64 * 1024
+_MULTIPART_OVERHEAD = 64 * 1024
+
+
+class RequestTooLarge(RagloopError):
+    """A request body or uploaded file over the configured limit."""
+
+    status = 413
+    code = "request_too_large"
+
+
+def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAPI:
+    """The API for one project home. Auth follows ``settings.server`` (``auto`` looks at its host, so
+    ``run_server`` puts the bound host there); pass ``assistant`` to share one already loaded."""
+    assistant = assistant or Assistant(settings)
+    auth_on = auth_required(settings.server)
+    limits = settings.limits
+    db_url = settings.db_url
+    answer_threads = anyio.CapacityLimiter(ASSISTANT_THREADS)
+    health_threads = anyio.CapacityLimiter(2)
+
+    app = FastAPI(
+        title="ragloop",
+        summary="Cited answers over your documents, every interaction recorded for fine-tuning.",
+        version="1",
+    )
+    app.state.settings = settings
+    app.state.assistant = assistant
+    app.state.auth = auth_on
+    _install_error_handlers(app)
+
+    bearer = HTTPBearer(auto_error=False, description="An API key from `ragloop keys create`.")
+
+    def caller(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
+        if not auth_on:
+            return OPEN
+        return authenticate(db_url, credentials.credentials if credentials else None)
+
+    # Health ------------------------------------------------------------------------------------------
+    def health() -> dict:
+        with session_scope(db_url) as session:
+            try:
+                model = registry.resolve(session, None)[0].id
+            except NotFound:
+                model = None
+        return {"status": "ok", "kb_version": assistant.kb.version or None, "model": model}
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict:
+        """Open without a key, for load balancers; answers even while every answer thread is busy."""
+        return await anyio.to_thread.run_sync(health, limiter=health_threads)
+
+    # Chat --------------------------------------------------------------------------------------------
+    @app.post("/v1/chat/completions", tags=["openai"], max_body_size=limits.max_request_bytes)
+    async def chat_completions(
+        body: schemas.ChatCompletionRequest, who: Caller = Depends(caller)
+    ) -> Response:
+        """OpenAI's chat completions, answered from the knowledge base with [n] citations; the
+        ``ragloop`` object of the response (or of the final stream event) names the recorded turn."""
+        options = body.ragloop or schemas.RagloopOptions()
+        req = AnswerRequest(
+            messages=body.messages,
+            model=body.model,
+            max_tokens=body.max_tokens if body.max_tokens is not None else body.max_completion_tokens,
+            temperature=body.temperature,
+            seed=body.seed or 0,
+            k=options.k,
+            collections=narrow_scope(who, options.collections),
+            filters=options.filters,
+            conversation_id=options.conversation_id,
+            user_id=body.user,
+            api_key_id=who.key_id,
+            source="api",
+        )
+        created = int(time.time())
+        if not body.stream:
+            result = await anyio.to_thread.run_sync(assistant.answer, req, limiter=answer_threads)
+            return JSONResponse(schemas.completion_json(result, created))
+
+        def start() -> tuple[Iterator[str | AnswerResult], str]:
+            # Validation and retrieval happen here, before any byte is sent: a bad request gets a JSON
+            # error, not a broken stream. The model id labels the chunks; the final one carries the
+            # version that actually answered.
+            stream = assistant.stream(req)
+            with session_scope(db_url) as session:
+                model = registry.resolve(session, req.model)[0].id
+            return stream, model
+
+        stream, model = await anyio.to_thread.run_sync(start, limiter=answer_threads)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events = _sse_events(stream, model, created, include_usage, answer_threads)
+        return StreamingResponse(
+            events,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    # Models ------------------------------------------------------------------------------------------
+    @app.get("/v1/models", tags=["openai"])
+    def list_models(who: Caller = Depends(caller)) -> dict:
+        """Every model version and every alias (``production``, ``base``...), each usable as ``model``."""
+        data = []
+        with session_scope(db_url) as session:
+            for version, aliases in registry.list_models(session):
+                data.append(schemas.model_json(version, aliases))
+                data.extend(schemas.model_json(version, aliases, model_id=alias) for alias in aliases)
+        return {"object": "list", "data": data}
+
+    # Records -----------------------------------------------------------------------------------------
+    @app.get("/api/interactions/{interaction_id}", tags=["records"])
+    def get_interaction(interaction_id: str, who: Caller = Depends(caller)) -> dict:
+        """One recorded turn with its passages. A non-admin key reads only the turns it created; others'
+        answer 404, as if absent, so ids cannot be probed."""
+        with session_scope(db_url) as session:
+            interaction = session.get(Interaction, interaction_id)
+            if interaction is None or not may_read_interaction(who, interaction.api_key_id):
+                raise NotFound(f"No interaction {interaction_id!r} visible to this API key.")
+            return schemas.interaction_json(interaction)
+
+    # Ingest ------------------------------------------------------------------------------------------
+    @app.post(
+        "/api/ingest",
+        tags=["admin"],
+        max_body_size=limits.max_upload_bytes * UPLOAD_MAX_FILES + _MULTIPART_OVERHEAD,
+        openapi_extra=_UPLOAD_OPENAPI,
+    )
+    async def ingest(request: Request, who: Caller = Depends(caller)) -> JSONResponse:
+        """Add or update documents from uploaded files (admin). Answers 200 when at least one file was
+        ingested (per-file errors listed), 413 when every file was over the size limit, 422 when no file
+        could be ingested; the body is the ingest report in every case."""
+        require_admin(who)
+        upload = await _read_upload(request, limits.max_upload_bytes)
+        collection = (upload.fields.get("collection") or "").strip() or settings.ingest.default_collection
+        require_collection(who, collection)
+        if not upload.files and not upload.errors:
+            raise RagloopError("No file received: send one or more files in the multipart field `files`.")
+        report = None
+        if upload.files:
+            report = await anyio.to_thread.run_sync(
+                lambda: ingest_uploads(settings, upload.files, collection=collection)
+            )
+        body = schemas.ingest_report_json(report, upload.errors)
+        if report is not None and (report.added or report.replaced or report.unchanged):
+            return JSONResponse(body)
+        only_too_large = report is None or not report.errors  # every failure was the door's size check
+        status = 413 if upload.errors and only_too_large else 422
+        summary = "; ".join(f"{e['source_path']}: {e['message']}" for e in body["errors"][:5])
+        error = schemas.error_json(
+            f"No file could be ingested. {summary}", status=status, code="ingest_error", param="files"
+        )
+        return JSONResponse({**error, "report": body}, status_code=status)
+
+    return app
+
+
+def run_server(settings: Settings, host: str, port: int, *, log_level: str = "info") -> None:
+    """Serve until interrupted (``ragloop serve``, ``python -m ragloop.serve``).
+
+    The model is loaded before the socket opens, so a passing health check means answers are ready."""
+    import uvicorn
+
+    server = settings.server.model_copy(update={"host": host, "port": port})
+    settings = settings.model_copy(update={"server": server})
+    assistant = Assistant(settings)
+    assistant.warm_up()
+    app = create_app(settings, assistant)
+    log.info(
+        "ragloop serving %s on %s:%d, API keys %s",
+        settings.home,
+        host,
+        port,
+        "required" if app.state.auth else "off (loopback only)",
+    )
+    # uvicorn's access log records method, path and status only: never keys nor message contents.
+    uvicorn.run(app, host=host, port=port, log_level=log_level, proxy_headers=False)
+
+
+# Streaming -------------------------------------------------------------------------------------------------
+
+
+def _sse(payload: dict | str) -> str:
+    data = (
+        payload
+        if isinstance(payload, str)
+        else json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    )
+    return f"data: {data}\n\n"
+
+
+async def _sse_events(
+    stream: Iterator[str | AnswerResult],
+    model: str,
+    created: int,
+    include_usage: bool,
+    limiter: anyio.CapacityLimiter,
+) -> AsyncIterator[str]:
+    """chat.completion.chunk events: the role, the text deltas, then (after the commit) the finish reason
+    with the ``ragloop`` object, the usage if asked, and ``[DONE]``. A failure mid-answer ends the stream
+    with an error event and no ``[DONE]``, so a client never mistakes a partial answer for a recorded one."""
+    stream_id = f"chatcmpl-{uuid.uuid4().hex}"
+    yield _sse(schemas.chunk_json(stream_id, created, model, {"role": "assistant", "content": ""}))
+    result: AnswerResult | None = None
+    try:
+        while True:
+            item = await anyio.to_thread.run_sync(next, stream, None, limiter=limiter)
+            if item is None:
+                break
+            if isinstance(item, AnswerResult):
+                result = item
+            elif item:
+                yield _sse(schemas.chunk_json(stream_id, created, model, {"content": item}))
+    except Exception as exc:
+        status, code, message = _describe(exc)
+        yield _sse(schemas.error_json(message, status=status, code=code))
+        return
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:  # a client that went away stops the answer; nothing was acknowledged
+            close()
+    if result is None:  # the assistant always ends with its result; a stream without one was not recorded
+        yield _sse(schemas.error_json("The answer was not recorded.", status=500, code="internal_error"))
+        return
+    final = schemas.chunk_json(stream_id, created, result.model_version, {}, result.finish_reason)
+    final["ragloop"] = schemas.answer_extras(result)
+    yield _sse(final)
+    if include_usage:
+        usage = schemas.chunk_json(stream_id, created, result.model_version, {})
+        usage["choices"] = []
+        usage["usage"] = schemas.usage_json(result)
+        yield _sse(usage)
+    yield _sse("[DONE]")
+
+
+# Uploads ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Upload:
+    files: list[tuple[str, bytes]] = field(default_factory=list)
+    fields: dict[str, str] = field(default_factory=dict)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # files refused at the door
+
+
+async def _read_upload(request: Request, max_file_bytes: int) -> _Upload:
+    """Parse a multipart upload as it arrives, keeping at most ``max_file_bytes`` of any one file in memory:
+    a file that grows past the limit is dropped on the spot and reported, and the rest of the upload goes
+    on. The route's body limit stops the request as a whole (413) before it is read when its declared
+    length is over, or as soon as the bytes received are."""
+    content_type, params = parse_options_header(request.headers.get("content-type"))
+    if content_type != b"multipart/form-data" or b"boundary" not in params:
+        raise RagloopError("Send the files as multipart/form-data, in the field `files`.")
+    upload = _Upload()
+    part: dict[str, Any] = {}
+    header_name = bytearray()
+    header_value = bytearray()
+
+    def on_part_begin() -> None:
+        part.clear()
+        part.update(headers={}, data=bytearray(), size=0, over=False)
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header_name.extend(data[start:end])
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header_value.extend(data[start:end])
+
+    def on_header_end() -> None:
+        part["headers"][bytes(header_name).lower()] = bytes(header_value)
+        header_name.clear()
+        header_value.clear()
+
+    def on_headers_finished() -> None:
+        _, options = parse_options_header(part["headers"].get(b"content-disposition", b""))
+        part["name"] = options.get(b"name", b"").decode("utf-8", "replace")
+        filename = options.get(b"filename")
+        # Only the file's own name: a client's folders mean nothing here and must not reach any path.
+        part["filename"] = (
+            None
+            if filename is None
+            else PurePath(filename.decode("utf-8", "replace").replace("\\", "/")).name
+        )
+        if part["filename"] is not None and len(upload.files) + len(upload.errors) >= UPLOAD_MAX_FILES:
+            raise RequestTooLarge(f"Too many files in one upload: at most {UPLOAD_MAX_FILES}.")
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        part["size"] += end - start
+        if part["filename"] is None:
+            if part["size"] > UPLOAD_MAX_FIELD_BYTES:
+                raise RequestTooLarge(f"The form field {part['name']!r} is too large.")
+        elif part["size"] > max_file_bytes:
+            part["over"] = True
+            part["data"] = bytearray()  # free it now; the rest of this file is skipped as it arrives
+            return
+        part["data"].extend(data[start:end])
+
+    def on_part_end() -> None:
+        name = part["filename"]
+        if name is None:
+            upload.fields[part["name"]] = part["data"].decode("utf-8", "replace")
+        elif part["over"]:
+            upload.errors.append(
+                (
+                    name,
+                    f"{name}: over the upload limit of {max_file_bytes:,} bytes; split the file, or raise "
+                    "[limits] max_upload_bytes in ragloop.toml.",
+                )
+            )
+        elif name or part["size"]:  # a browser sends an empty, unnamed part when no file was chosen
+            upload.files.append((name or "upload", bytes(part["data"])))
+
+    parser = MultipartParser(
+        params[b"boundary"],
+        {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+    except RagloopError:
+        raise
+    except Exception as exc:  # python-multipart's parse errors
+        raise RagloopError(f"Malformed multipart upload: {exc}") from exc
+    return upload
+
+
+_UPLOAD_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "collection": {"type": "string"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+# Errors ----------------------------------------------------------------------------------------------------
+
+
+def _describe(exc: Exception) -> tuple[int, str, str]:
+    """(status, code, message) for any exception; internals of unexpected ones stay in the log."""
+    if isinstance(exc, RagloopError):
+        return exc.status, exc.code, str(exc)
+    log.error("Unexpected error: %s", type(exc).__name__, exc_info=exc)
+    return 500, "internal_error", "Internal server error; the server log has the details."
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "Invalid request.", None
+    first = errors[0]
+    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
+    if first.get("type") == "json_invalid":
+        return (
+            f"The request body is not valid JSON: {first.get('ctx', {}).get('error', 'decode error')}.",
+            None,
+        )
+    param = ".".join(loc) or None
+    message = first.get("msg", "invalid value")
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return (f"{param}: {message}" if param else message), param
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves in OpenAI's shape, ``{"error": {message, type, param, code}}``."""
+
+    @app.exception_handler(RagloopError)
+    async def ragloop_error(_: Request, exc: RagloopError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        body = schemas.error_json(
+            str(exc), status=exc.status, code=exc.code, param=getattr(exc, "param", None)
+        )
+        return JSONResponse(body, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return JSONResponse(
+            schemas.error_json(message, status=400, code="invalid_request", param=param), status_code=400
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
+        message = str(exc.detail)
+        if exc.status_code == 413:  # raised by the routes' body limits
+            limit = (
+                "limits.max_upload_bytes" if request.url.path == "/api/ingest" else "limits.max_request_bytes"
+            )
+            message = f"The request body is over this server's size limit ({limit})."
+        return JSONResponse(
+            schemas.error_json(message, status=exc.status_code, code=code),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        status, code, message = _describe(exc)
+        return JSONResponse(schemas.error_json(message, status=status, code=code), status_code=status)
+
+
+__all__ = ["RequestTooLarge", "create_app", "run_server"]

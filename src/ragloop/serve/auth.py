@@ -1,0 +1,96 @@
+"""API keys at the HTTP door: when a key is required, who is calling, and what they may see.
+
+Keys themselves live in the store (``ragloop.store.keys``, secrets kept only as hashes). This module turns
+an ``Authorization`` header into a ``Caller`` and applies the three rules every endpoint shares: admin-only
+endpoints, a key's collection scope (a request may narrow it, never widen it), and reading only one's own
+records.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from ragloop.config import ServerSettings
+from ragloop.errors import ConfigError, PermissionDenied
+from ragloop.store.db import session_scope
+from ragloop.store.keys import verify_key
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request. ``key_id`` is None when auth is off; ``collections`` None means every one."""
+
+    key_id: str | None
+    admin: bool
+    collections: list[str] | None
+
+
+# With auth off the server trusts whoever can reach it, which auto mode allows only on loopback.
+OPEN = Caller(key_id=None, admin=True, collections=None)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost: addresses only this machine can connect to."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def auth_required(server: ServerSettings) -> bool:
+    """Whether API keys are enforced: ``on``/``off`` as set; ``auto`` turns them on for any address other
+    machines can reach (``0.0.0.0`` included), so exposing the server never silently exposes the data."""
+    mode = server.auth.strip().lower()
+    if mode == "on":
+        return True
+    if mode == "off":
+        return False
+    if mode == "auto":
+        return not is_loopback(server.host)
+    raise ConfigError(f"[server] auth = {server.auth!r} is not one of auto, on, off.")
+
+
+def authenticate(db_url: str, secret: str | None) -> Caller:
+    """The caller holding this key secret; AuthError (401) when it is missing, wrong or revoked."""
+    with session_scope(db_url) as session:
+        key = verify_key(session, secret)
+        return Caller(
+            key_id=key.id,
+            admin=bool(key.admin),
+            collections=None if key.collections is None else [str(c) for c in key.collections],
+        )
+
+
+def require_admin(caller: Caller) -> None:
+    if not caller.admin:
+        raise PermissionDenied("This endpoint needs an admin API key; ask an administrator for one.")
+
+
+def narrow_scope(caller: Caller, requested: list[str] | None) -> list[str] | None:
+    """The collections a request may search: what it asked for, cut to what its key may read.
+
+    An empty result is refused rather than passed on, because an empty scope must never be mistaken for
+    "no restriction" further down."""
+    requested = list(dict.fromkeys(requested)) if requested else None
+    if caller.collections is None:
+        return requested
+    allowed = [c for c in requested if c in caller.collections] if requested else list(caller.collections)
+    if not allowed:
+        readable = ", ".join(caller.collections) or "none"
+        raise PermissionDenied(f"This API key may only read the collections: {readable}.")
+    return allowed
+
+
+def require_collection(caller: Caller, collection: str) -> None:
+    """A scoped admin key may only write into its own collections."""
+    if caller.collections is not None and collection not in caller.collections:
+        raise PermissionDenied(f"This API key may not write to the collection {collection!r}.")
+
+
+def may_read_interaction(caller: Caller, api_key_id: str | None) -> bool:
+    """Admins (and everyone when auth is off) read every record; other keys only the ones they created."""
+    return caller.admin or (caller.key_id is not None and caller.key_id == api_key_id)
