@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -59,15 +60,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
-@pytest.fixture
-def home(tmp_path: Path, tiny_model_dir: Path) -> Settings:
-    """A fresh project home answering with the tiny model. The overrides are written into its
-    ``ragloop.toml`` (not passed in-process) so a server started as a subprocess sees the same settings."""
-    root = init_home(tmp_path / "home")
+def make_home(folder: Path, model_dir: Path) -> Settings:
+    """A project home in ``folder`` answering with the model in ``model_dir``. The overrides are written
+    into its ``ragloop.toml`` (not passed in-process) so a server started as a subprocess sees them too."""
+    root = init_home(folder / "home")
     (root / "ragloop.toml").write_text(
-        f"model_cache = {json.dumps(str(tmp_path / 'model-cache'))}\n\n"
+        f"model_cache = {json.dumps(str(folder / 'model-cache'))}\n\n"
         "[generator]\n"
-        f"model = {json.dumps(str(tiny_model_dir))}\n"
+        f"model = {json.dumps(str(model_dir))}\n"
         "max_new_tokens = 16\n\n"
         "[retrieval]\n"
         "top_k = 3\n"
@@ -76,13 +76,30 @@ def home(tmp_path: Path, tiny_model_dir: Path) -> Settings:
 
 
 @pytest.fixture
-def kb_home(home: Settings) -> Settings:
-    """``home`` with ``DOCS`` ingested: two documents in ``handbook``, one in ``finance``."""
-    from ragloop.ingest.pipeline import ingest_uploads
+def home(tmp_path: Path, tiny_model_dir: Path) -> Settings:
+    """A fresh, empty project home answering with the tiny model."""
+    return make_home(tmp_path, tiny_model_dir)
 
+
+@pytest.fixture(scope="session")
+def kb_template(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """The ``data/`` folder of a home with ``DOCS`` ingested, built once and copied by ``kb_home``
+    (ingesting costs seconds; copying a few small files, milliseconds)."""
+    from ragloop.ingest.pipeline import ingest_uploads
+    from ragloop.store.db import get_engine
+
+    settings = make_home(tmp_path_factory.mktemp("kb-template"), tiny_model_dir)
     for collection, files in DOCS.items():
-        report = ingest_uploads(home, files, collection=collection)
+        report = ingest_uploads(settings, files, collection=collection)
         assert report.ok, report.errors
+    get_engine(settings.db_url).dispose()  # closing the connections checkpoints SQLite's WAL into the file
+    return settings.data_dir
+
+
+@pytest.fixture
+def kb_home(home: Settings, kb_template: Path) -> Settings:
+    """``home`` with ``DOCS`` ingested: two documents in ``handbook``, one in ``finance``."""
+    shutil.copytree(kb_template, home.data_dir, dirs_exist_ok=True)
     return home
 
 
@@ -179,16 +196,22 @@ class ServerProcess:
 
 @pytest.fixture
 def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """Factory: ``server_process(settings, env=None)`` starts ``python -m ragloop.serve`` on the home of
-    ``settings`` and a free loopback port, waits until /healthz answers (model loaded), and kills the
-    process after the test if it still runs."""
+    """Factory: ``server_process(settings, env=None, log_level="warning")`` starts ``python -m
+    ragloop.serve`` on the home of ``settings`` and a free loopback port (``env`` adds RAGLOOP_* overrides),
+    waits until /healthz answers (model loaded), and kills the process after the test if it still runs.
+    Its output goes to ``ServerProcess.log_path``."""
     started: list[ServerProcess] = []
 
-    def start(settings: Settings, env: dict[str, str] | None = None, timeout: float = 180) -> ServerProcess:
+    def start(
+        settings: Settings,
+        env: dict[str, str] | None = None,
+        log_level: str = "warning",
+        timeout: float = 180,
+    ) -> ServerProcess:
         port = free_port()
         log_path = tmp_path / f"server-{port}.log"
         cmd = [sys.executable, "-m", "ragloop.serve", "--home", str(settings.home), "--host", "127.0.0.1",
-               "--port", str(port), "--log-level", "warning"]  # fmt: skip
+               "--port", str(port), "--log-level", log_level]  # fmt: skip
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}

@@ -8,6 +8,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -16,6 +18,7 @@ from openai import OpenAI
 
 from ragloop.config import ServerSettings, Settings
 from ragloop.errors import ConfigError
+from ragloop.generation.assistant import AnswerResult
 from ragloop.serve.auth import auth_required, is_loopback
 from ragloop.store.db import session_scope
 from ragloop.store.keys import create_key, revoke_key
@@ -236,14 +239,22 @@ def test_healthz_is_open_and_answers_while_streaming(kb_home: Settings, start_se
 
 @pytest.fixture
 def keys(kb_home: Settings) -> dict[str, str]:
-    """Secrets of an admin key, a non-admin key for every collection, and one scoped to ``handbook``."""
+    """Secrets of an admin key, a non-admin key for every collection, a key and an admin key scoped to
+    ``handbook``, and a revoked key."""
     with session_scope(kb_home.db_url) as session:
         _, admin = create_key(session, "admin", admin=True)
         _, reader = create_key(session, "reader")
         _, handbook = create_key(session, "handbook-only", collections=["handbook"])
+        _, handbook_admin = create_key(session, "handbook-admin", admin=True, collections=["handbook"])
         _, revoked = create_key(session, "revoked")
         revoke_key(session, revoked[:10])
-    return {"admin": admin, "reader": reader, "handbook": handbook, "revoked": revoked}
+    return {
+        "admin": admin,
+        "reader": reader,
+        "handbook": handbook,
+        "handbook_admin": handbook_admin,
+        "revoked": revoked,
+    }
 
 
 @pytest.fixture
@@ -296,6 +307,12 @@ def test_only_admin_keys_ingest(auth_server, keys) -> None:
         assert response.status_code == 200, response.text
         assert response.json()["ok"] and response.json()["errors"] == []
         assert response.json()["kb_version"] > 0
+    with auth_server.client(keys["handbook_admin"]) as client:  # an admin key scoped to one collection
+        assert_error(client.post("/api/ingest", files=upload, data={"collection": "finance"}), 403)
+        upload = [
+            ("files", ("closures.txt", b"The office closes at noon on the last working day of the year."))
+        ]
+        assert client.post("/api/ingest", files=upload, data={"collection": "handbook"}).status_code == 200
 
 
 def test_scoped_key_never_sees_other_collections(auth_server, keys, kb_home: Settings) -> None:
@@ -487,3 +504,66 @@ def test_concurrent_requests_are_all_answered(live_server) -> None:
     for thread in threads:
         thread.join(timeout=120)
     assert results == [200] * 6
+
+
+def test_slow_answers_leave_the_server_responsive(kb_home: Settings, start_server) -> None:
+    """Answers run in worker threads: while 40 are stuck generating, health checks, model listings and
+    record reads still answer at once, and every stuck answer completes once generation resumes."""
+    release = threading.Event()
+
+    class Slow:
+        kb = SimpleNamespace(version=1)
+
+        def answer(self, req: Any) -> AnswerResult:
+            assert release.wait(timeout=60)
+            return AnswerResult(
+                interaction_id="i", conversation_id="c", turn_index=0, answer="ok", citations=[], passages=[],
+                model_version="m", model_alias=None, kb_version=1, prompt_tokens=1, completion_tokens=1,
+                finish_reason="stop", latency={},
+            )  # fmt: skip
+
+    server = start_server(kb_home, assistant=Slow())
+
+    def ask() -> int:
+        with server.client() as client:
+            return chat(client).status_code
+
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        futures = [pool.submit(ask) for _ in range(40)]
+        time.sleep(1.0)  # let them all reach the assistant
+        with server.client(timeout=5) as client:
+            started = time.monotonic()
+            assert client.get("/healthz").status_code == 200
+            assert client.get("/v1/models").status_code == 200
+            assert client.get("/api/interactions/unknown").status_code == 404
+            assert time.monotonic() - started < 5
+        assert not any(f.done() for f in futures)
+        release.set()
+        statuses = [f.result(timeout=60) for f in futures]
+    assert statuses == [200] * 40
+
+
+def test_server_logs_hold_no_keys_nor_messages(kb_home: Settings, keys, server_process) -> None:
+    """With the access log on, a request's path and status are logged; its key and its text are not."""
+    server = server_process(kb_home, env={"RAGLOOP_SERVER__AUTH": "on"}, log_level="info")
+    marker = "Zanzibar-quokka-4711"
+    headers = {"Authorization": f"Bearer {keys['reader']}"}
+    response = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        json={
+            "messages": [{"role": "user", "content": f"{marker}: how many vacation days?"}],
+            "user": marker,
+        },
+        headers=headers,
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    assert (
+        httpx.get(f"{server.url}/v1/models", headers={"Authorization": "Bearer rl-wrong-key"}).status_code
+        == 401
+    )
+    server.kill()
+    log = server.log_path.read_text(errors="replace")
+    assert "/v1/chat/completions" in log  # the access log is on
+    for secret in (keys["reader"], keys["reader"][3:], "rl-wrong-key", marker):
+        assert secret not in log

@@ -74,7 +74,9 @@ class TransformersBackend:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a server log is no place for per-tensor progress bars
         if threads:
             torch.set_num_threads(threads)
         self.torch = torch

@@ -27,7 +27,7 @@ class PromptTemplate:
     id: str
     version: int
     system: str
-    passage_header: str  # format with n, title, source, section
+    passage_header: str  # format with n, title, source (" (path)" or "" when the passage has none), section
     question_intro: str
     no_passages: str
 
@@ -42,9 +42,8 @@ class PromptTemplate:
         question = messages[-1]["content"]
         blocks = []
         for n, p in enumerate(passages, start=1):
-            header = self.passage_header.format(
-                n=n, title=p.title or "untitled", source=p.source_path, section=p.section
-            )
+            source = f" ({p.source_path})" if p.source_path else ""
+            header = self.passage_header.format(n=n, title=p.title or "untitled", source=source, section=p.section)
             blocks.append(f"{header}\n{p.text.strip()}")
         context = "\n\n".join(blocks) if blocks else self.no_passages
         user = f"{context}\n\n{self.question_intro}{question}"
@@ -73,7 +72,7 @@ register(
             "Cite the documents that support each statement with their number in brackets, like [1]. "
             "If the documents do not contain the answer, say that the documents do not say."
         ),
-        passage_header="[{n}] {title} ({source})",
+        passage_header="[{n}] {title}{source}",
         question_intro="Question: ",
         no_passages="(no documents were found)",
     )

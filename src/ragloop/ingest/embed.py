@@ -50,6 +50,9 @@ class Embedder:
     def model(self):  # type: ignore[no-untyped-def]
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         return SentenceTransformer(str(self.path), device="cpu")
 

@@ -238,15 +238,12 @@ class KnowledgeBase:
     def restore(self, version: int) -> int:
         """Make ``version`` current again (a new version with its data); 0 drops the table.
 
-        Tags on the versions being undone are removed: they named writes that no longer count.
-        Returns the new current version.
+        Tags are left alone: a server may have answered from an undone version and tagged it, and that
+        record must stay replayable. Returns the new current version.
         """
         table = self._live()
         if table is None:
             return 0
-        for name, tag in table.tags.list().items():
-            if name != COMMITTED_TAG and int(tag["version"]) > version:
-                table.tags.delete(name)
         if version == 0:
             self._db.drop_table(TABLE)
             with self._lock:

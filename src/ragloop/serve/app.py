@@ -14,13 +14,13 @@ be ingested, 500 anything unexpected (details go to the server log, never to the
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from pathlib import PurePath
 from typing import Any
 
 import anyio
@@ -29,12 +29,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragloop.config import Settings
 from ragloop.errors import NotFound, RagloopError
 from ragloop.generation.assistant import AnswerRequest, AnswerResult, Assistant
-from ragloop.ingest.pipeline import ingest_uploads
+from ragloop.ingest.pipeline import IngestReport, ingest_uploads
 from ragloop.serve import schemas
 from ragloop.serve.auth import (
     OPEN,
@@ -68,6 +70,44 @@ class RequestTooLarge(RagloopError):
     code = "request_too_large"
 
 
+class BodyLimit:
+    """Refuse request bodies over a limit: at once, unread, when ``Content-Length`` announces one, and
+    otherwise as soon as the bytes received pass it, so a 10 GB body is never read into memory.
+
+    (Starlette's own limit answers in plain text, and replaces any response to an over-long request with
+    it; clients of this API expect OpenAI's error shape.)"""
+
+    def __init__(self, app: ASGIApp, default: int, per_path: dict[str, tuple[int, str]]):
+        self.app = app
+        self.default = (default, "limits.max_request_bytes")
+        self.per_path = per_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit, setting = self.per_path.get(scope["path"], self.default)
+        message = f"The request body is over this server's limit of {limit:,} bytes ({setting})."
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            body = schemas.error_json(message, status=413, code=RequestTooLarge.code)
+            await JSONResponse(body, status_code=413, headers={"Connection": "close"})(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            event = await receive()
+            if event["type"] == "http.request":
+                received += len(event.get("body", b""))
+                if received > limit:
+                    # An HTTPException passes FastAPI's body parsing untouched and reaches the handler.
+                    raise StarletteHTTPException(413, detail=message)
+            return event
+
+        await self.app(scope, limited_receive, send)
+
+
 def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAPI:
     """The API for one project home. Auth follows ``settings.server`` (``auto`` looks at its host, so
     ``run_server`` puts the bound host there); pass ``assistant`` to share one already loaded."""
@@ -87,6 +127,14 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
     app.state.assistant = assistant
     app.state.auth = auth_on
     _install_error_handlers(app)
+    # Every body is capped at max_request_bytes except uploads, whose files are checked one by one as they
+    # stream in (``_read_upload``) within an overall cap of UPLOAD_MAX_FILES full-size files.
+    upload_cap = limits.max_upload_bytes * UPLOAD_MAX_FILES + _MULTIPART_OVERHEAD
+    app.add_middleware(
+        BodyLimit,
+        default=limits.max_request_bytes,
+        per_path={"/api/ingest": (upload_cap, "limits.max_upload_bytes")},
+    )
 
     bearer = HTTPBearer(auto_error=False, description="An API key from `ragloop keys create`.")
 
@@ -110,7 +158,7 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
         return await anyio.to_thread.run_sync(health, limiter=health_threads)
 
     # Chat --------------------------------------------------------------------------------------------
-    @app.post("/v1/chat/completions", tags=["openai"], max_body_size=limits.max_request_bytes)
+    @app.post("/v1/chat/completions", tags=["openai"])
     async def chat_completions(
         body: schemas.ChatCompletionRequest, who: Caller = Depends(caller)
     ) -> Response:
@@ -180,7 +228,6 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
     @app.post(
         "/api/ingest",
         tags=["admin"],
-        max_body_size=limits.max_upload_bytes * UPLOAD_MAX_FILES + _MULTIPART_OVERHEAD,
         openapi_extra=_UPLOAD_OPENAPI,
     )
     async def ingest(request: Request, who: Caller = Depends(caller)) -> JSONResponse:
@@ -193,21 +240,25 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
         require_collection(who, collection)
         if not upload.files and not upload.errors:
             raise RagloopError("No file received: send one or more files in the multipart field `files`.")
-        report = None
+        report = IngestReport()
         if upload.files:
             report = await anyio.to_thread.run_sync(
-                lambda: ingest_uploads(settings, upload.files, collection=collection)
+                functools.partial(ingest_uploads, settings, upload.files, collection=collection)
             )
         body = schemas.ingest_report_json(report, upload.errors)
-        if report is not None and (report.added or report.replaced or report.unchanged):
+        if report.added or report.replaced or report.unchanged:
             return JSONResponse(body)
-        only_too_large = report is None or not report.errors  # every failure was the door's size check
-        status = 413 if upload.errors and only_too_large else 422
-        summary = "; ".join(f"{e['source_path']}: {e['message']}" for e in body["errors"][:5])
+        status = 413 if upload.errors and not report.errors else 422  # 413: only the size check failed
+        summary = " ".join(e["message"] for e in body["errors"][:5])
         error = schemas.error_json(
             f"No file could be ingested. {summary}", status=status, code="ingest_error", param="files"
         )
         return JSONResponse({**error, "report": body}, status_code=status)
+
+    # Training jobs and the model registry: routes of their own in serve/admin.py ---------------------
+    from ragloop.serve.admin import router as admin_router
+
+    app.include_router(admin_router)
 
     return app
 
@@ -332,12 +383,8 @@ async def _read_upload(request: Request, max_file_bytes: int) -> _Upload:
         _, options = parse_options_header(part["headers"].get(b"content-disposition", b""))
         part["name"] = options.get(b"name", b"").decode("utf-8", "replace")
         filename = options.get(b"filename")
-        # Only the file's own name: a client's folders mean nothing here and must not reach any path.
-        part["filename"] = (
-            None
-            if filename is None
-            else PurePath(filename.decode("utf-8", "replace").replace("\\", "/")).name
-        )
+        # The name is passed on as sent: the pipeline reduces it to a safe label (it is never a path).
+        part["filename"] = None if filename is None else filename.decode("utf-8", "replace")
         if part["filename"] is not None and len(upload.files) + len(upload.errors) >= UPLOAD_MAX_FILES:
             raise RequestTooLarge(f"Too many files in one upload: at most {UPLOAD_MAX_FILES}.")
 
@@ -453,18 +500,14 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _validation_message(exc)
         return JSONResponse(
-            schemas.error_json(message, status=400, code="invalid_request", param=param), status_code=400
+            schemas.error_json(message, status=400, code="invalid_request_error", param=param),
+            status_code=400,
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
         message = str(exc.detail)
-        if exc.status_code == 413:  # raised by the routes' body limits
-            limit = (
-                "limits.max_upload_bytes" if request.url.path == "/api/ingest" else "limits.max_request_bytes"
-            )
-            message = f"The request body is over this server's size limit ({limit})."
         return JSONResponse(
             schemas.error_json(message, status=exc.status_code, code=code),
             status_code=exc.status_code,

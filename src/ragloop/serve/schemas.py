@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import inspect
 
 from ragloop.generation.assistant import AnswerResult
+from ragloop.ingest.pipeline import IngestReport
 from ragloop.retrieval.search import Hit
 from ragloop.store.models import Interaction, ModelVersion
 
@@ -189,16 +190,11 @@ def interaction_json(interaction: Interaction) -> dict:
     return data
 
 
-def ingest_report_json(report: Any | None, door_errors: list[tuple[str, str]]) -> dict:
+def ingest_report_json(report: IngestReport, door_errors: list[tuple[str, str]]) -> dict:
     """An ``IngestReport`` as JSON, with the files the door itself refused (over the size limit) listed
     among its per-file errors so the client reads one list."""
-    if report is None:
-        data: dict[str, Any] = {}
-    elif dataclasses.is_dataclass(report) and not isinstance(report, type):
-        data = dataclasses.asdict(report)
-    else:
-        data = dict(vars(report))
-    errors = [*door_errors, *(tuple(e) for e in data.get("errors", []))]
-    data["errors"] = [{"source_path": str(path), "message": str(message)} for path, message in errors]
+    data = dataclasses.asdict(report)
+    errors = [*door_errors, *report.errors]
+    data["errors"] = [{"source_path": path, "message": message} for path, message in errors]
     data["ok"] = not errors
     return jsonable_encoder(data)

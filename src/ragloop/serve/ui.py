@@ -127,13 +127,24 @@ def ui_router(settings: Settings, auth_on: bool) -> APIRouter:
             if c.get("valid") and c.get("cited_start") is not None:
                 cites.setdefault(c["n"], []).append((c["cited_start"], c["cited_end"]))
         passages = [
-            {"rank": rec.rank, "title": rec.title, "source_path": rec.source_path, "section": rec.section,
-             "score": rec.score, "cited": rec.rank in cites, "html": highlight(p.text, cites.get(rec.rank, []))}
+            {
+                "rank": rec.rank,
+                "title": rec.title,
+                "source_path": rec.source_path,
+                "section": rec.section,
+                "score": rec.score,
+                "cited": rec.rank in cites,
+                "html": highlight(p.text, cites.get(rec.rank, [])),
+            }
             for rec, p in zip(interaction.passages, shown, strict=False)
         ]
         context = {
-            "item": item, "interaction": interaction, "passages": passages, "remaining": remaining,
-            "question": interaction.messages[-1]["content"], "answer_html": escape(interaction.answer),
+            "item": item,
+            "interaction": interaction,
+            "passages": passages,
+            "remaining": remaining,
+            "question": interaction.messages[-1]["content"],
+            "answer_html": escape(interaction.answer),
             "reviewer": who.key_id or "reviewer",
         }
         return TEMPLATES.TemplateResponse(request, "review_item.html", context)
@@ -188,6 +199,8 @@ def ui_router(settings: Settings, auth_on: bool) -> APIRouter:
             return login_redirect()
         with session_scope(settings.db_url) as s:
             rows = list(iter_interactions(s, limit=200, text=text or None, model=model or None))
-        return TEMPLATES.TemplateResponse(request, "interactions.html", {"rows": rows[::-1], "text": text, "model": model})
+        return TEMPLATES.TemplateResponse(
+            request, "interactions.html", {"rows": rows[::-1], "text": text, "model": model}
+        )
 
     return router

@@ -255,3 +255,42 @@ class DatasetSource(Base):
         ForeignKey("dataset_versions.id", ondelete="CASCADE"), primary_key=True
     )
     interaction_id: Mapped[str] = mapped_column(String(32), primary_key=True, index=True)
+
+
+class Job(Base):
+    """A background job (training, evaluation). The worker heartbeats; a job whose worker died with the
+    machine is found by its stale heartbeat, marked ``interrupted`` and can be resumed from its checkpoint."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    kind: Mapped[str] = mapped_column(String(32))  # sft | dpo | eval
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    # queued | running | succeeded | failed | cancelled | interrupted
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # step, total, loss, tokens/s, eta
+    log_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    output_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
+    result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # model_version id, metrics
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class RegistryEvent(Base):
+    """Every change of an alias (promote, rollback, alias) is itself recorded, so a rollback can find the
+    previous target and an auditor can see who served what when."""
+
+    __tablename__ = "registry_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    action: Mapped[str] = mapped_column(String(32))  # alias | promote | rollback | register
+    alias: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    model_version_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    previous_version_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ragloop.errors import NotFound
-from ragloop.store.models import ModelAlias, ModelVersion, utcnow
+from ragloop.store.models import ModelAlias, ModelVersion, RegistryEvent, utcnow
 
 DEFAULT_ALIAS = "production"
 BASE_ALIAS = "base"
@@ -29,18 +29,47 @@ def ensure_base_version(session: Session, base_model: str, base_hash: str) -> Mo
     return mv
 
 
-def set_alias(session: Session, name: str, version_id: str) -> ModelAlias:
+def set_alias(session: Session, name: str, version_id: str, *, action: str = "alias", note: str | None = None) -> ModelAlias:
+    """Point ``name`` at a version; the change is recorded as a RegistryEvent (what rollback reads)."""
     if session.get(ModelVersion, version_id) is None:
         raise NotFound(f"Model version {version_id!r} does not exist; see `ragloop models list`.")
     alias = session.get(ModelAlias, name)
+    previous = alias.model_version_id if alias is not None else None
     if alias is None:
         alias = ModelAlias(name=name, model_version_id=version_id)
         session.add(alias)
-    elif alias.model_version_id != version_id:
+    elif previous == version_id:
+        return alias
+    else:
         alias.model_version_id = version_id
         alias.updated_at = utcnow()
+    session.add(RegistryEvent(action=action, alias=name, model_version_id=version_id, previous_version_id=previous, note=note))
     session.flush()
     return alias
+
+
+def promote(session: Session, version_id: str, alias: str = DEFAULT_ALIAS, note: str | None = None) -> ModelAlias:
+    """Serve ``version_id`` under ``alias`` from the next request on."""
+    return set_alias(session, alias, version_id, action="promote", note=note)
+
+
+def rollback(session: Session, alias: str = DEFAULT_ALIAS, note: str | None = None) -> tuple[str, str]:
+    """Point ``alias`` back at the version it had before its current one was promoted; (from, to).
+
+    Repeated rollbacks walk further back: each looks up the promotion that set the current version."""
+    current = session.get(ModelAlias, alias)
+    if current is None:
+        raise NotFound(f"Alias {alias!r} is not set; nothing to roll back.")
+    events = session.scalars(
+        select(RegistryEvent).where(RegistryEvent.alias == alias, RegistryEvent.action != "rollback",
+                                    RegistryEvent.model_version_id == current.model_version_id)
+        .order_by(RegistryEvent.id.desc())
+    ).first()
+    if events is None or events.previous_version_id is None:
+        raise NotFound(f"Alias {alias!r} has no earlier version to roll back to.")
+    origin = current.model_version_id
+    set_alias(session, alias, events.previous_version_id, action="rollback", note=note)
+    return origin, events.previous_version_id
 
 
 def resolve(session: Session, name: str | None) -> tuple[ModelVersion, str | None]:

@@ -1,0 +1,290 @@
+"""Hybrid search over the knowledge base: dense + full text, fused by weighted reciprocal rank fusion.
+
+The two searches run separately, each returning ``settings.retrieval.candidates`` rows, and are fused here:
+
+    score(chunk) = sum over methods m that found it of  weight_m / (rrf_k + rank_m)
+
+LanceDB has a built-in hybrid query, but its rerankers return one fused score and hide each method's own
+score and rank; we record those per passage (they are what curation and evaluation later look at), so the
+fusion is the few lines of ``fuse`` below.
+
+``collections`` is a security scope, not a hint: it is applied as a LanceDB prefilter on both searches, as
+a bound expression (never SQL text built from user input), so no row outside it can come back.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from lancedb.expr import Expr, col, lit
+from lancedb.query import MatchQuery
+
+from ragloop.config import Settings
+from ragloop.errors import RagloopError
+from ragloop.ingest.embed import get_embedder
+from ragloop.ingest.kb import CHUNK_COLUMNS, KnowledgeBase
+
+log = logging.getLogger(__name__)
+
+MODES = ("hybrid", "dense", "fulltext")
+# Metadata a caller may filter on by equality; anything else is refused rather than passed to LanceDB.
+FILTER_COLUMNS = ("doc_id", "source_path", "title", "section", "collection")
+MAX_QUERY_CHARS = 2000  # a BM25 query is a bag of terms; past this, more terms only cost time
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+@dataclass
+class Hit:
+    """One retrieved chunk with its fused score and each method's own score and 1-based rank."""
+
+    chunk_id: str
+    doc_id: str
+    collection: str
+    source_path: str
+    title: str
+    section: str
+    text: str
+    text_sha256: str
+    char_start: int
+    char_end: int
+    score: float  # weighted reciprocal rank fusion
+    score_dense: float | None = None  # cosine similarity
+    score_fulltext: float | None = None  # BM25
+    rank_dense: int | None = None
+    rank_fulltext: int | None = None
+
+
+# The Hit fields copied from a table row as they are.
+_HIT_COLUMNS = (
+    "chunk_id",
+    "doc_id",
+    "collection",
+    "source_path",
+    "title",
+    "section",
+    "text",
+    "text_sha256",
+    "char_start",
+    "char_end",
+)
+
+
+@dataclass
+class SearchTimings:
+    """Milliseconds spent in each step of the last search (the benchmark reports them separately)."""
+
+    embed_ms: float = 0.0
+    dense_ms: float = 0.0
+    fulltext_ms: float = 0.0
+
+
+def fuse(
+    dense: list[dict], fulltext: list[dict], *, dense_weight: float, fulltext_weight: float, rrf_k: int
+) -> list[Hit]:
+    """Weighted reciprocal rank fusion of two ranked lists of rows; best first.
+
+    Ties (equal fused score) go to the higher cosine, then the chunk id, so the order is deterministic.
+    """
+    hits: dict[str, Hit] = {}
+
+    def hit_for(row: dict) -> Hit:
+        hit = hits.get(row["chunk_id"])
+        if hit is None:
+            fields = {name: row[name] for name in _HIT_COLUMNS}
+            hit = hits[row["chunk_id"]] = Hit(**fields, score=0.0)
+        return hit
+
+    for rank, row in enumerate(dense, start=1):
+        hit = hit_for(row)
+        hit.score += dense_weight / (rrf_k + rank)
+        hit.rank_dense = rank
+        hit.score_dense = 1.0 - float(row["_distance"])  # LanceDB's cosine distance is 1 - cosine
+    for rank, row in enumerate(fulltext, start=1):
+        hit = hit_for(row)
+        hit.score += fulltext_weight / (rrf_k + rank)
+        hit.rank_fulltext = rank
+        hit.score_fulltext = float(row["_score"])
+    return sorted(
+        hits.values(),
+        key=lambda h: (-h.score, -(h.score_dense if h.score_dense is not None else -2.0), h.chunk_id),
+    )
+
+
+def scope_filter(collections: list[str] | None, filters: dict[str, Any] | None) -> Expr | None:
+    """The prefilter for a search: collection scope AND metadata equality filters, as a bound expression.
+
+    Filter values may be a string or a list of strings (any of them). Unknown keys and non-string values
+    are refused with a message naming what is allowed.
+    """
+    parts: list[Expr] = []
+    if collections is not None:
+        parts.append(col("collection").isin([_string("collections", c) for c in collections]))
+    for key, value in (filters or {}).items():
+        if key not in FILTER_COLUMNS:
+            raise RagloopError(
+                f"Unknown filter {key!r}: filters can only be on {', '.join(FILTER_COLUMNS)}."
+            )
+        if isinstance(value, list | tuple):
+            parts.append(col(key).isin([_string(key, v) for v in value]))
+        else:
+            parts.append(col(key) == lit(_string(key, value)))
+    if not parts:
+        return None
+    where = parts[0]
+    for part in parts[1:]:
+        where = where & part
+    return where
+
+
+def _string(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise RagloopError(f"Filter {name!r} takes strings, got {type(value).__name__} {value!r}.")
+    return value
+
+
+def fulltext_query(query: str) -> str:
+    """The query as plain terms for BM25: no control characters, bounded length; "" if nothing is left.
+
+    It is sent as a LanceDB ``MatchQuery``, which treats the text as terms, never as query syntax, so quotes,
+    ``AND``/``OR``, ``:`` or ``*`` typed by a user are just characters.
+    """
+    text = _CONTROL.sub(" ", query)[:MAX_QUERY_CHARS]
+    return " ".join(text.split()) if any(ch.isalnum() for ch in text) else ""
+
+
+class Retriever:
+    """Hybrid search over one ``KnowledgeBase``; safe to share between threads."""
+
+    def __init__(self, settings: Settings, kb: KnowledgeBase | None = None):
+        self.settings = settings
+        self.kb = kb or KnowledgeBase(settings)
+        self.embedder = get_embedder(settings.embedding)
+
+    def embed_query(self, query: str) -> np.ndarray:
+        """The query's unit vector (exposed so the benchmark can time it apart from the search)."""
+        return self.embedder.encode([query])[0]
+
+    def search(
+        self,
+        query: str,
+        k: int | None = None,
+        *,
+        collections: list[str] | None = None,
+        filters: dict[str, Any] | None = None,
+        mode: str = "hybrid",
+        version: int | None = None,
+        query_vector: np.ndarray | None = None,
+        timings: SearchTimings | None = None,
+    ) -> list[Hit]:
+        """The ``k`` best chunks for ``query`` (default ``retrieval.top_k``), best first.
+
+        ``collections``: only rows of these collections can be returned (``[]`` returns nothing; None means
+        every collection). ``filters``: equality on doc_id, source_path, title, section or collection.
+        ``mode``: hybrid, dense or fulltext. ``version``: search the KB as it was at that version (replay).
+        ``query_vector``: a precomputed embedding of ``query``. ``timings``: filled in if given.
+        In hybrid mode a method whose weight is 0 is not run at all.
+        """
+        if mode not in MODES:
+            raise RagloopError(f"Unknown retrieval mode {mode!r}: use one of {', '.join(MODES)}.")
+        cfg = self.settings.retrieval
+        k = cfg.top_k if k is None else k
+        if k <= 0:
+            return []
+        dense, fulltext = self.candidates(
+            query,
+            max(cfg.candidates, k),
+            collections=collections,
+            filters=filters,
+            version=version,
+            dense=mode == "dense" or (mode == "hybrid" and cfg.dense_weight > 0),
+            fulltext=mode == "fulltext" or (mode == "hybrid" and cfg.fulltext_weight > 0),
+            query_vector=query_vector,
+            timings=timings,
+        )
+        hybrid = mode == "hybrid"
+        hits = fuse(
+            dense,
+            fulltext,
+            dense_weight=cfg.dense_weight if hybrid else 1.0,
+            fulltext_weight=cfg.fulltext_weight if hybrid else 1.0,
+            rrf_k=cfg.rrf_k,
+        )
+        return hits[:k]
+
+    def candidates(
+        self,
+        query: str,
+        n: int,
+        *,
+        collections: list[str] | None = None,
+        filters: dict[str, Any] | None = None,
+        version: int | None = None,
+        dense: bool = True,
+        fulltext: bool = True,
+        query_vector: np.ndarray | None = None,
+        timings: SearchTimings | None = None,
+    ) -> tuple[list[dict], list[dict]]:
+        """The ``n`` best rows of each method before fusion, best first (dense rows carry ``_distance``,
+        full-text rows ``_score``). ``search`` fuses them; the benchmark fuses them under many weights."""
+        where = scope_filter(collections, filters)  # validates filters even when nothing will be searched
+        if n <= 0 or (collections is not None and not collections) or not query.strip():
+            return [], []
+        table = self.kb.table(version)
+        if table is None:
+            return [], []
+        timings = timings if timings is not None else SearchTimings()
+        dense_rows: list[dict] = []
+        if dense:
+            t0 = time.perf_counter()
+            vector = self.embed_query(query) if query_vector is None else query_vector
+            t1 = time.perf_counter()
+            dense_rows = self._dense(table, vector, n, where)
+            timings.embed_ms = (t1 - t0) * 1000
+            timings.dense_ms = (time.perf_counter() - t1) * 1000
+        fulltext_rows: list[dict] = []
+        if fulltext:
+            t0 = time.perf_counter()
+            fulltext_rows = self._fulltext(table, query, n, where)
+            timings.fulltext_ms = (time.perf_counter() - t0) * 1000
+        return dense_rows, fulltext_rows
+
+    @staticmethod
+    def _dense(table: Any, vector: np.ndarray, n: int, where: Expr | None) -> list[dict]:
+        query = (
+            table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
+            .distance_type("cosine")
+            # Only used when a vector index exists: a wider HNSW beam, then exact cosine for the
+            # shortlist, so recorded dense scores are true cosines rather than quantised estimates.
+            .ef(max(100, 2 * n))
+            .refine_factor(2)
+            .select([*CHUNK_COLUMNS, "_distance"])
+            .limit(n)
+        )
+        if where is not None:
+            query = query.where(where, prefilter=True)
+        return query.to_list()
+
+    @staticmethod
+    def _fulltext(table: Any, query: str, n: int, where: Expr | None) -> list[dict]:
+        terms = fulltext_query(query)
+        if not terms:
+            return []
+        search = (
+            table.search(MatchQuery(terms, "text"), query_type="fts")
+            .select([*CHUNK_COLUMNS, "_score"])
+            .limit(n)
+        )
+        if where is not None:
+            search = search.where(where, prefilter=True)
+        try:
+            return search.to_list()
+        except (ValueError, RuntimeError, OSError) as exc:
+            # A user's text must never break an answer: dense results still come back.
+            log.warning("full-text search failed for %r, using dense results only: %s", terms[:80], exc)
+            return []
+

@@ -1,0 +1,157 @@
+"""The HTTP door onto training jobs and the model registry (admin key when auth is on).
+
+``GET/POST /api/jobs``, ``GET /api/jobs/{id}``, ``GET /api/jobs/{id}/logs``, ``POST /api/jobs/{id}/cancel``
+and ``/resume``; ``GET /api/models/{id}``, ``POST /api/models/{id}/promote``, ``POST /api/models/rollback``.
+Routes call the same functions as ``ragloop train | jobs | models``. A promotion through this server loads
+the version's adapter into the serving model *before* moving the alias, so a broken adapter is refused
+with the alias untouched and the first request after a promotion does not pay the load.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+
+from ragloop.config import Settings
+from ragloop.serve.auth import OPEN, Caller, authenticate, require_admin
+from ragloop.store import registry
+from ragloop.store.db import session_scope
+from ragloop.store.models import ModelAlias
+from ragloop.training import jobs
+from ragloop.training.registry import aliases_of, model_dict
+
+_bearer = HTTPBearer(auto_error=False, description="An admin API key from `ragloop keys create --admin`.")
+
+
+def admin_caller(
+    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+) -> Caller:
+    """The caller, who must hold an admin key when the app enforces keys (``app.state.auth``)."""
+    if not request.app.state.auth:
+        return OPEN
+    caller = authenticate(request.app.state.settings.db_url, credentials.credentials if credentials else None)
+    require_admin(caller)
+    return caller
+
+
+router = APIRouter(tags=["admin"], dependencies=[Depends(admin_caller)])
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+class JobRequest(BaseModel):
+    """``POST /api/jobs``: what ``ragloop train sft|dpo`` takes. ``config`` overrides TrainConfig fields."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    kind: str = Field(description="sft or dpo")
+    dataset: str = Field(description="dataset version id")
+    config: dict[str, Any] = Field(default_factory=dict, description="TrainConfig overrides")
+    from_: str | None = Field(default=None, alias="from", description="DPO: model version to start from")
+    base: str | None = None
+    name: str | None = None
+
+
+class AliasRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alias: str = registry.DEFAULT_ALIAS
+
+
+# Jobs --------------------------------------------------------------------------------------------------
+
+
+@router.get("/api/jobs")
+def list_jobs(request: Request, status: str | None = None, limit: int = 50) -> dict:
+    """Jobs, newest first; a job whose worker died shows as ``interrupted``."""
+    rows = jobs.list_jobs(_settings(request), limit=max(1, min(limit, 500)), status=status)
+    return {"object": "list", "data": [jobs.job_dict(j) for j in rows]}
+
+
+@router.post("/api/jobs", status_code=201)
+async def create_job(body: JobRequest, request: Request) -> dict:
+    """Validate (unknown or empty dataset, unknown ``from``, unloadable base: 4xx, nothing queued), queue
+    the job and make sure a worker runs it."""
+    settings = _settings(request)
+    config = {"dataset": body.dataset, "from": body.from_, "base": body.base, "name": body.name}
+    config = {k: v for k, v in config.items() if v is not None} | {"train": body.config}
+
+    def submit() -> dict:
+        job = jobs.submit(settings, body.kind, config)
+        jobs.ensure_worker(settings)
+        return jobs.job_dict(job)
+
+    return await anyio.to_thread.run_sync(submit)
+
+
+@router.get("/api/jobs/{job_id}")
+def get_job(job_id: str, request: Request) -> dict:
+    settings = _settings(request)
+    jobs.recover(settings)
+    return jobs.job_dict(jobs.get_job(settings, job_id))
+
+
+@router.get("/api/jobs/{job_id}/logs", response_class=PlainTextResponse)
+def job_logs(job_id: str, request: Request, offset: int = 0, tail: int | None = None) -> PlainTextResponse:
+    """The job's log as text, from byte ``offset`` (or its last ``tail`` bytes); the ``X-Next-Offset``
+    header says where to continue, so a client can follow it."""
+    job = jobs.get_job(_settings(request), job_id)
+    text, next_offset = jobs.read_log(job, offset=max(0, offset), tail=tail)
+    return PlainTextResponse(text, headers={"X-Next-Offset": str(next_offset), "X-Job-Status": job.status})
+
+
+@router.post("/api/jobs/{job_id}/cancel")
+def cancel_job(job_id: str, request: Request) -> dict:
+    return jobs.job_dict(jobs.cancel(_settings(request), job_id))
+
+
+@router.post("/api/jobs/{job_id}/resume")
+def resume_job(job_id: str, request: Request) -> dict:
+    settings = _settings(request)
+    job = jobs.resume(settings, job_id)
+    jobs.ensure_worker(settings)
+    return jobs.job_dict(job)
+
+
+# Models ------------------------------------------------------------------------------------------------
+
+
+@router.get("/api/models/{model_id}")
+def get_model(model_id: str, request: Request) -> dict:
+    """A version (or the version an alias points at) with its lineage, metrics and aliases."""
+    with session_scope(_settings(request).db_url) as s:
+        mv, _ = registry.resolve(s, model_id)
+        return model_dict(mv, aliases_of(s, mv.id))
+
+
+@router.post("/api/models/rollback")
+def rollback(request: Request, body: AliasRequest | None = None) -> dict:
+    """Point the alias back at its previous version (served from the next request on)."""
+    alias = (body or AliasRequest()).alias
+    with session_scope(_settings(request).db_url) as s:
+        origin, target = registry.rollback(s, alias, note="api")
+    return {"alias": alias, "from": origin, "model_version": target}
+
+
+@router.post("/api/models/{model_id}/promote")
+async def promote(model_id: str, request: Request, body: AliasRequest | None = None) -> dict:
+    """Serve ``model_id`` under the alias (default ``production``) from the next request on, without a
+    restart. The adapter is loaded first; if it cannot be, the alias does not move."""
+    alias = (body or AliasRequest()).alias
+    settings = _settings(request)
+    assistant = request.app.state.assistant
+    with session_scope(settings.db_url) as s:
+        mv, _ = registry.resolve(s, model_id)
+    await anyio.to_thread.run_sync(assistant.backend_for, mv)
+    with session_scope(settings.db_url) as s:
+        current = s.get(ModelAlias, alias)
+        previous = current.model_version_id if current is not None else None
+        registry.promote(s, mv.id, alias, note="api")
+    return {"alias": alias, "model_version": mv.id, "previous": previous}
