@@ -10,12 +10,12 @@ from typing import Any
 
 import httpx
 from sqlalchemy import select
-from test_registry import greedy, register_adapter, run_cli
 
 from ragloop.generation.models import resolve_model
 from ragloop.generation.replay import replay
 from ragloop.store.db import session_scope
 from ragloop.store.models import RegistryEvent
+from test_registry import greedy, register_adapter, run_cli
 
 QUESTION = "How many days of paid vacation do employees receive?"
 
@@ -30,7 +30,9 @@ def ask(client: httpx.Client, model: str | None = None) -> dict[str, Any]:
     return {"text": data["choices"][0]["message"]["content"], **data["ragloop"]}
 
 
-def test_promote_and_rollback_switch_the_served_model_without_restart(kb_home, start_server, tmp_path: Path) -> None:
+def test_promote_and_rollback_switch_the_served_model_without_restart(
+    kb_home, start_server, tmp_path: Path
+) -> None:
     v1 = register_adapter(kb_home, tmp_path, 1, name="v")
     v2 = register_adapter(kb_home, tmp_path, 2, name="v")
     server = start_server(kb_home)

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
-from test_registry import FakeResult, make_adapter, make_dataset, run_cli
 
 from ragloop.config import Settings
 from ragloop.errors import NotFound, RagloopError
@@ -26,6 +25,7 @@ from ragloop.generation.models import resolve_model
 from ragloop.store.db import session_scope
 from ragloop.store.models import DatasetVersion, Job, ModelVersion
 from ragloop.training import jobs
+from test_registry import FakeResult, make_adapter, make_dataset, run_cli
 
 # Small enough for seconds on two CPU cores; checkpoints often, so a kill always leaves one to resume from.
 TINY_TRAIN: dict[str, Any] = {"max_steps": 6, "save_steps": 2, "logging_steps": 1}
@@ -92,7 +92,9 @@ def fake_trainer(steps: int = 3, block: threading.Event | None = None) -> Any:
 def test_foreground_job_registers_its_adapter_with_lineage(home: Settings) -> None:
     dataset_id = make_dataset(home)
     seen: list[dict] = []
-    job = jobs.submit(home, "sft", {"dataset": dataset_id, "name": "hand", "train": TINY_TRAIN}, foreground=True)
+    job = jobs.submit(
+        home, "sft", {"dataset": dataset_id, "name": "hand", "train": TINY_TRAIN}, foreground=True
+    )
     assert job.status == "running" and job.pid == os.getpid()
     job = jobs.run_job(home, job.id, progress=seen.append, trainer=fake_trainer())
 
@@ -196,7 +198,8 @@ def test_worker_trains_registers_and_a_dpo_job_continues_from_it(home: Settings,
 
             # DPO from the SFT version: lineage points back at it.
             dpo = client.post(
-                "/api/jobs", json={"kind": "dpo", "dataset": dataset_id, "from": sft_version, "config": TINY_TRAIN}
+                "/api/jobs",
+                json={"kind": "dpo", "dataset": dataset_id, "from": sft_version, "config": TINY_TRAIN},
             )
             assert dpo.status_code == 201, dpo.text
             job = jobs.wait_for(home, dpo.json()["id"], timeout_s=300)

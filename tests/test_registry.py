@@ -124,7 +124,9 @@ def register_adapter(settings: Settings, tmp: Path, seed: int, **kwargs: Any) ->
     return register_model(settings, FakeResult(adapter, metrics), train_config=hyper, **kwargs)
 
 
-def greedy(model_dir_or_model: Any, tokenizer_dir: Path, messages: list[dict], max_new_tokens: int = 16) -> list[int]:
+def greedy(
+    model_dir_or_model: Any, tokenizer_dir: Path, messages: list[dict], max_new_tokens: int = 16
+) -> list[int]:
     """Greedy token ids of a plain transformers (or PEFT) model for a chat."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -135,7 +137,9 @@ def greedy(model_dir_or_model: Any, tokenizer_dir: Path, messages: list[dict], m
         model = AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32)
     ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.inference_mode():
-        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        out = model.generate(
+            **ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+        )
     return out[0, ids["input_ids"].shape[1] :].tolist()
 
 
@@ -177,7 +181,9 @@ def test_named_versions_count_up_and_children_inherit_erasure(home: Settings, tm
     erased = make_dataset(home, name="old", erased=True)
     clean = make_dataset(home, name="new", seed=1)
     first = register_adapter(home, tmp_path, 1, dataset_id=erased, name="handbook")
-    child = register_adapter(home, tmp_path, 2, dataset_id=clean, name="handbook", parent_id=first.id, kind="dpo")
+    child = register_adapter(
+        home, tmp_path, 2, dataset_id=clean, name="handbook", parent_id=first.id, kind="dpo"
+    )
     assert (first.id, child.id) == ("handbook-v1", "handbook-v2")
     assert first.contains_erased and child.contains_erased  # DPO weights descend from the erased data
     assert child.parent_id == first.id and child.meta["kind"] == "dpo"

@@ -33,6 +33,7 @@ from pathlib import Path
 import phonenumbers
 import tldextract
 from presidio_analyzer import (
+    AnalysisExplanation,
     AnalyzerEngine,
     EntityRecognizer,
     LocalRecognizer,
@@ -458,8 +459,8 @@ _EU_POSTCODE_CITY = (
     r"(?:(?-i:[A-Z]{1,2})-)?(?:\d{3}[ \t]\d{2}|\d{4,5})(?:[ \t](?-i:[A-Z]{2}))?[ \t]+" + _CAP + r"(?:[ \t]" + _CAP + r")?"
 )
 _GERMANIC_STREET = (
-    r"(?-i:[A-ZÄÖÜ][a-zäöüß]*(?:straße|strasse|str\.|weg|gasse|platz|allee|ring|damm|ufer|gracht|laan"
-    r"|straat|plein|kade|gatan|vägen|gade|vej|veien|katu|tie))"
+    r"(?-i:[A-ZÄÖÜ][a-zäöüß]{2,}(?:straße|strasse|str\.|weg|gasse|platz|allee|damm|ufer|gracht|laan"
+    r"|straat|plein|kade|gatan|vägen|vej|veien|katu|tie))"
 )
 _ROMANCE_STREET = (
     r"(?:rue|avenue|boulevard|bd|place|chemin|allée|impasse|quai|calle|avenida|plaza|paseo|carrer|via"
@@ -591,12 +592,14 @@ class PhoneNumberRecognizer(PhoneRecognizer):
                     any(True for _ in phonenumbers.PhoneNumberMatcher(chunk[start:end], region, leniency=2))
                     for region in self.supported_regions
                 )
+                score = self.SCORE if strict else 0.1
                 results.append(
                     RecognizerResult(
                         self.supported_entities[0],
                         offset + start,
                         offset + end,
-                        self.SCORE if strict else 0.1,
+                        score,
+                        analysis_explanation=AnalysisExplanation(self.name, score, "phonenumbers match"),
                         recognition_metadata={
                             RecognizerResult.RECOGNIZER_NAME_KEY: self.name,
                             RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: self.id,
@@ -1077,7 +1080,7 @@ class Anonymizer:
             if street_types.match(w) or not w[0].isupper() or (w.isupper() and len(w) <= 2):
                 return _keep_format(w, draws) if w.isupper() and len(w) <= 2 and w.isalpha() else w
             suffix = re.search(
-                r"(straße|strasse|weg|gasse|platz|allee|ring|damm|ufer|gracht|laan|straat|plein|kade)$", w
+                r"(straße|strasse|weg|gasse|platz|allee|damm|ufer|gracht|laan|straat|plein|kade|gatan|vägen)$", w
             )
             stem = draws.choice(self._last).capitalize()
             return stem + suffix.group(1) if suffix else stem

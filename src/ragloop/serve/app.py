@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -28,6 +29,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -35,6 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragloop.config import Settings
 from ragloop.errors import NotFound, RagloopError
+from ragloop.feedback.service import add_feedback
 from ragloop.generation.assistant import AnswerRequest, AnswerResult, Assistant
 from ragloop.ingest.pipeline import IngestReport, ingest_uploads
 from ragloop.serve import schemas
@@ -48,6 +51,7 @@ from ragloop.serve.auth import (
     require_admin,
     require_collection,
 )
+from ragloop.serve.ui import ui_router
 from ragloop.store import registry
 from ragloop.store.db import session_scope
 from ragloop.store.models import Interaction
@@ -254,6 +258,31 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
             f"No file could be ingested. {summary}", status=status, code="ingest_error", param="files"
         )
         return JSONResponse({**error, "report": body}, status_code=status)
+
+    # Feedback ----------------------------------------------------------------------------------------
+    @app.post("/api/interactions/{interaction_id}/feedback", tags=["records"], status_code=201)
+    async def post_feedback(interaction_id: str, request: Request, who: Caller = Depends(caller)) -> dict:
+        """Thumbs, rating, comment, correction, gold/irrelevant passage numbers, tags. Admins review any
+        turn; other keys only their own. Several reviewers are kept apart (``reviewer_id``, default: the key)."""
+        try:
+            data = await request.json()
+        except ValueError:
+            raise RagloopError("The request body is not valid JSON.") from None
+        if isinstance(data, dict) and not data.get("reviewer_id") and who.key_id:
+            data["reviewer_id"] = who.key_id
+
+        def save() -> dict:
+            with session_scope(db_url) as session:
+                interaction = session.get(Interaction, interaction_id)
+                if interaction is None or not may_read_interaction(who, interaction.api_key_id):
+                    raise NotFound(f"No interaction {interaction_id!r} visible to this API key.")
+                return add_feedback(session, interaction_id, data).to_dict()
+
+        return await anyio.to_thread.run_sync(save, limiter=health_threads)
+
+    # Web UI (review queue, interactions) -------------------------------------------------------------
+    app.mount("/static", StaticFiles(directory=str(Path(__file__).parent / "static")), name="static")
+    app.include_router(ui_router(settings, auth_on))
 
     # Training jobs and the model registry: routes of their own in serve/admin.py ---------------------
     from ragloop.serve.admin import router as admin_router

@@ -294,3 +294,44 @@ class RegistryEvent(Base):
     model_version_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     previous_version_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class EvalRun(Base):
+    """One evaluation of one model version on one QA set under one retrieval condition."""
+
+    __tablename__ = "eval_runs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    model_version: Mapped[str] = mapped_column(String(128), index=True)
+    dataset: Mapped[str] = mapped_column(Text)  # dataset version id or file path
+    dataset_hash: Mapped[str] = mapped_column(String(64), default="")
+    condition: Mapped[str] = mapped_column(String(32))  # oracle | distractors | no-gold | closed-book | live
+    n_distractors: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    n_examples: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    wall_s: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class EvalExample(Base):
+    """One question of an eval run: what was shown, what the model said, how it scored."""
+
+    __tablename__ = "eval_examples"
+    __table_args__ = (UniqueConstraint("run_id", "example_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("eval_runs.id", ondelete="CASCADE"), index=True)
+    example_id: Mapped[str] = mapped_column(String(128))
+    question: Mapped[str] = mapped_column(Text)
+    answers: Mapped[list[Any]] = mapped_column(JSON)  # gold answers
+    passage_ids: Mapped[list[Any]] = mapped_column(JSON)  # shown, in order
+    gold_ids: Mapped[list[Any]] = mapped_column(JSON)
+    prompt_sha256: Mapped[str] = mapped_column(String(64))
+    output: Mapped[str] = mapped_column(Text)
+    prediction: Mapped[str] = mapped_column(Text)  # extracted answer
+    scores: Mapped[dict[str, Any]] = mapped_column(JSON)  # em, f1, label_correct, citation_p/r, grounded, abstained...
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    # expert review of eval answers goes through the review queue via a shadow Interaction
+    interaction_id: Mapped[str | None] = mapped_column(String(32), nullable=True)

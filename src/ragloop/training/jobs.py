@@ -668,7 +668,7 @@ def _supervise(settings: Settings, job: Job, lock: IO[str]) -> None:
     log_path = Path(job.log_path or jobs_dir(settings) / job.id / "job.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "ragloop.training.worker", "--home", str(settings.home), "--job", job.id]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
     with log_path.open("ab") as log:
         # The child keeps the home's lock open too, so a worker killed alone cannot let a second worker
         # start another job beside a training that is still running.

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: (none)
-Create Date: 2026-11-25 20:47:25.013913
+Create Date: 2026-11-25 21:03:07.681978
 """
 
 from alembic import op
@@ -62,6 +62,24 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('documents', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_documents_collection'), ['collection'], unique=False)
+
+    op.create_table('eval_runs',
+    sa.Column('id', sa.String(length=32), nullable=False),
+    sa.Column('created_at', sa.DateTime(), nullable=False),
+    sa.Column('model_version', sa.String(length=128), nullable=False),
+    sa.Column('dataset', sa.Text(), nullable=False),
+    sa.Column('dataset_hash', sa.String(length=64), nullable=False),
+    sa.Column('condition', sa.String(length=32), nullable=False),
+    sa.Column('n_distractors', sa.Integer(), nullable=True),
+    sa.Column('config', sa.JSON(), nullable=False),
+    sa.Column('metrics', sa.JSON(), nullable=False),
+    sa.Column('n_examples', sa.Integer(), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('wall_s', sa.Float(), nullable=False),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('eval_runs', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_eval_runs_model_version'), ['model_version'], unique=False)
 
     op.create_table('interactions',
     sa.Column('id', sa.String(length=32), nullable=False),
@@ -168,6 +186,27 @@ def upgrade() -> None:
     with op.batch_alter_table('dataset_sources', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_dataset_sources_interaction_id'), ['interaction_id'], unique=False)
 
+    op.create_table('eval_examples',
+    sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('run_id', sa.String(length=32), nullable=False),
+    sa.Column('example_id', sa.String(length=128), nullable=False),
+    sa.Column('question', sa.Text(), nullable=False),
+    sa.Column('answers', sa.JSON(), nullable=False),
+    sa.Column('passage_ids', sa.JSON(), nullable=False),
+    sa.Column('gold_ids', sa.JSON(), nullable=False),
+    sa.Column('prompt_sha256', sa.String(length=64), nullable=False),
+    sa.Column('output', sa.Text(), nullable=False),
+    sa.Column('prediction', sa.Text(), nullable=False),
+    sa.Column('scores', sa.JSON(), nullable=False),
+    sa.Column('latency_ms', sa.Float(), nullable=False),
+    sa.Column('interaction_id', sa.String(length=32), nullable=True),
+    sa.ForeignKeyConstraint(['run_id'], ['eval_runs.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('run_id', 'example_id')
+    )
+    with op.batch_alter_table('eval_examples', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_eval_examples_run_id'), ['run_id'], unique=False)
+
     op.create_table('feedback',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('interaction_id', sa.String(length=32), nullable=False),
@@ -258,6 +297,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_feedback_interaction_id'))
 
     op.drop_table('feedback')
+    with op.batch_alter_table('eval_examples', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_eval_examples_run_id'))
+
+    op.drop_table('eval_examples')
     with op.batch_alter_table('dataset_sources', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_dataset_sources_interaction_id'))
 
@@ -283,6 +326,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_interactions_conversation_id'))
 
     op.drop_table('interactions')
+    with op.batch_alter_table('eval_runs', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_eval_runs_model_version'))
+
+    op.drop_table('eval_runs')
     with op.batch_alter_table('documents', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_documents_collection'))
 

@@ -1,0 +1,153 @@
+"""Hybrid search on a small real knowledge base (packaged MiniLM, real LanceDB), ingested once per module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ragloop.config import Settings, init_home, load_settings
+from ragloop.errors import RagloopError
+from ragloop.ingest.kb import KnowledgeBase
+from ragloop.ingest.pipeline import ingest_uploads
+from ragloop.retrieval.search import Retriever, SearchTimings, fulltext_query
+
+CORPUS: dict[str, list[tuple[str, bytes]]] = {
+    "handbook": [
+        ("vacation.md", b"# Vacation\n\nEmployees receive twenty-five days of paid vacation per year.\n"),
+        ("security.txt", b"Passwords must be rotated every ninety days. Laptops use full disk encryption.\n"),
+        ("parking.txt", b"Parking permits cost 30 EUR per month. Paid parking is in garage B, level -2.\n"),
+    ],
+    "finance": [
+        ("fines.txt", b"Fines can reach 20 000 000 EUR or 4 % of the worldwide annual turnover.\n"),
+    ],
+    "o'brien": [  # a collection name with a quote: must work as a scope, never as SQL
+        ("notes.txt", b"The O'Brien account holiday calendar lists every public holiday.\n"),
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    settings = load_settings(init_home(tmp_path_factory.mktemp("retrieval") / "home"))
+    for collection, files in CORPUS.items():
+        report = ingest_uploads(settings, files, collection=collection)
+        assert report.ok, report.errors
+    return settings
+
+
+@pytest.fixture(scope="module")
+def retriever(settings: Settings) -> Retriever:
+    return Retriever(settings)
+
+
+def with_weights(settings: Settings, **weights: float) -> Retriever:
+    retrieval = settings.retrieval.model_copy(update=weights)
+    return Retriever(settings.model_copy(update={"retrieval": retrieval}))
+
+
+def test_hybrid_finds_the_answer_with_both_scores(retriever: Retriever) -> None:
+    hits = retriever.search("How many vacation days do employees get?", 3)
+    top = hits[0]
+    assert top.source_path == "vacation.md" and top.collection == "handbook"
+    assert top.rank_dense == 1 and top.rank_fulltext == 1
+    assert 0 < top.score_dense <= 1 and top.score_fulltext > 0
+    assert top.score == pytest.approx(2 / (60 + 1))  # weighted RRF with the default weights and rrf_k
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert len(top.text_sha256) == 64 and top.char_end > top.char_start
+
+
+def test_single_methods_fill_only_their_own_scores(retriever: Retriever) -> None:
+    dense = retriever.search("encryption of laptops", 2, mode="dense")
+    assert all(h.score_fulltext is None and h.rank_fulltext is None for h in dense)
+    assert [h.rank_dense for h in dense] == [1, 2]
+    fulltext = retriever.search("encryption of laptops", 2, mode="fulltext")
+    assert fulltext[0].source_path == "security.txt"
+    assert all(h.score_dense is None for h in fulltext)
+    with pytest.raises(RagloopError):
+        retriever.search("x", mode="semantic")
+
+
+def test_weights_change_the_order(settings: Settings, retriever: Retriever) -> None:
+    # "paid" is the only rare word the parking notice shares with the query; the vacation policy shares its
+    # meaning. The two methods disagree on the winner, so the weights decide.
+    query = "paid time off"
+    dense_top = retriever.search(query, 1, mode="dense")[0].source_path
+    fulltext_top = retriever.search(query, 1, mode="fulltext")[0].source_path
+    assert dense_top != fulltext_top
+    dense_heavy = with_weights(settings, dense_weight=3.0, fulltext_weight=1.0).search(query, 1)
+    fulltext_heavy = with_weights(settings, dense_weight=1.0, fulltext_weight=3.0).search(query, 1)
+    assert dense_heavy[0].source_path == dense_top
+    assert fulltext_heavy[0].source_path == fulltext_top
+    # A zero weight skips that method entirely.
+    only_fulltext = with_weights(settings, dense_weight=0.0).search(query, 2)
+    assert all(h.score_dense is None for h in only_fulltext)
+
+
+def test_collection_scope_is_enforced(retriever: Retriever) -> None:
+    for mode in ("hybrid", "dense", "fulltext"):
+        hits = retriever.search("fines turnover EUR", 10, collections=["handbook"], mode=mode)
+        assert hits and {h.collection for h in hits} == {"handbook"}
+    assert retriever.search("fines", 10, collections=[]) == []  # an empty scope is nothing, not everything
+    assert {h.collection for h in retriever.search("fines", 10)} >= {"finance", "handbook"}
+
+
+def test_quotes_in_scope_and_filters_are_values_not_sql(retriever: Retriever) -> None:
+    hits = retriever.search("holiday calendar", 10, collections=["o'brien"])
+    assert hits and {h.collection for h in hits} == {"o'brien"}
+    for evil in ["handbook' OR '1'='1", "x') OR (collection = 'finance", 'handbook" OR 1=1 --']:
+        assert retriever.search("fines", 10, collections=[evil]) == []
+        assert retriever.search("fines", 10, filters={"source_path": evil}) == []
+
+
+def test_filters(retriever: Retriever) -> None:
+    hits = retriever.search("days", 10, filters={"source_path": "security.txt"})
+    assert hits and {h.source_path for h in hits} == {"security.txt"}
+    hits = retriever.search("days", 10, filters={"source_path": ["security.txt", "fines.txt"]})
+    assert {h.source_path for h in hits} <= {"security.txt", "fines.txt"}
+    # A filter on collection narrows the scope; it can never widen it.
+    assert retriever.search("fines", 10, collections=["handbook"], filters={"collection": "finance"}) == []
+    with pytest.raises(RagloopError, match="Unknown filter"):
+        retriever.search("days", filters={"text": "x"})
+    with pytest.raises(RagloopError, match="takes strings"):
+        retriever.search("days", filters={"doc_id": 3})
+
+
+@pytest.mark.parametrize(
+    "query",
+    ['"unbalanced', "AND OR NOT", "((( )))", "title:vacation*", "vacation~2 +days -fines", "'; DROP TABLE x;--",
+     "\x00\x01 days", "?!.,", "ünïcödé ☃ vacation", "x" * 5000],  # fmt: skip
+)
+def test_punctuation_heavy_queries_never_raise(retriever: Retriever, query: str) -> None:
+    for mode in ("fulltext", "hybrid"):
+        assert isinstance(retriever.search(query, 3, mode=mode), list)
+
+
+def test_fulltext_query_sanitising() -> None:
+    assert fulltext_query("  a\x00b\tc  ") == "a b c"
+    assert fulltext_query("?!*") == ""
+    assert len(fulltext_query("y" * 10_000)) == 2000
+
+
+def test_blank_query_and_empty_knowledge_base(tmp_path: Path, retriever: Retriever) -> None:
+    assert retriever.search("   ") == []
+    empty = Retriever(load_settings(init_home(tmp_path / "empty")))
+    assert empty.search("anything") == []
+
+
+def test_search_at_an_old_version(settings: Settings, retriever: Retriever) -> None:
+    kb = KnowledgeBase(settings)
+    version = kb.version
+    assert retriever.search("vacation", 1, version=version)[0].source_path == "vacation.md"
+    with pytest.raises(RagloopError):
+        retriever.search("vacation", 1, version=10_000)
+
+
+def test_timings_and_precomputed_query_vector(retriever: Retriever) -> None:
+    timings = SearchTimings()
+    vector = retriever.embed_query("vacation days")
+    hits = retriever.search("vacation days", 2, query_vector=vector, timings=timings)
+    assert hits[0].source_path == "vacation.md"
+    assert timings.embed_ms < 1 and timings.dense_ms > 0 and timings.fulltext_ms > 0
+    retriever.search("vacation days", 2, timings=timings)
+    assert timings.embed_ms > 0
