@@ -149,9 +149,7 @@ def bench_hotpot(root: Path, cache: Path) -> tuple[str, dict]:
         f"hybrid, tuned on train (w_dense={best_w}, rrf_k={best_k})": fused("dev", best_w, 1.0, best_k),
     }
     both = {
-        name: quality(
-            [pair for split in ("train", "dev") for pair in _runs(cands[split], weights)]
-        )
+        name: quality([pair for split in ("train", "dev") for pair in _runs(cands[split], weights)])
         for name, weights in (
             ("fulltext (BM25)", (0.0, 1.0, cfg.rrf_k)),
             ("dense (MiniLM)", (1.0, 0.0, cfg.rrf_k)),
@@ -197,8 +195,13 @@ def bench_hotpot(root: Path, cache: Path) -> tuple[str, dict]:
         f"embedding {embed_s:.0f} s (0 if cached), kb.apply with full-text index {apply_s:.1f} s.",
         "",
         table(
-            ["method (200 dev questions, k=10)", "p50 ms", "p95 ms", "of which query embedding p50 ms",
-             "p50 ratio vs BM25"],  # fmt: skip
+            [
+                "method (200 dev questions, k=10)",
+                "p50 ms",
+                "p95 ms",
+                "of which query embedding p50 ms",
+                "p50 ratio vs BM25",
+            ],
             [
                 [m, v["p50"], v["p95"], v["embed_p50"], f"{v['p50'] / latency['fulltext']['p50']:.2f}"]
                 for m, v in latency.items()
@@ -234,16 +237,29 @@ def bench_scale(root: Path, n_rows: int, uniform: bool) -> tuple[str, dict]:
     settings = new_home(root / ("scale-uniform" if uniform else "scale"))
     dim = get_embedder(settings.embedding).dim
     rng = np.random.default_rng(0)
-    vocab = ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), size=rng.integers(3, 10))) for _ in range(20000)]
+    vocab = [
+        "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), size=rng.integers(3, 10)))
+        for _ in range(20000)
+    ]
     centres = None if uniform else unit(rng.standard_normal((2000, dim)))
     vectors = synthetic_vectors(rng, n_rows, dim, centres)
     chunks = []
     for i in range(n_rows):
         text = " ".join(rng.choice(vocab, size=int(rng.integers(30, 80))))
         chunks.append(
-            Chunk(chunk_id=f"c{i:07d}", doc_id=f"d{i // 4:07d}", collection=f"col{i % 4}",
-                  source_path=f"synthetic/{i // 4}.txt", title="", section="", text=text, char_start=0,
-                  char_end=len(text), chunk_index=i % 4, text_sha256="")  # fmt: skip
+            Chunk(
+                chunk_id=f"c{i:07d}",
+                doc_id=f"d{i // 4:07d}",
+                collection=f"col{i % 4}",
+                source_path=f"synthetic/{i // 4}.txt",
+                title="",
+                section="",
+                text=text,
+                char_start=0,
+                char_end=len(text),
+                chunk_index=i % 4,
+                text_sha256="",
+            )
         )
     kb = KnowledgeBase(settings)
     t0 = time.perf_counter()
@@ -275,9 +291,13 @@ def bench_scale(root: Path, n_rows: int, uniform: bool) -> tuple[str, dict]:
 
     def exact(_q: str, v: np.ndarray) -> list[str]:
         rows = (
-            table_.search(v, vector_column_name="vector").distance_type("cosine").bypass_vector_index()
-            .select(["chunk_id", "_distance"]).limit(10).to_list()
-        )  # fmt: skip
+            table_.search(v, vector_column_name="vector")
+            .distance_type("cosine")
+            .bypass_vector_index()
+            .select(["chunk_id", "_distance"])
+            .limit(10)
+            .to_list()
+        )
         return [r["chunk_id"] for r in rows]
 
     exact_ms, exact_ids = timed(exact)
@@ -287,20 +307,39 @@ def bench_scale(root: Path, n_rows: int, uniform: bool) -> tuple[str, dict]:
     scoped_ms, _ = timed(
         lambda q, v: retriever.search(q, 10, mode="hybrid", query_vector=v, collections=["col1"])
     )
-    recall = float(np.mean([
-        len({h.chunk_id for h in hits} & set(ids)) / 10 for hits, ids in zip(ann_hits, exact_ids, strict=True)
-    ]))  # fmt: skip
+    recall = float(
+        np.mean(
+            [
+                len({h.chunk_id for h in hits} & set(ids)) / 10
+                for hits, ids in zip(ann_hits, exact_ids, strict=True)
+            ]
+        )
+    )
 
     base = pct(exact_ms, 50)
     rows = [
         ["dense, exact (no index) = baseline", pct(exact_ms, 50), pct(exact_ms, 95), "1.00"],
-        [f"dense, ANN ({'/'.join(index_types)})", pct(ann_ms, 50), pct(ann_ms, 95), f"{pct(ann_ms, 50) / base:.3f}"],
+        [
+            f"dense, ANN ({'/'.join(index_types)})",
+            pct(ann_ms, 50),
+            pct(ann_ms, 95),
+            f"{pct(ann_ms, 50) / base:.3f}",
+        ],
         ["full text (BM25)", pct(fts_ms, 50), pct(fts_ms, 95), f"{pct(fts_ms, 50) / base:.3f}"],
-        ["hybrid (ANN + BM25 + fusion)", pct(hybrid_ms, 50), pct(hybrid_ms, 95), f"{pct(hybrid_ms, 50) / base:.3f}"],
-        ["hybrid, scoped to 1 of 4 collections", pct(scoped_ms, 50), pct(scoped_ms, 95),
-         f"{pct(scoped_ms, 50) / base:.3f}"],
+        [
+            "hybrid (ANN + BM25 + fusion)",
+            pct(hybrid_ms, 50),
+            pct(hybrid_ms, 95),
+            f"{pct(hybrid_ms, 50) / base:.3f}",
+        ],
+        [
+            "hybrid, scoped to 1 of 4 collections",
+            pct(scoped_ms, 50),
+            pct(scoped_ms, 95),
+            f"{pct(scoped_ms, 50) / base:.3f}",
+        ],
         ["query embedding alone (MiniLM, CPU)", pct(embed_ms, 50), pct(embed_ms, 95), "-"],
-    ]  # fmt: skip
+    ]
     kind = "uniform random (worst case)" if uniform else "clustered random"
     md = [
         f"### {n_rows:,} synthetic chunks ({kind} unit vectors, dim {dim}; random-word texts), "

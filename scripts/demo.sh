@@ -34,4 +34,23 @@ first=$(head -n 1 "$HOME_DIR/interactions.jsonl" | .venv/bin/python -c 'import j
 
 step "5. Replay the first record: the exact prompt is rebuilt from the record"
 $RAGLOOP replay "$first"
-printf '\nDone. Serve it with: RAGLOOP_HOME=%s %s serve\n' "$HOME_DIR" "$RAGLOOP"
+step "6. Review: ratings on the demo's answers and one correction (several reviewers are kept apart)"
+mapfile -t IDS < <(.venv/bin/python -c 'import json,sys; [print(json.loads(l)["id"]) for l in open(sys.argv[1])]' "$HOME_DIR/interactions.jsonl")
+$RAGLOOP feedback "${IDS[0]}" --thumbs up --rating 4 --gold 1 --reviewer alice
+$RAGLOOP feedback "${IDS[1]}" --thumbs down --rating 2 --reviewer alice \
+  --correction "The controller must notify the supervisory authority without undue delay and, where feasible, not later than 72 hours after becoming aware of the breach [1]."
+$RAGLOOP feedback "${IDS[2]}" --rating 3 --reviewer bob --comment "too vague"
+$RAGLOOP feedback "${IDS[3]}" --thumbs down --reviewer bob
+$RAGLOOP review sample --n 5
+
+step "7. Cold start: question/answer pairs from the GDPR itself (extractive synth, no model needed)"
+$RAGLOOP synth --n 40 --method extractive --out "$HOME_DIR/synth.jsonl"
+
+step "8. A curated, anonymised, RAFT-formatted dataset version, topped up from synth, and its exports"
+$RAGLOOP dataset build --name gdpr-demo --import "generic:$HOME_DIR/synth.jsonl" --seed 0 | tee "$HOME_DIR/build.log"
+DS=$(grep -oE 'ds-[0-9a-f]{12}' "$HOME_DIR/build.log" | tail -n 1)
+$RAGLOOP dataset show "$DS" --examples 1
+$RAGLOOP dataset export "$DS" --format trl-prompt-completion --out "$HOME_DIR/exports/$DS-trl"
+$RAGLOOP dataset export "$DS" --format dpo --out "$HOME_DIR/exports/$DS-dpo"
+
+printf '\nDone. Serve it with: RAGLOOP_HOME=%s %s serve   (review queue: http://127.0.0.1:8000/review)\n' "$HOME_DIR" "$RAGLOOP"

@@ -27,14 +27,25 @@ from ragloop.store.models import DatasetVersion, Job, ModelVersion
 from ragloop.training import jobs
 from test_registry import FakeResult, make_adapter, make_dataset, run_cli
 
-# Small enough for seconds on two CPU cores; checkpoints often, so a kill always leaves one to resume from.
-TINY_TRAIN: dict[str, Any] = {"max_steps": 6, "save_steps": 2, "logging_steps": 1}
-LONG_TRAIN: dict[str, Any] = {"max_steps": 400, "save_steps": 2, "logging_steps": 1}
+# One example per step (batch_size 1) over many epochs, so max_steps alone sets the length; small enough
+# for seconds on two CPU cores, and checkpointing often, so a kill always leaves a checkpoint to resume from.
+TINY_TRAIN: dict[str, Any] = {"max_steps": 6, "epochs": 50, "batch_size": 1, "save_every": 2, "eval_every": 3,
+                              "logging_every": 1, "max_length": 512, "batch_tokens": 512, "lora_r": 4}  # fmt: skip
+LONG_TRAIN: dict[str, Any] = {**TINY_TRAIN, "max_steps": 150, "eval_every": 50}
 
 
 def count(settings: Settings, model: type) -> int:
+    """Rows of a table; for ModelVersion only trained ones (a server registers the base model on start)."""
+    q = select(func.count()).select_from(model)
+    if model is ModelVersion:
+        q = q.where(ModelVersion.adapter_path.is_not(None))
     with session_scope(settings.db_url) as s:
-        return s.scalar(select(func.count()).select_from(model)) or 0
+        return s.scalar(q) or 0
+
+
+def flat(text: str) -> str:
+    """CLI output with the terminal's line wrapping undone."""
+    return " ".join(text.split())
 
 
 def wait_until(condition: Any, timeout: float = 180.0, what: str = "condition") -> Any:
@@ -110,9 +121,29 @@ def test_foreground_job_registers_its_adapter_with_lineage(home: Settings) -> No
         assert mv.meta["hyperparameters"]["max_steps"] == TINY_TRAIN["max_steps"]
     log, _ = jobs.read_log(job)
     assert "progress" in log and "registered model version hand-v1" in log
+    refused = run_cli(home, "jobs", "resume", job.id)
+    assert refused.exit_code == 1 and "only interrupted, failed, cancelled" in flat(refused.output)
+    shown = run_cli(home, "jobs", "show", job.id, "--json")
+    assert json.loads(shown.output)["result"]["model_version"] == "hand-v1"
 
 
-def test_cancel_stops_a_running_job_at_its_next_step_and_registers_nothing(home: Settings) -> None:
+def test_foreground_cli_trains_for_real_and_registers(home: Settings) -> None:
+    dataset_id = make_dataset(home)
+    sets = [f"--set={k}={v}" for k, v in TINY_TRAIN.items()]
+    result = run_cli(home, "train", "sft", "--dataset", dataset_id, "--foreground", "--name", "fg", *sets)
+    assert result.exit_code == 0, result.output
+    assert "model version fg-v1" in result.output
+    with session_scope(home.db_url) as s:
+        mv = s.get(ModelVersion, "fg-v1")
+        assert mv.meta["metrics"]["steps"] == TINY_TRAIN["max_steps"] and mv.meta["metrics"]["eval_loss"]
+        assert mv.meta["hyperparameters"]["lora_r"] == 4
+        job = s.scalars(select(Job)).one()
+        assert job.status == "succeeded" and job.pid == os.getpid()
+
+
+def test_cancel_stops_a_running_job_at_its_next_step_and_registers_nothing(
+    home: Settings, start_server
+) -> None:
     job = jobs.submit(home, "sft", {"dataset": make_dataset(home), "train": TINY_TRAIN}, foreground=True)
     release = threading.Event()
     outcome: dict[str, Job] = {}
@@ -120,20 +151,25 @@ def test_cancel_stops_a_running_job_at_its_next_step_and_registers_nothing(home:
         target=lambda: outcome.setdefault("job", jobs.run_job(home, job.id, trainer=fake_trainer(2, release)))
     )
     runner.start()
+    server = start_server(home)
     try:
-        wait_until(lambda: (jobs.get_job(home, job.id).progress or {}).get("step", 0) >= 2, 30, "progress")
-        assert jobs.cancel(home, job.id).status == "running"  # asked; the trainer stops at its next step
-        runner.join(timeout=30)
+        with server.client() as client:
+            wait_until(lambda: client.get(f"/api/jobs/{job.id}").json()["progress"].get("step", 0) >= 2, 30)
+            asked = client.post(f"/api/jobs/{job.id}/cancel")
+            assert asked.status_code == 200 and asked.json()["status"] == "running"  # stops at its next step
+            runner.join(timeout=30)
+            assert client.get(f"/api/jobs/{job.id}").json()["status"] == "cancelled"
+            again = client.post(f"/api/jobs/{job.id}/cancel")
+            assert again.status_code == 409 and "already cancelled" in again.json()["error"]["message"]
     finally:
         release.set()
         runner.join()
     assert outcome["job"].status == "cancelled"
     assert count(home, ModelVersion) == 0
-    with pytest.raises(jobs.JobError, match="already cancelled"):
-        jobs.cancel(home, job.id)
 
     queued = jobs.submit(home, "sft", {"dataset": make_dataset(home, seed=1), "train": TINY_TRAIN})
-    assert jobs.cancel(home, queued.id).status == "cancelled"  # never started: cancelled at once
+    result = run_cli(home, "jobs", "cancel", queued.id[:8])  # an id prefix is enough
+    assert result.exit_code == 0 and "cancelled" in result.output  # never started: cancelled at once
     assert jobs.claim_next(home) is None
 
 
@@ -166,7 +202,7 @@ def test_bad_input_fails_up_front_and_registers_nothing(home: Settings, tmp_path
     ]:
         result = run_cli(home, *args)
         assert result.exit_code == 1, result.output
-        assert message in " ".join(result.output.split()), result.output
+        assert message in flat(result.output), result.output
     assert count(home, Job) == 0 and count(home, ModelVersion) == 0
     assert jobs.worker_pid(home) is None  # nothing was started either
 
@@ -222,9 +258,9 @@ def test_killed_worker_leaves_an_interrupted_job_that_resumes_from_its_checkpoin
     job = jobs.submit(home, "sft", {"dataset": make_dataset(home), "train": LONG_TRAIN})
     worker = jobs.ensure_worker(home)
     assert worker is not None and jobs.ensure_worker(home) is None  # one worker per home
-    checkpoints = Path(job.output_dir) / "train"
+    checkpoints = Path(job.output_dir) / "train" / "checkpoints"
     try:
-        wait_until(lambda: any(checkpoints.glob("checkpoint-*")), 300, "a first checkpoint")
+        wait_until(lambda: any(checkpoints.glob("step-*")), 300, "a first checkpoint")
         wait_until(lambda: (jobs.get_job(home, job.id).progress or {}).get("step", 0) >= 4, 120, "step 4")
     finally:
         kill_group(worker)
@@ -240,7 +276,6 @@ def test_killed_worker_leaves_an_interrupted_job_that_resumes_from_its_checkpoin
     resumed = run_cli(home, "jobs", "resume", job.id)
     assert resumed.exit_code == 0, resumed.output
     worker = jobs.worker_pid(home) or wait_until(lambda: jobs.worker_pid(home), 30, "a worker")
-    # Shorten the rest: the resumed run picks up from the checkpoint and stops soon after it.
     try:
         job = jobs.wait_for(home, job.id, timeout_s=600)
     finally:

@@ -10,11 +10,11 @@ from ragloop.config import Settings, init_home, load_settings
 from ragloop.errors import RagloopError
 from ragloop.ingest.kb import KnowledgeBase
 from ragloop.ingest.pipeline import ingest_uploads
-from ragloop.retrieval.search import Retriever, SearchTimings, fulltext_query
+from ragloop.retrieval.search import Retriever, SearchTimings, fulltext_query, fuse
 
 CORPUS: dict[str, list[tuple[str, bytes]]] = {
     "handbook": [
-        ("vacation.md", b"# Vacation\n\nEmployees receive twenty-five days of paid vacation per year.\n"),
+        ("vacation.md", b"# Vacation\n\nEmployees receive twenty-five days of annual leave per year.\n"),
         ("security.txt", b"Passwords must be rotated every ninety days. Laptops use full disk encryption.\n"),
         ("parking.txt", b"Parking permits cost 30 EUR per month. Paid parking is in garage B, level -2.\n"),
     ],
@@ -69,19 +69,44 @@ def test_single_methods_fill_only_their_own_scores(retriever: Retriever) -> None
 
 
 def test_weights_change_the_order(settings: Settings, retriever: Retriever) -> None:
-    # "paid" is the only rare word the parking notice shares with the query; the vacation policy shares its
-    # meaning. The two methods disagree on the winner, so the weights decide.
+    # "paid" is the only word the parking notice shares with the query; the leave policy shares its
+    # meaning. The two methods disagree, so the weights decide the order.
     query = "paid time off"
-    dense_top = retriever.search(query, 1, mode="dense")[0].source_path
-    fulltext_top = retriever.search(query, 1, mode="fulltext")[0].source_path
-    assert dense_top != fulltext_top
-    dense_heavy = with_weights(settings, dense_weight=3.0, fulltext_weight=1.0).search(query, 1)
-    fulltext_heavy = with_weights(settings, dense_weight=1.0, fulltext_weight=3.0).search(query, 1)
-    assert dense_heavy[0].source_path == dense_top
-    assert fulltext_heavy[0].source_path == fulltext_top
-    # A zero weight skips that method entirely.
-    only_fulltext = with_weights(settings, dense_weight=0.0).search(query, 2)
+    dense = [h.chunk_id for h in retriever.search(query, 3, mode="dense")]
+    fulltext = [h.chunk_id for h in retriever.search(query, 3, mode="fulltext")]
+    assert dense[0] != fulltext[0]
+    only_dense = with_weights(settings, dense_weight=1.0, fulltext_weight=0.0).search(query, 3)
+    only_fulltext = with_weights(settings, dense_weight=0.0, fulltext_weight=1.0).search(query, 3)
+    assert [h.chunk_id for h in only_dense] == dense  # a zero weight skips that method entirely
+    assert [h.chunk_id for h in only_fulltext] == fulltext
     assert all(h.score_dense is None for h in only_fulltext)
+
+
+def test_fusion_weights_and_rrf_k() -> None:
+    def row(chunk_id: str, **score: float) -> dict:
+        return {
+            "chunk_id": chunk_id,
+            "doc_id": chunk_id,
+            "collection": "c",
+            "source_path": "p",
+            "title": "",
+            "section": "",
+            "text": "",
+            "text_sha256": "",
+            "char_start": 0,
+            "char_end": 0,
+            **score,
+        }
+
+    dense = [row("a", _distance=0.1), row("b", _distance=0.2)]
+    fulltext = [row("b", _score=3.0)]
+    by_dense = fuse(dense, fulltext, dense_weight=4.0, fulltext_weight=1.0, rrf_k=1)
+    by_fulltext = fuse(dense, fulltext, dense_weight=1.0, fulltext_weight=4.0, rrf_k=1)
+    assert [h.chunk_id for h in by_dense] == ["a", "b"]  # 4/2 beats 4/3 + 1/2
+    assert [h.chunk_id for h in by_fulltext] == ["b", "a"]
+    b = by_fulltext[0]
+    assert b.score == pytest.approx(1 / 3 + 4 / 2) and b.rank_dense == 2 and b.rank_fulltext == 1
+    assert b.score_dense == pytest.approx(0.8) and b.score_fulltext == 3.0
 
 
 def test_collection_scope_is_enforced(retriever: Retriever) -> None:
@@ -115,8 +140,18 @@ def test_filters(retriever: Retriever) -> None:
 
 @pytest.mark.parametrize(
     "query",
-    ['"unbalanced', "AND OR NOT", "((( )))", "title:vacation*", "vacation~2 +days -fines", "'; DROP TABLE x;--",
-     "\x00\x01 days", "?!.,", "ünïcödé ☃ vacation", "x" * 5000],  # fmt: skip
+    [
+        '"unbalanced',
+        "AND OR NOT",
+        "((( )))",
+        "title:vacation*",
+        "vacation~2 +days -fines",
+        "'; DROP TABLE x;--",
+        "\x00\x01 days",
+        "?!.,",
+        "ünïcödé ☃ vacation",
+        "x" * 5000,
+    ],
 )
 def test_punctuation_heavy_queries_never_raise(retriever: Retriever, query: str) -> None:
     for mode in ("fulltext", "hybrid"):

@@ -93,6 +93,13 @@ class ServerSettings(BaseModel):
     auth: str = "auto"  # auto | on | off
 
 
+class RecordSettings(BaseModel):
+    """What is kept. ``retention_days``: interactions older than this are erased (with their feedback) at
+    server start and by ``ragloop forget --older-than``, and datasets/models built from them are marked."""
+
+    retention_days: int | None = None
+
+
 class IngestSettings(BaseModel):
     """JSON/JSONL loader fields: which keys hold the text, id, title (dotted paths allowed)."""
 
@@ -122,6 +129,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    records: RecordSettings = Field(default_factory=RecordSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -184,6 +192,9 @@ fulltext_weight = 1.0
 
 [prompt]
 template = "cited-answer"
+
+[records]
+# retention_days = 365      # erase interactions older than this (GDPR storage limitation)
 
 [server]
 host = "127.0.0.1"

@@ -52,8 +52,11 @@ def forget(
         raise RagloopError("Say what to forget: --conversation, --user, --text or --older-than DAYS.")
     report = ForgetReport()
     with session_scope(settings.db_url) as s:
-        q = interaction_query(conversation_id=conversation_id, text=text,
-                              until=utcnow() - timedelta(days=older_than_days) if older_than_days is not None else None)
+        q = interaction_query(
+            conversation_id=conversation_id,
+            text=text,
+            until=utcnow() - timedelta(days=older_than_days) if older_than_days is not None else None,
+        )
         if user_id:
             q = q.where(Interaction.user_id == user_id)
         ids = [i.id for i in s.scalars(q)]
@@ -61,19 +64,30 @@ def forget(
         if not ids:
             return report
         report.feedback = len(list(s.scalars(select(Feedback.id).where(Feedback.interaction_id.in_(ids)))))
-        datasets = sorted(set(s.scalars(select(DatasetSource.dataset_id).where(DatasetSource.interaction_id.in_(ids)))))
-        models = sorted(set(s.scalars(select(ModelVersion.id).where(ModelVersion.dataset_id.in_(datasets))))) if datasets else []
+        datasets = sorted(
+            set(s.scalars(select(DatasetSource.dataset_id).where(DatasetSource.interaction_id.in_(ids))))
+        )
+        models = (
+            sorted(set(s.scalars(select(ModelVersion.id).where(ModelVersion.dataset_id.in_(datasets)))))
+            if datasets
+            else []
+        )
         report.datasets, report.models = datasets, models
-        for dv in s.scalars(select(DatasetVersion).where(DatasetVersion.id.in_(datasets))) if datasets else []:
+        for dv in (
+            s.scalars(select(DatasetVersion).where(DatasetVersion.id.in_(datasets))) if datasets else []
+        ):
             report.rebuild[dv.id] = dv.command or f"ragloop dataset build --name {dv.name} --seed {dv.seed}"
         if dry_run:
             s.rollback()
             return report
         when = utcnow().isoformat(timespec="seconds")
-        for dv in s.scalars(select(DatasetVersion).where(DatasetVersion.id.in_(datasets))) if datasets else []:
+        for dv in (
+            s.scalars(select(DatasetVersion).where(DatasetVersion.id.in_(datasets))) if datasets else []
+        ):
             dv.contains_erased = True
-            dv.erased_note = (f"{when}: built from records erased since; rebuild without them with: "
-                              f"{report.rebuild[dv.id]}")
+            dv.erased_note = (
+                f"{when}: built from records erased since; rebuild without them with: {report.rebuild[dv.id]}"
+            )
         for mv in s.scalars(select(ModelVersion).where(ModelVersion.id.in_(models))) if models else []:
             mv.contains_erased = True
             mv.erased_note = f"{when}: trained on dataset(s) {', '.join(d for d in datasets if d == mv.dataset_id)} that contain erased records; retrain on the rebuilt dataset."

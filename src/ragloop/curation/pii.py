@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import importlib.metadata
+import logging
 import re
 import secrets
 import sqlite3
@@ -156,7 +157,8 @@ class NameLists:
         return self.last_freq(token) >= COMMON_LAST_NAME_FREQ
 
     def role(self, token: str) -> str | None:
-        """"female", "male" or "last" by census frequency, None for a word the census does not know."""
+        """The pool a surrogate for this word is drawn from, by census frequency: female or male first
+        names, or surnames; None for a word the census does not know."""
         key = fold(token).upper()
         f, m, last = self.female.get(key, 0.0), self.male.get(key, 0.0), self.last.get(key, 0.0)
         if not (f or m or last):
@@ -188,10 +190,15 @@ def census_names() -> NameLists:
     return NameLists(read("dist.female.first"), read("dist.male.first"), read("dist.all.last"))
 
 
+def words(text: str) -> frozenset[str]:
+    """A set of words written as one string: long vocabularies stay readable."""
+    return frozenset(text.split())
+
+
 # First names that are also everyday English words: found by comparing the census first names with an
 # English word list, then pruned by hand of words that are mostly names (John, Peter, Victor…). As the
 # first word of a name they need stronger evidence: a census surname after them, not at sentence start.
-AMBIGUOUS_FIRST_NAMES = frozenset(
+AMBIGUOUS_FIRST_NAMES = words(
     """alpha amber angel angle art august aura autumn basil beau belle berry bill birdie blanch bonny brain
     brandy brook brooks buck bud buddy buster candy caprice carol chance charity chase chastity cherish cherry
     clay clement cliff coral crystal dale dawn dean delta desire destiny diamond dimple dolly dot dusty earl
@@ -202,11 +209,11 @@ AMBIGUOUS_FIRST_NAMES = frozenset(
     may melody mercy merry miles misty noble nova olive omega opal page pansy pat patience pearl penny piper
     porter precious prince princess prudence queen raven ray reed rich robin rocky rose rosemary royal ruby
     rusty sandy savanna scarlet sierra so sol son song soon spring star sterling stormy summer sun sunny
-    sunshine tanner tiny trinity velvet viola violet wade walker ward will windy young""".split()
+    sunshine tanner tiny trinity velvet viola violet wade walker ward will windy young"""
 )
 # Words that end an organisation or a place, not a person's name ("Grace Hospital", "Victoria Street"),
 # unless they are also common surnames ("Rebecca Hall", "Linda Park").
-NOT_A_NAME = frozenset(
+NOT_A_NAME = words(
     """street st road rd avenue ave lane ln drive boulevard blvd court place square way terrace close
     crescent gardens parkway highway hospital clinic surgery pharmacy practice laboratory university college
     school academy bank group ltd limited inc corp gmbh ag sa llc llp plc foundation institute agency
@@ -218,18 +225,18 @@ NOT_A_NAME = frozenset(
     holdings services solutions systems technologies medical health care insurance capital county city town
     village district province region wing ward block unit building tower floor room period day team support
     customer service club monday tuesday wednesday thursday friday saturday sunday january february march april
-    june july august september october november december protection data privacy policy terms law code""".split()
+    june july august september october november december protection data privacy policy terms law code"""
 )
 # Capitalised words that are grammar, greetings or the first word of a place, never the start of a name.
-NOT_A_NAME_WORD = frozenset(
+NOT_A_NAME_WORD = words(
     """the this that these those in on at for from with by of and or but if when where what which who how
     why all any each our your their his her its we you they he she it i a an as to is are was were be has
     have had do does did not no yes please thanks thank dear hi hello regards kind best sir madam colleague
     colleagues customer customers team everyone there here after before since during according under
-    pursuant my me mine san santa santo saint sao são los las fort mount new north south east west upper lower""".split()
+    pursuant my me mine san santa santo saint sao são los las fort mount new north south east west upper lower"""
 )
-TITLES = frozenset("mr mrs ms miss mx dr prof professor sir dame lord lady judge rev reverend father".split())
-PARTICLES = frozenset("van von de der den da di del della la le du dos das bin ibn al el ter ten".split())
+TITLES = words("mr mrs ms miss mx dr prof professor sir dame lord lady judge rev reverend father")
+PARTICLES = words("van von de der den da di del della la le du dos das bin ibn al el ter ten")
 
 _NAME_TOKEN = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
 # Words that announce a person. Strong cues (a greeting, a form label at the start of a line, a
@@ -251,10 +258,10 @@ _WEAK_CUE = re.compile(
     r"|\b(?:[Tt]his is|I am|I,)|(?:^|\n)[^\n:]{1,30}:)[ \t]*$"
 )
 # Place names that are also census first names: as a first word they need the same care as "May".
-PLACE_FIRST_NAMES = frozenset(
+PLACE_FIRST_NAMES = words(
     """florida georgia virginia carolina dakota montana nevada indiana austin dallas houston phoenix
     denver jackson madison lincoln victoria florence sydney adelaide charlotte paris chelsea israel
-    jordan kenya china india asia africa america geneva""".split()
+    jordan kenya china india asia africa america geneva"""
 )
 _OPENS_SENTENCE = re.compile(r"(?:^|[.!?:;\n\"“(])\s*$")
 _COUPLE_BEFORE = re.compile(r"(?<![\w])([^\W\d_]+)[ \t]+(?:and|&)[ \t]+$")
@@ -267,7 +274,7 @@ def _is_org_word(token: str) -> bool:
 
 
 def _is_capitalised(token: str) -> bool:
-    """"Anna", "McDonald", "O'Brien", "J": yes. "GDPR", "data": no."""
+    """True for "Anna", "McDonald", "O'Brien", "J"; false for "GDPR", "data"."""
     return token[0].isupper() and not token[1:].isupper()
 
 
@@ -327,7 +334,8 @@ class CensusNameRecognizer(LocalRecognizer):
                     k += 1
         for start, end, _ in list(found):
             m = _COUPLE_BEFORE.search(text, 0, start)
-            if m and end - start > len(text[start:end].split()[0]) and self._strong_first(m.group(1)):
+            taken = any(s < m.end(1) and m.start(1) < e for s, e, _ in found) if m else True
+            if not taken and end - start > len(text[start:end].split()[0]) and self._strong_first(m.group(1)):
                 found.append((m.start(1), m.end(1), 0.6))
         return found
 
@@ -379,9 +387,9 @@ class CensusNameRecognizer(LocalRecognizer):
             if end > k and not self._org_follows(run, end) and (strong or any(map(self._known, tokens))):
                 stop = run[end - 1].end()
                 given = _GIVEN_AFTER_COMMA.match(text, stop)  # "Patient: Berg, Anna"
-                if given and end == len(run) and (self._strong_first(given.group(1)) or strong):
-                    if _is_capitalised(given.group(1)) and given.group(1).lower() not in NOT_A_NAME_WORD:
-                        stop = given.end()
+                name = given.group(1) if given and end == len(run) else ""
+                if name and _is_capitalised(name) and name.lower() not in NOT_A_NAME_WORD:
+                    stop = given.end() if strong or self._strong_first(name) else stop
                 return run[k].start(), stop, 0.7, end
         end = self._extend(run, k, free=False)
         if end - k < 2 or self._org_follows(run, end) or re.search(r"['’]s$", tok):
@@ -412,7 +420,12 @@ class CensusNameRecognizer(LocalRecognizer):
             if not surname_known and title_case:
                 return None
             return *span, 0.75 if surname_known else 0.6, end
-        if len(tok) > 2 and end - k == 2 and not (opens_sentence or title_case) and self.names.is_common_last(last):
+        if (
+            len(tok) > 2
+            and end - k == 2
+            and not (opens_sentence or title_case)
+            and self.names.is_common_last(last)
+        ):
             return *span, 0.5, end
         return None
 
@@ -436,9 +449,9 @@ class CensusNameRecognizer(LocalRecognizer):
             if _is_org_word(tok) and not self.names.is_common_last(tok):
                 break
             is_last_token = end + 1 == len(run) or not _is_capitalised(run[end + 1].group())
-            if not free and end > k and not is_last_token:
-                if not (len(tok) == 1 or self.names.is_first(tok) or self.names.is_last(tok)):
-                    break
+            known = len(tok) == 1 or self.names.is_first(tok) or self.names.is_last(tok)
+            if not free and end > k and not is_last_token and not known:
+                break
             end += 1
         while end > k and run[end - 1].group().lower() in PARTICLES:  # a particle cannot end a name
             end -= 1
@@ -456,7 +469,11 @@ _STREET_TYPE = (
 _UK_POSTCODE = r"(?-i:[A-Z]{1,2}\d[A-Z\d]?[ \t]?\d[A-Z]{2})"
 _US_STATE_ZIP = r"(?-i:[A-Z]{2})[ \t]+\d{5}(?:-\d{4})?"
 _EU_POSTCODE_CITY = (
-    r"(?:(?-i:[A-Z]{1,2})-)?(?:\d{3}[ \t]\d{2}|\d{4,5})(?:[ \t](?-i:[A-Z]{2}))?[ \t]+" + _CAP + r"(?:[ \t]" + _CAP + r")?"
+    r"(?:(?-i:[A-Z]{1,2})-)?(?:\d{3}[ \t]\d{2}|\d{4,5})(?:[ \t](?-i:[A-Z]{2}))?[ \t]+"
+    + _CAP
+    + r"(?:[ \t]"
+    + _CAP
+    + r")?"
 )
 _GERMANIC_STREET = (
     r"(?-i:[A-ZÄÖÜ][a-zäöüß]{2,}(?:straße|strasse|str\.|weg|gasse|platz|allee|damm|ufer|gracht|laan"
@@ -477,6 +494,25 @@ _ADDRESS_PATTERNS = [
         r"(?:,?[ \t]+(?:" + _UK_POSTCODE + r"|" + _US_STATE_ZIP + r"))?",
         0.7,
     ),
+    # 61 Kingsway, Manchester M19 2LL / 8 Elm Close, Springfield, IL 62704: no street word, but the
+    # postcode after the town says it is an address.
+    Pattern(
+        "number name, town postcode",
+        r"\b\d{1,5}[A-Za-z]?,?[ \t]+(?:"
+        + _CAP
+        + r"[ \t]+){0,2}"
+        + _CAP
+        + r",[ \t]*"
+        + _CAP
+        + r"(?:[ \t]"
+        + _CAP
+        + r")?,?[ \t]+(?:"
+        + _UK_POSTCODE
+        + r"|"
+        + _US_STATE_ZIP
+        + r")\b",
+        0.7,
+    ),
     # Hauptstraße 12, 10115 Berlin / Keizersgracht 123, 1015 CJ Amsterdam
     Pattern(
         "street number (postcode city)",
@@ -486,7 +522,9 @@ _ADDRESS_PATTERNS = [
     # 12 rue de la Paix, 75002 Paris / Calle Mayor 5, 28013 Madrid / Via Roma 10, 00184 Roma
     Pattern(
         "romance street",
-        r"(?:\b\d{1,4}(?:[ \t]?(?:bis|ter))?,?[ \t]+)?\b" + _ROMANCE_STREET + r"[ \t]+(?:(?:de|del|della|di|da"
+        r"(?:\b\d{1,4}(?:[ \t]?(?:bis|ter))?,?[ \t]+)?\b"
+        + _ROMANCE_STREET
+        + r"[ \t]+(?:(?:de|del|della|di|da"
         r"|du|des|la|le|l'|d')[ \t]*){0,2}" + _CAP + r"(?:[ \t]" + _CAP + r"){0,2}"
         r"(?:,?[ \t]+\d{1,4}[a-zA-Z]?\b(?![ \t]?\d))?(?:,[ \t]*" + _EU_POSTCODE_CITY + r")?",
         0.7,
@@ -565,9 +603,9 @@ class PhoneNumberRecognizer(PhoneRecognizer):
 
     Faster: phonenumbers scans the whole text once per region; here it reads only the stretches that
     look like a number (digits with separators), which is most of the saving on long passages.
-    Stricter: a match whose digit grouping is not how any of the regions writes numbers ("2023-004512",
-    "0.62-0.89" in a table of confidence intervals) scores 0.1, so it counts only with a word such as
-    "phone", "call" or "reach" nearby.
+    Stricter: a number that is possible but not valid (an unassigned range) or whose digit grouping is
+    not how any of the regions writes numbers ("2023-004512", "0.62-0.89" in a table of confidence
+    intervals) scores 0.1, so it counts only with a word such as "phone", "call" or "reach" nearby.
     """
 
     CANDIDATE = re.compile(r"(?<![\w+.,])[+(]?\d[\d \t().\-/]{4,}\d(?![\w])")
@@ -582,13 +620,15 @@ class PhoneNumberRecognizer(PhoneRecognizer):
         results = []
         for candidate in self.CANDIDATE.finditer(text):
             chunk, offset = candidate.group(), candidate.start()
-            spans = {
-                (m.start, m.end)
+            matches = {
+                (m.start, m.end): m.number
                 for region in self.supported_regions
-                for m in phonenumbers.PhoneNumberMatcher(chunk, region, leniency=self.leniency)
+                for m in phonenumbers.PhoneNumberMatcher(
+                    chunk, region, leniency=phonenumbers.Leniency.POSSIBLE
+                )
             }
-            for start, end in spans:
-                strict = any(
+            for (start, end), number in matches.items():
+                strict = phonenumbers.is_valid_number(number) and any(
                     any(True for _ in phonenumbers.PhoneNumberMatcher(chunk[start:end], region, leniency=2))
                     for region in self.supported_regions
                 )
@@ -712,6 +752,10 @@ def build_analyzer(ner: str = "offline") -> AnalyzerEngine:
     ConfigError that says how to install it.
     """
     kind, _, model = ner.partition(":")
+    # Presidio's debug messages quote the words around each finding: raw PII. Keep them off whatever
+    # level the application logs at.
+    for name in ("presidio-analyzer", "presidio-anonymizer"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     registry = RecognizerRegistry(supported_languages=[LANGUAGE])
     for recognizer in pattern_recognizers():
         registry.add_recognizer(recognizer)
@@ -744,7 +788,9 @@ def _spacy_engine(model: str) -> NlpEngine:
             f"spaCy model {model!r} is not installed: install its wheel (pip install "
             f"./{model}-<version>.whl) or point ner at a model folder, or use ner='offline'"
         )
-    return SpacyNlpEngine(models=[{"lang_code": LANGUAGE, "model_name": model}])
+    engine = SpacyNlpEngine(models=[{"lang_code": LANGUAGE, "model_name": model}])
+    engine.load()
+    return engine
 
 
 def _transformers_recognizer(folder: str) -> EntityRecognizer:
@@ -783,16 +829,14 @@ class _Draws:
         return options[self.below(len(options))]
 
 
-def _shape(token: str, surrogate: str) -> str:
-    return surrogate.upper() if token.isupper() and len(token) > 1 else surrogate.capitalize()
-
-
-def _keep_format(value: str, draws: _Draws) -> str:
-    """Same length and layout: each digit, upper- and lower-case letter replaced by one of its kind."""
-    out = []
+def _keep_format(value: str, draws: _Draws, keep_digits: int = 0) -> str:
+    """Same length and layout: each digit, upper- and lower-case letter replaced by one of its kind (the
+    first ``keep_digits`` digits kept, e.g. a phone number's country code)."""
+    out, digits = [], 0
     for c in value:
         if c.isdigit():
-            out.append(draws.choice(string.digits))
+            out.append(c if digits < keep_digits else draws.choice(string.digits))
+            digits += 1
         elif c.isupper():
             out.append(draws.choice(string.ascii_uppercase))
         elif c.islower():
@@ -802,62 +846,58 @@ def _keep_format(value: str, draws: _Draws) -> str:
     return "".join(out)
 
 
-def _replace_digits(value: str, draws: _Draws, keep: int = 0) -> str:
-    """Random digits in place of all but the first ``keep`` digits; the layout is kept."""
-    out, seen = [], 0
-    for c in value:
-        if c.isdigit():
-            out.append(c if seen < keep else draws.choice(string.digits))
-            seen += 1
-        else:
-            out.append(c)
-    return "".join(out)
+def _pour(mention: str, chars: str) -> str:
+    """The mention's layout ("+44 20 7946 0958") filled with the surrogate's digits and letters."""
+    it = iter(chars)
+    return "".join(next(it) if c.isalnum() else c for c in mention)
 
 
-def _iban(value: str, draws: _Draws) -> str:
-    compact = re.sub(r"\s", "", value).upper()
+def _iban(compact: str, draws: _Draws) -> str:
+    """Same country and length, random account, valid check digits (ISO 13616 mod 97)."""
     country, bban = compact[:2], _keep_format(compact[4:], draws)
     numeric = "".join(str(int(c, 36)) for c in bban + country + "00")
-    check = f"{98 - int(numeric) % 97:02d}"
-    body = country + check + bban
-    # Lay the surrogate out like the original (groups of four, or none).
-    if " " in value.strip():
-        return " ".join(body[i : i + 4] for i in range(0, len(body), 4))
-    return body
+    return f"{country}{98 - int(numeric) % 97:02d}{bban}"
 
 
-def _luhn_complete(digits: str) -> str:
+def _card(digits: str, draws: _Draws) -> str:
+    """Same network digit and length, random number, valid Luhn check digit."""
+    body = digits[0] + "".join(draws.choice(string.digits) for _ in digits[1:-1])
     total = 0
-    for i, d in enumerate(reversed(digits)):
+    for i, d in enumerate(reversed(body)):
         n = int(d) * (2 if i % 2 == 0 else 1)
         total += n - 9 if n > 9 else n
-    return digits + str((10 - total % 10) % 10)
-
-
-def _card(value: str, draws: _Draws) -> str:
-    digits = re.sub(r"\D", "", value)
-    new = _luhn_complete(digits[0] + "".join(draws.choice(string.digits) for _ in digits[1:-1]))
-    it = iter(new)
-    return "".join(next(it) if c.isdigit() else c for c in value)
+    return body + str((10 - total % 10) % 10)
 
 
 def _ip(value: str, draws: _Draws) -> str:
     if ":" in value:  # IPv6: the documentation prefix 2001:db8::/32 (RFC 3849)
         return f"2001:db8::{draws.below(0xFFFF):x}"
-    net = draws.choice(["192.0.2", "198.51.100", "203.0.113"])  # RFC 5737 documentation ranges
+    net = draws.choice(["192.0.2", "198.51.100", "203.0.113"])  # IPv4 documentation ranges (RFC 5737)
     return f"{net}.{1 + draws.below(254)}"
 
 
-_MONTH_NAMES = "January February March April May June July August September October November December".split()
+_MONTH_NAMES = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 
 
 def _date(value: str, draws: _Draws) -> str:
     def number(m: re.Match[str]) -> str:
-        s = m.group()
-        if len(s) == 4:
+        if len(m.group()) == 4:
             return str(1940 + draws.below(66))
         # 01-12 reads as a valid day and a valid month, whichever order the original used.
-        return f"{1 + draws.below(12):0{len(s)}d}"
+        return f"{1 + draws.below(12):0{len(m.group())}d}"
 
     def month(m: re.Match[str]) -> str:
         name = draws.choice(_MONTH_NAMES)
@@ -867,12 +907,29 @@ def _date(value: str, draws: _Draws) -> str:
     return re.sub(r"(?i)\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*", month, value)
 
 
+def _normalise_value(entity_type: str, value: str) -> str:
+    """What makes two mentions one value: "+44 20 7946 0958" and "+442079460958" are one phone."""
+    if entity_type == "EMAIL_ADDRESS":
+        return value.strip().lower()
+    if entity_type in ("PHONE_NUMBER", "CREDIT_CARD"):
+        return re.sub(r"\D", "", value)
+    if entity_type == "IBAN_CODE":
+        return re.sub(r"\W", "", value).upper()
+    return " ".join(value.split())
+
+
+_STREET_WORD = re.compile(_STREET_TYPE + r"$|" + _ROMANCE_STREET + r"$", re.IGNORECASE)
+_STREET_SUFFIX = re.compile(
+    r"(straße|strasse|weg|gasse|platz|allee|damm|ufer|gracht|laan|straat|plein|kade|gatan|vägen)$"
+)
+
+
 # --- vault -------------------------------------------------------------------------------------------------
 
 
 class Vault:
-    """Pseudonym → original, in an SQLite file readable only by its owner. Opt-in: it holds the very
-    data anonymisation removes, so it belongs on a protected disk, never beside the dataset."""
+    """Pseudonym → original, in an SQLite file only its owner can read. Opt-in: it holds the very data
+    anonymisation removes, so it belongs on a protected disk, never beside the dataset."""
 
     def __init__(self, path: Path) -> None:
         path = Path(path)
@@ -891,11 +948,10 @@ class Vault:
         return row[0] if row else None
 
     def add(self, entries: dict[str, tuple[str, str]]) -> None:
+        """Record pseudonym → (original, entity type); a pseudonym already recorded keeps its original."""
         if entries:
-            self.db.executemany(
-                "INSERT OR IGNORE INTO vault VALUES (?, ?, ?)",
-                [(p, o, t) for p, (o, t) in entries.items()],
-            )
+            rows = [(p, o, t) for p, (o, t) in entries.items()]
+            self.db.executemany("INSERT OR IGNORE INTO vault VALUES (?, ?, ?)", rows)
             self.db.commit()
             self._pattern = None
 
@@ -920,11 +976,13 @@ _FIELD_SEPARATOR = "\n\n"
 class Anonymizer:
     """Find personal data in the fields of a training example and replace it with consistent surrogates.
 
-    ``entities``: what to look for (default DEFAULT_ENTITIES). ``secret``: key of the HMAC that picks
-    surrogates; pass the same secret to get the same pseudonyms across runs (without one, a random key
-    is used and pseudonyms are consistent only within this Anonymizer). ``vault_path``: keep the
-    pseudonym → original mapping in that SQLite file so ``deanonymize`` can undo it. ``ner``: see
-    build_analyzer. ``stats`` counts the entities replaced, per type.
+    ``entities``: what to look for (default DEFAULT_ENTITIES; OPTIONAL_ENTITIES may be added).
+    ``secret``: key of the HMAC that picks surrogates; the same secret gives the same pseudonyms across
+    runs. Without one a random key is drawn, so pseudonyms are consistent only within this Anonymizer
+    (a fixed default key would let anyone re-derive them from a list of candidate names).
+    ``vault_path``: keep the pseudonym → original mapping in that SQLite file so ``deanonymize`` can undo
+    it. ``ner``: see build_analyzer. ``stats`` counts the entities replaced, per type; it never holds a
+    value.
     """
 
     def __init__(
@@ -941,12 +999,13 @@ class Anonymizer:
         if unknown:
             raise ConfigError(f"unknown PII entities {unknown}; known: {sorted(supported)}")
         self.names = census_names()
-        self._first = {
+        # Surrogates are drawn from the commoner census names, so they read as ordinary names.
+        self._pools = {
             "female": sorted(n for n, f in self.names.female.items() if f >= 0.01),
             "male": sorted(n for n, f in self.names.male.items() if f >= 0.01),
+            "last": sorted(n for n, f in self.names.last.items() if f >= 0.005),
         }
-        self._last = sorted(n for n, f in self.names.last.items() if f >= 0.005)
-        self._key = (secret.encode() if secret else secrets.token_bytes(32))
+        self._key = secret.encode() if secret else secrets.token_bytes(32)
         self.vault = Vault(vault_path) if vault_path else None
         self.stats: Counter[str] = Counter()
         self._engine = AnonymizerEngine()
@@ -959,22 +1018,25 @@ class Anonymizer:
         results = self.analyzer.analyze(text, language=LANGUAGE, entities=self.entities)
         chosen: list[Finding] = []
         for r in sorted(results, key=lambda r: (-r.score, r.start - r.end, r.start)):
-            finding = Finding(r.entity_type, r.start, r.end, round(r.score, 4))
             overlapping = [c for c in chosen if r.start < c.end and c.start < r.end]
             # A span containing the ones already chosen is the fuller reading ("Via Giuseppe Garibaldi
             # 22, 10122 Torino" is an address, though "Giuseppe Garibaldi" alone scores higher as a name).
-            if overlapping and all(r.start <= c.start and c.end <= r.end for c in overlapping):
+            if overlapping and all(
+                r.start <= c.start and c.end <= r.end and r.end - r.start > c.end - c.start
+                for c in overlapping
+            ):
                 chosen = [c for c in chosen if c not in overlapping]
                 overlapping = []
             if not overlapping:
-                chosen.append(finding)
+                chosen.append(Finding(r.entity_type, r.start, r.end, round(r.score, 4)))
         return sorted(chosen, key=lambda f: f.start)
 
-    def _detect_fields(self, texts: list[str]) -> list[list[Finding]]:
+    def detect_example(self, texts: list[str]) -> list[list[Finding]]:
+        """Findings per text of one example: ``detect`` on all of them at once, plus every other mention
+        of a name found somewhere in the example (see _propagate_names)."""
         # One analyzer call per example, not per field: Presidio's per-call overhead dominates on short
         # texts. No recognizer matches across the blank line that separates the fields.
-        joined = _FIELD_SEPARATOR.join(texts)
-        found = self.detect(joined)
+        found = self.detect(_FIELD_SEPARATOR.join(texts))
         out: list[list[Finding]] = []
         offset = 0
         for text in texts:
@@ -987,11 +1049,13 @@ class Anonymizer:
                 ]
             )
             offset = end + len(_FIELD_SEPARATOR)
+        self._propagate_names(texts, out)
         return out
 
     def _propagate_names(self, texts: list[str], findings: list[list[Finding]]) -> None:
-        """A surname found once ("Dr. Anna Berg") is a name wherever else it appears in the example
-        ("Berg replied", "Lars Berg"), with the capitalised word before it taken as a given name."""
+        """A name found once ("Dr. Anna Berg") is a name wherever else its words appear in the example
+        ("Berg replied", "Lars Berg", "Sanchez" for "Sánchez"), with a capitalised word right before a
+        known surname taken as a given name."""
         parts = {
             tok
             for text, fs in zip(texts, findings, strict=True)
@@ -1005,7 +1069,7 @@ class Anonymizer:
         alternatives = "|".join(re.escape(fold(p)) for p in sorted(parts, key=len, reverse=True))
         pattern = re.compile(rf"(?:(?<![\w])[A-Z][a-z]+[ \t])?(?<![\w])(?:{alternatives})(?![\w])")
         for text, fs in zip(texts, findings, strict=True):
-            # Matched on the accent-folded text (same length), so "Sanchez" is found from "Sánchez".
+            # Matched on the accent-folded text, which has the same length, so offsets carry over.
             for m in pattern.finditer(fold(text)):
                 start, end = m.span()
                 head = m.group().split()[0]
@@ -1014,85 +1078,11 @@ class Anonymizer:
                 if all(end <= f.start or start >= f.end for f in fs):
                     fs.append(Finding("PERSON", start, end, 0.5))
 
-    # surrogates
-
-    def _draws(self, kind: str, key: str, attempt: int) -> _Draws:
-        msg = f"{kind}\x1f{key}\x1f{attempt}".encode()
-        return _Draws(hmac.new(self._key, msg, hashlib.sha256).digest())
-
-    def _surrogate(self, entity_type: str, value: str, attempt: int, names: dict[str, str]) -> str:
-        key = _normalise_value(entity_type, value)
-        draws = self._draws(entity_type, key, attempt)
-        if entity_type == "PERSON":
-            tokens = list(_NAME_TOKEN.finditer(value))
-            out, pos = [], 0
-            for i, m in enumerate(tokens):
-                out.append(value[pos : m.start()])
-                out.append(self._name_token(m.group(), attempt, names, is_last=i == len(tokens) - 1))
-                pos = m.end()
-            return "".join(out) + value[pos:]
-        if entity_type == "EMAIL_ADDRESS":
-            first = draws.choice(self._first[draws.choice(["female", "male"])]).lower()
-            last = draws.choice(self._last).lower()
-            return f"{first}.{last}@{draws.choice(['example.org', 'example.com', 'example.net'])}"
-        if entity_type == "PHONE_NUMBER":
-            return _replace_digits(value, draws, keep=2)
-        if entity_type == "IBAN_CODE":
-            return _iban(value, draws)
-        if entity_type == "CREDIT_CARD":
-            return _card(value, draws)
-        if entity_type == "IP_ADDRESS":
-            return _ip(value, draws)
-        if entity_type == "URL":
-            return f"https://example.org/{draws.below(16**8):08x}"
-        if entity_type == "DATE_OF_BIRTH":
-            return _date(value, draws)
-        if entity_type == "STREET_ADDRESS":
-            return self._address(value, draws)
-        return _keep_format(value, draws)
-
-    def _name_token(self, token: str, attempt: int, names: dict[str, str], *, is_last: bool) -> str:
-        """One word of a name → a census name of the same role (female or male first name, surname), the
-        same every time within the example and, for a given secret, everywhere. A word the census does
-        not know takes its role from its place: the last word of a name is the surname."""
-        if len(token) == 1 or token.lower() in PARTICLES or token.lower() in TITLES:
-            return token
-        if token in names:
-            return names[token]
-        role = self.names.role(token)
-        if role is None:
-            role = "last" if is_last else ("female", "male")[self._draws("PERSON", fold(token).lower(), 0).below(2)]
-        taken = set(names.values()) | set(names)
-        for extra in range(attempt, attempt + 50):
-            draws = self._draws("PERSON", f"{role}:{fold(token).lower()}", extra)
-            pool = self._last if role == "last" else self._first[role]
-            candidate = _shape(token, draws.choice(pool))
-            if candidate not in taken and fold(candidate).lower() != fold(token).lower():
-                names[token] = candidate
-                return candidate
-        raise RuntimeError("no free surrogate name")  # 50 collisions in a row: not reachable in practice
-
-    def _address(self, value: str, draws: _Draws) -> str:
-        street_types = re.compile(_STREET_TYPE + r"$|" + _ROMANCE_STREET + r"$", re.IGNORECASE)
-
-        def word(m: re.Match[str]) -> str:
-            w = m.group()
-            if street_types.match(w) or not w[0].isupper() or (w.isupper() and len(w) <= 2):
-                return _keep_format(w, draws) if w.isupper() and len(w) <= 2 and w.isalpha() else w
-            suffix = re.search(
-                r"(straße|strasse|weg|gasse|platz|allee|damm|ufer|gracht|laan|straat|plein|kade|gatan|vägen)$", w
-            )
-            stem = draws.choice(self._last).capitalize()
-            return stem + suffix.group(1) if suffix else stem
-
-        out = re.sub(r"[^\W\d_]+", word, value)
-        return _replace_digits(out, draws)
-
-    # the public entry points
+    # pseudonymisation
 
     def anonymize_example(self, fields: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
-        """The example with every finding replaced; lists (passages) keep their length and order.
-        The same value gets the same surrogate in every field."""
+        """The example with every finding replaced by its surrogate; lists (passages) keep their length
+        and order, values that are not text pass through. One value gets one surrogate in every field."""
         slots: list[tuple[str, int | None]] = []
         texts: list[str] = []
         for name, value in fields.items():
@@ -1104,47 +1094,32 @@ class Anonymizer:
                     if isinstance(item, str):
                         slots.append((name, i))
                         texts.append(item)
-        findings = self._detect_fields(texts)
-        self._propagate_names(texts, findings)
-
-        originals = {t[f.start : f.end] for t, fs in zip(texts, findings, strict=True) for f in fs}
-        chosen: dict[tuple[str, str], str] = {}
-        names: dict[str, str] = {}
-        new_vault: dict[str, tuple[str, str]] = {}
-
-        def surrogate(entity_type: str, value: str) -> str:
-            key = (entity_type, _normalise_value(entity_type, value))
-            if key not in chosen:
-                used = set(chosen.values())
-                for attempt in range(50):
-                    candidate = self._surrogate(entity_type, value, attempt, names)
-                    clash = self.vault.original_of(candidate) if self.vault else None
-                    if (
-                        candidate not in originals
-                        and candidate not in used
-                        and (clash is None or clash == value)
-                    ):
-                        break
-                chosen[key] = candidate
-                if self.vault and entity_type != "PERSON":
-                    new_vault[candidate] = (value, entity_type)
-            return chosen[key]
+        findings = self.detect_example(texts)
+        mentions = [
+            (f.entity_type, t[f.start : f.end]) for t, fs in zip(texts, findings, strict=True) for f in fs
+        ]
+        plan = _ExampleSurrogates(self, {m for _, m in mentions})
+        # Names first: their surrogates shape the emails built from them ("anna.berg@…").
+        for entity_type, mention in sorted(mentions, key=lambda m: m[0] != "PERSON"):
+            plan.surrogate(entity_type, mention)
+        self.stats.update(t for t, _ in mentions)
 
         out_texts = []
         for text, fs in zip(texts, findings, strict=True):
-            self.stats.update(f.entity_type for f in fs)
             operators = {
-                t: OperatorConfig("custom", {"lambda": lambda v, t=t: surrogate(t, v)})
+                t: OperatorConfig("custom", {"lambda": lambda v, t=t: plan.surrogate(t, v)})
                 for t in {f.entity_type for f in fs}
             }
             spans = [AnonymizerSpan(f.entity_type, f.start, f.end, f.score) for f in fs]
-            result = self._engine.anonymize(text, spans, operators, merge_entities_with_spaces=False)
-            out_texts.append(result.text)
+            out_texts.append(
+                self._engine.anonymize(text, spans, operators, merge_entities_with_spaces=False).text
+            )
         if self.vault:
-            new_vault.update({s: (o, "PERSON") for o, s in names.items()})
-            self.vault.add(new_vault)
+            self.vault.add(plan.vault_entries())
 
-        out: dict[str, str | list[str]] = {k: (list(v) if isinstance(v, list) else v) for k, v in fields.items()}
+        out: dict[str, str | list[str]] = {
+            k: (list(v) if isinstance(v, list) else v) for k, v in fields.items()
+        }
         for (name, index), text in zip(slots, out_texts, strict=True):
             if index is None:
                 out[name] = text
@@ -1162,20 +1137,142 @@ class Anonymizer:
             raise ConfigError("deanonymize needs the vault: create the Anonymizer with vault_path=…")
         return self.vault.deanonymize(text)
 
+    def draws(self, kind: str, key: str, attempt: int = 0) -> _Draws:
+        """The random stream for one value: an HMAC of it under the secret."""
+        return _Draws(hmac.new(self._key, f"{kind}\x1f{key}\x1f{attempt}".encode(), hashlib.sha256).digest())
 
-def _normalise_value(entity_type: str, value: str) -> str:
-    """What makes two mentions the same value: "+44 20 7946 0958" and "+442079460958" are one phone."""
-    if entity_type == "EMAIL_ADDRESS":
-        return value.strip().lower()
-    if entity_type in ("PHONE_NUMBER", "CREDIT_CARD"):
-        return re.sub(r"\D", "", value)
-    if entity_type == "IBAN_CODE":
-        return re.sub(r"\W", "", value).upper()
-    return " ".join(value.split())
+
+class _ExampleSurrogates:
+    """The surrogates of one example: one per value (whatever its layout in each mention) and one per
+    word of a name, none equal to an original of the example or to another value's surrogate, and —
+    with a vault — none already standing for a different original."""
+
+    def __init__(self, anonymizer: Anonymizer, originals: set[str]) -> None:
+        self.a = anonymizer
+        self.originals = originals | {w for o in originals for w in _NAME_TOKEN.findall(o)}
+        self.names: dict[str, str] = {}  # word of a name → its surrogate
+        self.values: dict[tuple[str, str], str] = {}  # (type, normalised value) → canonical surrogate
+        self.rendered: dict[str, tuple[str, str]] = {}  # surrogate as written → (original, type)
+
+    def surrogate(self, entity_type: str, mention: str) -> str:
+        if entity_type == "PERSON":
+            out, pos = [], 0
+            tokens = list(_NAME_TOKEN.finditer(mention))
+            for i, m in enumerate(tokens):
+                out.append(
+                    mention[pos : m.start()] + self._name_word(m.group(), is_last=i == len(tokens) - 1)
+                )
+                pos = m.end()
+            return "".join(out) + mention[pos:]
+        key = (entity_type, _normalise_value(entity_type, mention))
+        if key not in self.values:
+            taken = set(self.values.values())
+            for attempt in range(50):
+                canonical = self._canonical(entity_type, key[1], mention, attempt)
+                written = self._render(entity_type, mention, canonical)
+                if canonical not in taken and written not in self.originals and self._free(written, mention):
+                    break
+            self.values[key] = canonical
+        written = self._render(entity_type, mention, self.values[key])
+        self.rendered[written] = (mention, entity_type)
+        return written
+
+    def _free(self, pseudonym: str, original: str) -> bool:
+        vault = self.a.vault
+        clash = vault.original_of(pseudonym) if vault else None
+        return clash is None or clash == original
+
+    def _name_word(self, word: str, *, is_last: bool) -> str:
+        """One word of a name → a census name of the same role (female or male first name, surname),
+        the same every time within the example and, for a given secret, everywhere. A word the census
+        does not know takes its role from its place: the last word of a name is the surname."""
+        if len(word) == 1 or word.lower() in PARTICLES or word.lower() in TITLES:
+            return word
+        if word not in self.names:
+            key = fold(word).lower()
+            role = self.a.names.role(word)
+            if role is None:
+                role = "last" if is_last else ("female", "male")[self.a.draws("PERSON", key).below(2)]
+            taken = set(self.names.values()) | self.originals
+            for attempt in range(50):
+                name = self.a.draws("PERSON", f"{role}:{key}", attempt).choice(self.a._pools[role])
+                candidate = name.upper() if word.isupper() else name.capitalize()
+                if candidate not in taken and self._free(candidate, word):
+                    break
+            self.names[word] = candidate
+            self.rendered[candidate] = (word, "PERSON")
+        return self.names[word]
+
+    def _canonical(self, entity_type: str, key: str, mention: str, attempt: int) -> str:
+        draws = self.a.draws(entity_type, key, attempt)
+        if entity_type == "PHONE_NUMBER":
+            return _keep_format(key, draws, keep_digits=2)  # the country or area code stays
+        if entity_type == "CREDIT_CARD":
+            return _card(key, draws)
+        if entity_type == "IBAN_CODE":
+            return _iban(key, draws)
+        if entity_type == "EMAIL_ADDRESS":
+            return self._email(key, draws)
+        if entity_type == "IP_ADDRESS":
+            return _ip(key, draws)
+        if entity_type == "URL":
+            return f"https://example.org/{draws.below(16**8):08x}"
+        if entity_type == "DATE_OF_BIRTH":
+            return _date(mention, draws)
+        if entity_type == "STREET_ADDRESS":
+            return self._address(mention, draws)
+        return _keep_format(mention, draws)  # identifiers: same layout, checksum not kept
+
+    @staticmethod
+    def _render(entity_type: str, mention: str, canonical: str) -> str:
+        if entity_type in ("PHONE_NUMBER", "CREDIT_CARD"):
+            return _pour(mention, canonical)
+        if entity_type == "IBAN_CODE" and re.search(r"\s", mention.strip()):
+            return " ".join(canonical[i : i + 4] for i in range(0, len(canonical), 4))
+        return canonical
+
+    def _email(self, key: str, draws: _Draws) -> str:
+        """An example.org address; when its local part is made of the words of a name found in the
+        example ("anna.berg@…"), it is made of their surrogates, so the text stays coherent."""
+        local, _, _ = key.partition("@")
+        words = {w.lower(): s.lower() for w, s in self.names.items()}
+        pieces = re.split(r"([._-])", local)
+        if any(p.isalpha() and p in words for p in pieces):
+            local = "".join(
+                words.get(p, p if not p.isalpha() else draws.choice(self.a._pools["last"]).lower())
+                for p in pieces
+            )
+            local = re.sub(r"\d", lambda _: draws.choice(string.digits), local)
+        else:
+            first = draws.choice(self.a._pools[draws.choice(["female", "male"])])
+            local = f"{first}.{draws.choice(self.a._pools['last'])}".lower()
+        return f"{local}@{draws.choice(['example.org', 'example.com', 'example.net'])}"
+
+    def _address(self, mention: str, draws: _Draws) -> str:
+        """Street and place names from the census surnames, numbers and postcode letters redrawn; street
+        words ("Road", "rue", "-straße") kept, so the surrogate still reads as an address."""
+        pool = self.a._pools["last"]
+
+        def word(m: re.Match[str]) -> str:
+            w = m.group()
+            if _STREET_WORD.match(w) or not w[0].isupper():
+                return w
+            if w.isupper() and len(w) <= 3:  # postcode letters, state code
+                return _keep_format(w, draws)
+            suffix = _STREET_SUFFIX.search(w)
+            return draws.choice(pool).capitalize() + (suffix.group(1) if suffix else "")
+
+        out = re.sub(r"[^\W\d_]+", word, mention)
+        # House numbers and postcodes: random digits, no leading zero.
+        return re.sub(r"\d+", lambda m: str(1 + draws.below(9)) + _keep_format(m.group()[1:], draws), out)
+
+    def vault_entries(self) -> dict[str, tuple[str, str]]:
+        return dict(self.rendered)
 
 
 __all__ = [
     "DEFAULT_ENTITIES",
+    "OPTIONAL_ENTITIES",
     "Anonymizer",
     "CensusNameRecognizer",
     "Finding",

@@ -42,7 +42,11 @@ class Candidate:
     @property
     def rejected(self) -> str | None:
         """The answer a reviewer rejected (thumbs down, then corrected): the 'rejected' side of a DPO pair."""
-        if self.from_correction and self.judgement.thumbs_down and self.model_answer.strip() != self.answer.strip():
+        if (
+            self.from_correction
+            and self.judgement.thumbs_down
+            and self.model_answer.strip() != self.answer.strip()
+        ):
             return self.model_answer
         return None
 
@@ -60,7 +64,11 @@ def load_candidates(settings: Settings, interaction_ids: list[str] | None = None
     kb = KnowledgeBase(settings)
     out: list[Candidate] = []
     with session_scope(settings.db_url) as s:
-        q = select(Interaction).options(selectinload(Interaction.passages)).order_by(Interaction.created_at, Interaction.id)
+        q = (
+            select(Interaction)
+            .options(selectinload(Interaction.passages))
+            .order_by(Interaction.created_at, Interaction.id)
+        )
         if interaction_ids is not None:
             q = q.where(Interaction.id.in_(interaction_ids))
         interactions = list(s.scalars(q))
@@ -73,12 +81,20 @@ def load_candidates(settings: Settings, interaction_ids: list[str] | None = None
         j = judgement(feedback.get(i.id, []))
         answer = j.corrected_answer or i.answer
         cited = sorted({c["n"] for c in parse_citations(answer, passages) if c.get("valid")})
-        out.append(Candidate(
-            interaction_id=i.id, conversation_id=i.conversation_id, kb_version=i.kb_version,
-            question=i.messages[-1]["content"], passages=passages, answer=answer,
-            from_correction=bool(j.corrected_answer), judgement=j, model_answer=i.answer,
-            oracle_ranks=j.gold_ranks or cited,
-        ))
+        out.append(
+            Candidate(
+                interaction_id=i.id,
+                conversation_id=i.conversation_id,
+                kb_version=i.kb_version,
+                question=i.messages[-1]["content"],
+                passages=passages,
+                answer=answer,
+                from_correction=bool(j.corrected_answer),
+                judgement=j,
+                model_answer=i.answer,
+                oracle_ranks=j.gold_ranks or cited,
+            )
+        )
     return out
 
 
@@ -102,7 +118,9 @@ def _cites(c: Candidate) -> str | None:
 def _verified(c: Candidate, threshold: float | None) -> str | None:
     if c.from_correction:  # a reviewer wrote it against the passages: trusted
         return None
-    verdicts = verify_answer(c.answer, [p.text for p in c.passages], threshold if threshold is not None else DEFAULT_THRESHOLD)
+    verdicts = verify_answer(
+        c.answer, [p.text for p in c.passages], threshold if threshold is not None else DEFAULT_THRESHOLD
+    )
     return "unsupported citation" if any(not v.supported for _, _, v in verdicts) else None
 
 
@@ -110,8 +128,13 @@ def _refusal(c: Candidate) -> str | None:
     return "refusal" if is_refusal(c.answer) else None
 
 
-def _length(c: Candidate, min_question_chars: int, max_question_chars: int, min_answer_chars: int,
-            max_answer_chars: int) -> str | None:
+def _length(
+    c: Candidate,
+    min_question_chars: int,
+    max_question_chars: int,
+    min_answer_chars: int,
+    max_answer_chars: int,
+) -> str | None:
     q, a = len(c.question.strip()), len(CITE.sub("", c.answer).strip())
     if not min_question_chars <= q <= max_question_chars:
         return "question length"

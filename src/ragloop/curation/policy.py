@@ -34,7 +34,12 @@ FILTERS: dict[str, dict[str, Any]] = {
     "cites_shown_passage": {},
     "verify_citations": {"threshold": None},
     "refusal": {},
-    "length": {"min_question_chars": 3, "max_question_chars": 2000, "min_answer_chars": 1, "max_answer_chars": 4000},
+    "length": {
+        "min_question_chars": 3,
+        "max_question_chars": 2000,
+        "min_answer_chars": 1,
+        "max_answer_chars": 4000,
+    },
     "dedupe": {"threshold": 0.8},
 }
 SECTIONS = {"name", "version", "filters", "pii", "split", "raft", "description"}
@@ -49,12 +54,19 @@ class Policy:
     )
     pii: dict[str, Any] = field(default_factory=lambda: {"enabled": True, "entities": None, "vault": False})
     split: dict[str, float] = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
-    raft: dict[str, Any] = field(default_factory=lambda: {"n_passages": 5, "p_oracle": 0.8, "policy": "answer",
-                                                          "target": "reasoning"})
+    raft: dict[str, Any] = field(
+        default_factory=lambda: {"n_passages": 5, "p_oracle": 0.8, "policy": "answer", "target": "reasoning"}
+    )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "filters": [{n: a} for n, a in self.filters],
-                "pii": self.pii, "split": self.split, "raft": self.raft}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "filters": [{n: a} for n, a in self.filters],
+            "pii": self.pii,
+            "split": self.split,
+            "raft": self.raft,
+        }
 
     @property
     def sha256(self) -> str:
@@ -72,7 +84,9 @@ def parse_policy(data: Any, origin: str = "policy") -> Policy:
     if "filters" in data:
         raw = data["filters"]
         if not isinstance(raw, list):
-            raise RagloopError(f"{origin}: `filters` must be a list like [{{accepted: {{min_rating: 4}}}}, ...].")
+            raise RagloopError(
+                f"{origin}: `filters` must be a list like [{{accepted: {{min_rating: 4}}}}, ...]."
+            )
         policy.filters = []
         for entry in raw:
             if isinstance(entry, str):
@@ -85,7 +99,9 @@ def parse_policy(data: Any, origin: str = "policy") -> Policy:
                 raise RagloopError(f"{origin}: unknown filter {name!r}; known filters: {', '.join(FILTERS)}.")
             args = args or {}
             if not isinstance(args, dict) or set(args) - set(FILTERS[name]):
-                raise RagloopError(f"{origin}: filter {name!r} takes {sorted(FILTERS[name]) or 'no options'}, got {args!r}.")
+                raise RagloopError(
+                    f"{origin}: filter {name!r} takes {sorted(FILTERS[name]) or 'no options'}, got {args!r}."
+                )
             policy.filters.append((name, {**FILTERS[name], **args}))
     for section in ("pii", "split", "raft"):
         if section in data:
@@ -97,7 +113,10 @@ def parse_policy(data: Any, origin: str = "policy") -> Policy:
     total = sum(float(policy.split.get(k, 0)) for k in ("train", "val", "test"))
     if abs(total - 1.0) > 1e-6:
         raise RagloopError(f"{origin}: split shares must add up to 1 (got {total}).")
-    if policy.raft["policy"] not in ("answer", "abstain") or policy.raft["target"] not in ("plain", "reasoning"):
+    if policy.raft["policy"] not in ("answer", "abstain") or policy.raft["target"] not in (
+        "plain",
+        "reasoning",
+    ):
         raise RagloopError(f"{origin}: raft.policy is answer|abstain and raft.target plain|reasoning.")
     return policy
 

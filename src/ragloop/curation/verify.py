@@ -64,6 +64,10 @@ def find_quotes(text: str) -> list[str]:
     return [next(g for g in m.groups() if g is not None).strip() for m in _QUOTE.finditer(text)]
 
 
+def _split(words: str) -> list[str]:
+    return words.split()
+
+
 # --- quantities: numbers, amounts and dates that must not change between passage and statement ---------
 
 _MONTHS = {
@@ -106,16 +110,20 @@ _SCALE = {"thousand": 1e3, "k": 1e3, "million": 1e6, "mn": 1e6, "m": 1e6, "billi
 _NUMBER_WORDS = {
     w: i
     for i, w in enumerate(
-        "zero _ two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-        "sixteen seventeen eighteen nineteen twenty".split()
+        _split(
+            "zero _ two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+            "sixteen seventeen eighteen nineteen twenty"
+        )
     )
     if w != "_"
 } | {"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
 _ORDINALS = {
     w: i
     for i, w in enumerate(
-        "_ _ _ third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth thirteenth fourteenth "
-        "fifteenth sixteenth seventeenth eighteenth nineteenth twentieth".split()
+        _split(
+            "_ _ _ third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth thirteenth fourteenth "
+            "fifteenth sixteenth seventeenth eighteenth nineteenth twentieth"
+        )
     )
     if w != "_"
 }
@@ -163,15 +171,17 @@ def _number_key(m: re.Match[str]) -> str:
 
 # Function words, modals, quantifiers and negators: they carry no topic (negation is checked on its own).
 _STOPWORDS = frozenset(
-    """a about above after again against all also already am an and any are as at be because been before
+    _split(
+        """a about above after again against all also already am an and any are as at be because been before
     being below between both but by can cannot could did do does doing down during each either etc even ever
     every few for from further had has have having he her here hers herself him himself his how however i if
     in into is it its itself just many may me might more most much must my myself neither never no none nor
     not nothing now of off often on once only or other our ours ourselves out over own per quite rather
-    really same several shall she should so some still such than that the their theirs them themselves then
+    really same several shall she should since so some still such than that the their theirs them themselves then
     there these they this those through thus to too under until up upon us various very via was we were what
     when where whether which while who whom whose why will with within without would yet you your yours
-    yourself yourselves""".split()
+    yourself yourselves"""
+    )
 )
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")
 _stemmer = snowballstemmer.stemmer("english")
@@ -249,7 +259,7 @@ _NOT_NEGATION = re.compile(
     r"|\bnot only\b|\bwhether or not\b|\bwithout (?:undue )?delay\b|\bwithout prejudice\b|\bno\.? ?\d"
 )
 _NEGATORS = frozenset(
-    "not no never none nobody nothing neither nor without cannot unable prohibited forbidden".split()
+    _split("not no never none nobody nothing neither nor without cannot unable prohibited forbidden")
 )
 _TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)?|[,;:.!?()]")
 SCOPE_WORDS = 3  # content words after a negator that it is taken to deny

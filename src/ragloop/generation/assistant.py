@@ -193,6 +193,7 @@ class Assistant:
         with session_scope(self.settings.db_url) as s:
             version, _ = registry.resolve(s, None)
         self.backend_for(version)
+        self.retriever.embed_query("warm up")  # loads the embedding model too
 
     # Answering -------------------------------------------------------------------------------------
     def _tag(self, version: int) -> None:

@@ -211,6 +211,60 @@ class TransformersBackend:
             generate_s=time.perf_counter() - start,
         )
 
+    def generate_batch(
+        self, batch: list[list[dict]], params: GenParams, adapter: str | None = None
+    ) -> list[Generation]:
+        """Greedy generation for several prompts in one forward pass per step (evaluation's throughput path).
+
+        Prompts are tokenised exactly as ``encode`` does and left-padded, so every row's last prompt token
+        sits at the end and generation continues from it; the attention mask hides the padding. Each row
+        gets its own token counts and finish reason. ``generate_s`` is the wall time of the whole batch.
+        Sampling settings are ignored: batched sampling would not reproduce a one-by-one run."""
+        if not batch:
+            return []
+        torch = self.torch
+        encoded = [self.encode(messages)[0][0] for messages in batch]
+        width = max(int(ids.shape[0]) for ids in encoded)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, ids in enumerate(encoded):
+            input_ids[row, width - ids.shape[0] :] = ids
+            attention_mask[row, width - ids.shape[0] :] = 1
+        kwargs = self._gen_kwargs(GenParams(max_new_tokens=params.max_new_tokens, temperature=0.0))
+        start = time.perf_counter()
+        try:
+            with self.lock:
+                model, ctx = self._model_for(adapter)
+                with torch.inference_mode():
+                    if ctx is not None:
+                        with ctx:
+                            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+                    else:
+                        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        except Exception as exc:
+            raise GenerationError(f"Batched generation failed: {exc}") from exc
+        elapsed = time.perf_counter() - start
+        eos = self.tokenizer.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos])
+        results = []
+        for row, ids in enumerate(encoded):
+            new = [int(t) for t in out[row, width:]]
+            # A finished row is filled with padding (often the eos token itself): count up to its first eos.
+            stop = next((i + 1 for i, t in enumerate(new) if t in eos_ids), None)
+            n_new = stop if stop is not None else len(new)
+            results.append(
+                Generation(
+                    text=self.tokenizer.decode(new[:n_new], skip_special_tokens=True).strip(),
+                    prompt_tokens=int(ids.shape[0]),
+                    completion_tokens=n_new,
+                    finish_reason="stop" if stop is not None or n_new < params.max_new_tokens else "length",
+                    first_token_s=None,
+                    generate_s=elapsed,
+                )
+            )
+        return results
+
 
 class OpenAIBackend:
     """Any OpenAI-compatible ``/v1/chat/completions`` server. ``adapter`` becomes the model name (vLLM

@@ -33,6 +33,9 @@ VERSION_TAG_PREFIX = "kb-v"
 COMMITTED_TAG = "kb-committed"
 
 CHUNK_COLUMNS: list[str] = [f.name for f in dataclasses.fields(Chunk)]
+# Full-text indexed columns: the text, and the title and heading path that often carry the words a
+# question uses (retrieval weighs them, see ``ragloop.retrieval.search.FULLTEXT_BOOSTS``).
+FTS_COLUMNS = ("text", "title", "section")
 _ARROW_TYPES = {"str": pa.string(), "int": pa.int64()}
 # The vector index is rebuilt once this share of rows is not in it yet; until then LanceDB searches the
 # unindexed rows exactly, so results stay correct, only a little slower.
@@ -141,13 +144,7 @@ class KnowledgeBase:
         if table is None or not chunk_ids:
             return {}
         ids = list(dict.fromkeys(chunk_ids))
-        rows = (
-            table.search()
-            .where(col("chunk_id").isin(ids))
-            .select(CHUNK_COLUMNS)
-            .limit(len(ids))
-            .to_list()
-        )
+        rows = table.search().where(col("chunk_id").isin(ids)).select(CHUNK_COLUMNS).limit(len(ids)).to_list()
         return {row["chunk_id"]: row for row in rows}
 
     def random_chunks(
@@ -180,7 +177,7 @@ class KnowledgeBase:
         """Replace the chunks of ``delete_doc_ids`` by ``add`` in one data commit; return the new version.
 
         Deleting and adding is one LanceDB merge-insert, so a reader never sees a document half-replaced.
-        The full-text index is rebuilt afterwards (cheap, and keeps BM25 statistics exact); the vector
+        The full-text indexes are rebuilt afterwards (cheap, and keeps BM25 statistics exact); the vector
         index only when the table is big enough to need one and has grown a lot since it was built.
         """
         if len(add) != len(vectors):
@@ -197,9 +194,7 @@ class KnowledgeBase:
                 self._table = table
         if add:
             data = self._rows(add, vectors, table.schema)
-            merge = (
-                table.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all()
-            )
+            merge = table.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all()
             if delete_doc_ids:
                 merge = merge.when_not_matched_by_source_delete(col("doc_id").isin(list(delete_doc_ids)))
             merge.execute(data)
@@ -214,14 +209,13 @@ class KnowledgeBase:
         dim = schema.field("vector").type.list_size
         if vectors.ndim != 2 or vectors.shape[1] != dim:
             raise ValueError(f"vectors have shape {vectors.shape}; this knowledge base stores dim {dim}")
-        columns: dict[str, Any] = {
-            name: [getattr(c, name) for c in chunks] for name in CHUNK_COLUMNS
-        }
+        columns: dict[str, Any] = {name: [getattr(c, name) for c in chunks] for name in CHUNK_COLUMNS}
         columns["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim)
         return pa.Table.from_pydict(columns, schema=schema)
 
     def _build_indexes(self, table: Any) -> None:
-        table.create_index("text", config=FTS(with_position=False), replace=True)
+        for column in FTS_COLUMNS:
+            table.create_index(column, config=FTS(with_position=False), replace=True)
         n_rows = table.count_rows()
         if n_rows < self.settings.retrieval.ann_min_rows:
             return
@@ -236,21 +230,20 @@ class KnowledgeBase:
         table.create_index("vector", config=HnswSq(distance_type="cosine"), replace=True)
 
     def restore(self, version: int) -> int:
-        """Make ``version`` current again (a new version with its data); 0 drops the table.
+        """Make ``version`` current again (a new version with its data; 0 means empty); return the new
+        current version.
 
-        Tags are left alone: a server may have answered from an undone version and tagged it, and that
-        record must stay replayable. Returns the new current version.
+        The table is never dropped, so handles held by other threads and processes stay valid. Tags are
+        left alone: a server may have answered from an undone version and tagged it, and that record must
+        stay replayable.
         """
         table = self._live()
         if table is None:
             return 0
         if version == 0:
-            self._db.drop_table(TABLE)
-            with self._lock:
-                self._table = None
-                self._pinned.clear()
-            return 0
-        table.restore(version)
+            table.delete("true")
+        else:
+            table.restore(version)
         return int(table.version)
 
     def tag(self, version: int) -> str:
@@ -312,4 +305,3 @@ class KnowledgeBase:
             bytes_removed=bytes_removed,
             pruned=pruned,
         )
-

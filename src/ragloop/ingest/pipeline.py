@@ -101,7 +101,9 @@ def sanitise_upload_name(name: str) -> str:
     base = PurePosixPath(name.replace("\\", "/")).name
     base = "".join(ch for ch in base if ch.isprintable()).strip()
     if base in ("", ".", "..") or len(base) > 255:
-        raise IngestError(f"Upload name {name[:80]!r} is not usable; give the file a plain name like notes.md.")
+        raise IngestError(
+            f"Upload name {name[:80]!r} is not usable; give the file a plain name like notes.md."
+        )
     return base
 
 
@@ -254,7 +256,9 @@ class _Change:
     documents: list[dict] = field(default_factory=list)  # Document fields, kb_version added at commit
 
 
-def _ingest(settings: Settings, sources: list[_Source], collection: str, progress: Progress | None) -> IngestReport:
+def _ingest(
+    settings: Settings, sources: list[_Source], collection: str, progress: Progress | None
+) -> IngestReport:
     report = IngestReport()
     embedder = get_embedder(settings.embedding)
     kb = KnowledgeBase(settings)
@@ -274,10 +278,19 @@ def _ingest(settings: Settings, sources: list[_Source], collection: str, progres
                 continue
             seen.add(source.source_path)
             try:
-                _ingest_one(settings, embedder, source, collection, existing.get(source.source_path, []),
-                            change, report)  # fmt: skip
+                _ingest_one(
+                    settings,
+                    embedder,
+                    source,
+                    collection,
+                    existing.get(source.source_path, []),
+                    change,
+                    report,
+                )
             except IngestError as exc:
                 report.errors.append((source.source_path, str(exc)))
+            except RagloopError:  # a bad setting fails every file alike: stop and say so once
+                raise
             except Exception as exc:  # a parser bug on one file must not sink the rest of a big ingest
                 log.exception("ingesting %s failed", source.source_path)
                 report.errors.append((source.source_path, f"unexpected {type(exc).__name__}: {exc}"))
@@ -320,8 +333,14 @@ def _ingest_one(
         )
         chunks.extend(doc_chunks)
         rows.append(
-            {"id": doc_id, "collection": collection, "source_path": source.source_path, "title": doc.title,
-             "content_hash": digest, "n_chunks": len(doc_chunks)}  # fmt: skip
+            {
+                "id": doc_id,
+                "collection": collection,
+                "source_path": source.source_path,
+                "title": doc.title,
+                "content_hash": digest,
+                "n_chunks": len(doc_chunks),
+            }
         )
         if len(chunks) > settings.limits.max_chunks_per_file:
             raise IngestError(

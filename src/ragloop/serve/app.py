@@ -39,7 +39,7 @@ from ragloop.config import Settings
 from ragloop.errors import NotFound, RagloopError
 from ragloop.feedback.service import add_feedback
 from ragloop.generation.assistant import AnswerRequest, AnswerResult, Assistant
-from ragloop.ingest.pipeline import IngestReport, ingest_uploads
+from ragloop.ingest.pipeline import IngestReport, ingest_uploads, reconcile
 from ragloop.serve import schemas
 from ragloop.serve.auth import (
     OPEN,
@@ -300,6 +300,12 @@ def run_server(settings: Settings, host: str, port: int, *, log_level: str = "in
 
     server = settings.server.model_copy(update={"host": host, "port": port})
     settings = settings.model_copy(update={"server": server})
+    reconcile(settings)  # a crash between a KB write and its database commit is undone before serving
+    if settings.records.retention_days is not None:
+        from ragloop.curation.erasure import forget
+
+        expired = forget(settings, older_than_days=settings.records.retention_days)
+        log.info("retention: erased %d interactions older than %d days", expired.interactions, settings.records.retention_days)
     assistant = Assistant(settings)
     assistant.warm_up()
     app = create_app(settings, assistant)

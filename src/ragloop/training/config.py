@@ -107,12 +107,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         problems = []
         if self.truncation not in TRUNCATION_POLICIES:
-            problems.append(f"truncation must be one of {', '.join(TRUNCATION_POLICIES)}, not {self.truncation!r}")
+            problems.append(
+                f"truncation must be one of {', '.join(TRUNCATION_POLICIES)}, not {self.truncation!r}"
+            )
         if self.lr_scheduler not in SCHEDULERS:
             problems.append(f"lr_scheduler must be one of {', '.join(SCHEDULERS)}, not {self.lr_scheduler!r}")
         positive = ["lora_r", "max_length", "batch_tokens", "buffer_size", "gradient_accumulation_steps",
                     "eval_every", "save_every", "logging_every", "keep_checkpoints", "dpo_batch_size"]  # fmt: skip
-        problems += [f"{name} must be a positive integer" for name in positive if not _positive_int(getattr(self, name))]
+        problems += [
+            f"{name} must be a positive integer"
+            for name in positive
+            if not _positive_int(getattr(self, name))
+        ]
         for name in ("batch_size", "max_steps", "threads"):
             value = getattr(self, name)
             if value is not None and not _positive_int(value):

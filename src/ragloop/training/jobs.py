@@ -435,18 +435,18 @@ class _Heartbeat(threading.Thread):
 
 
 def _with_eta(progress: dict[str, Any], started: float, first_step: int | None) -> dict[str, Any]:
-    """Add elapsed and eta seconds when the trainer reports a step and a total."""
+    """Fill in elapsed and eta seconds when the trainer reports a step and a total but not those."""
     out = dict(progress)
     step, total = progress.get("step"), progress.get("total", progress.get("max_steps"))
     elapsed = time.monotonic() - started
-    out["elapsed_s"] = round(elapsed, 1)
+    out.setdefault("elapsed_s", round(elapsed, 1))
     if isinstance(step, int) and isinstance(total, int) and total > 0:
         out.setdefault("total", total)
         done = step - (first_step or 0)
-        if done > 0 and step < total:
-            out["eta_s"] = round(elapsed / done * (total - step), 1)
-        elif step >= total:
+        if step >= total:
             out["eta_s"] = 0.0
+        elif done > 0:
+            out.setdefault("eta_s", round(elapsed / done * (total - step), 1))
     return out
 
 
@@ -489,11 +489,12 @@ def run_job(
 
     def on_progress(data: dict[str, Any]) -> None:
         if first_step[0] is None and isinstance(data.get("step"), int):
-            first_step[0] = data["step"] - 1  # a resumed run's rate counts only its own steps
+            # a resumed run's rate counts only its own steps; a "start" event names where it starts
+            first_step[0] = data["step"] - (0 if data.get("event") == "start" else 1)
         data = _with_eta(data, started, first_step[0])
         heartbeat.update(data)
         now = time.monotonic()
-        if now - last_logged[0] >= 1.0 or data.get("eta_s") == 0.0:
+        if now - last_logged[0] >= 1.0 or data.get("event") in ("start", "eval", "checkpoint", "done"):
             last_logged[0] = now
             shown = {k: v for k, v in data.items() if k != "worker"}
             _log(job, "progress " + json.dumps(shown, default=str))

@@ -205,6 +205,10 @@ def _register(
     parent = s.get(ModelVersion, parent_id) if parent_id else None
     if parent_id and parent is None:
         raise NotFound(f"Parent model version {parent_id!r} does not exist; see `ragloop models list`.")
+    # Scalar metrics (losses, tokens/s, counts) are what diff and show compare; the trainer's copy of the
+    # config is already recorded as the hyperparameters.
+    raw_metrics = dict(field("metrics") or {})
+    metrics = {k: v for k, v in raw_metrics.items() if v is None or isinstance(v, int | float | str | bool)}
     files = adapter_files(adapter_src)
     digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
     now = utcnow()
@@ -230,11 +234,14 @@ def _register(
             "kb_version": dv.kb_version if dv is not None else None,
             "hyperparameters": _as_dict(train_config),
             "code": code_version(),
-            "metrics": dict(field("metrics") or {}),
+            "metrics": metrics,
             "training": {
                 "steps": field("steps"),
                 "tokens": field("tokens"),
-                "resumed_from": None if field("resumed_from") is None else str(field("resumed_from")),
+                "resumed_from": field("resumed_from"),
+                # which examples the trainer had to cut or leave out (ids), part of what the model saw
+                "truncated": raw_metrics.get("truncated"),
+                "dropped": raw_metrics.get("dropped"),
             },
             "adapter_files": files,
             "adapter_sha256": digest,

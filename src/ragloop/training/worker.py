@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lock-fd", type=int, default=None, help=argparse.SUPPRESS)  # from ensure_worker
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the schema check at every start is noise here
     jobs.install_sigterm_handler()
     try:
         settings = load_settings(args.home)

@@ -1,0 +1,166 @@
+"""Robustness report: how each model version's score holds up as distractors are added and when the gold
+passage is removed altogether, as a Markdown table and a plot.
+
+This is the question RAFT training is meant to answer ("does the fine-tuned model ignore irrelevant
+passages better than the base model, and does it abstain when the answer is not there?"), so the report
+puts several versions side by side on the same questions. Runs already stored with the same key (same
+model, data, condition, k, sample, seeds, generation settings) are reused rather than generated again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ragloop.config import Settings
+from ragloop.errors import RagloopError
+from ragloop.evaluation.metrics import primary_metric
+from ragloop.evaluation.run import EvalConfig, find_reusable_run, planned_key, run_eval
+
+
+@dataclass
+class RobustnessRow:
+    model: str  # as asked (alias or id)
+    model_version: str
+    condition: str  # distractors (with gold) | no-gold
+    k: int
+    run_id: str
+    reused: bool
+    metrics: dict[str, Any]
+
+
+@dataclass
+class RobustnessReport:
+    rows: list[RobustnessRow]
+    metric: str
+    markdown: Path
+    png: Path
+    svg: Path
+
+
+def plan(distractors: Sequence[int], no_gold: bool) -> list[tuple[str, int]]:
+    """(condition, k) pairs: the gold with each number of distractors, then (with ``no_gold``) the same
+    numbers of distractors without the gold (k=0 without gold would be closed-book: left out)."""
+    ks = sorted(set(distractors))
+    if not ks or ks[0] < 0:
+        raise RagloopError("--distractors takes numbers >= 0, e.g. 0,2,4,8.")
+    steps = [("distractors", k) for k in ks]
+    if no_gold:
+        steps += [("no-gold", k) for k in ks if k > 0]
+    return steps
+
+
+def run_robustness(
+    settings: Settings,
+    models: Sequence[str],
+    base: EvalConfig,
+    distractors: Sequence[int],
+    out_dir: Path,
+    *,
+    no_gold: bool = False,
+    reuse: bool = True,
+    on_step: Callable[[str, str, int, bool], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> RobustnessReport:
+    """Run (or reuse) every (model, condition, k) of the plan on ``base``'s data and sample, then write
+    ``robustness.md``, ``robustness.png`` and ``robustness.svg`` to ``out_dir``. ``on_step(model,
+    condition, k, reused)`` is called before each step."""
+    from ragloop.generation.assistant import Assistant
+
+    if not models:
+        raise RagloopError("Name at least one model version with --model (repeat it to compare several).")
+    assistant: Assistant | None = None
+    rows = []
+    for model in models:
+        for condition, k in plan(distractors, no_gold):
+            config = replace(base, model=model, condition=condition, n_distractors=k)
+            run = find_reusable_run(settings, planned_key(settings, config)) if reuse else None
+            if on_step:
+                on_step(model, condition, k, run is not None)
+            reused = run is not None
+            if run is None:
+                assistant = assistant or Assistant(settings)  # one model load for every step
+                run = run_eval(settings, config, assistant=assistant, progress=progress)
+            rows.append(RobustnessRow(model, run.model_version, condition, k, run.id, reused, run.metrics))
+    metric = primary_metric(rows[0].metrics)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown = out_dir / "robustness.md"
+    markdown.write_text(markdown_report(rows, metric, base), encoding="utf-8")
+    png, svg = plot(rows, metric, out_dir / "robustness")
+    return RobustnessReport(rows, metric, markdown, png, svg)
+
+
+def _fmt(v: Any) -> str:
+    return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def markdown_report(rows: Sequence[RobustnessRow], metric: str, base: EvalConfig) -> str:
+    """The table of the report: one row per run, the headline metric first."""
+    columns = [
+        metric,
+        "em",
+        "f1",
+        "correct",
+        "citation_precision",
+        "citation_recall",
+        "grounded",
+        "abstain_rate",
+    ]
+    columns = list(dict.fromkeys(columns))
+    lines = [
+        "# Robustness to distractors",
+        "",
+        f"Data: `{base.data}`"
+        + (f" (sample of {base.limit}, seed {base.sample_seed})" if base.limit else "")
+        + f"; passage seed {base.seed}. `distractors` shows the gold passage(s) with k distractors, `no-gold` "
+        "k distractors only (the right answer is then an abstention).",
+        "",
+        "| model | version | condition | k | n | " + " | ".join(columns) + " | run |",
+        "|" + "---|" * (len(columns) + 6),
+    ]
+    for r in rows:
+        values = " | ".join(_fmt(r.metrics.get(c)) for c in columns)
+        run = r.run_id[:12] + (" (reused)" if r.reused else "")
+        lines.append(
+            f"| {r.model} | {r.model_version} | {r.condition} | {r.k} | {r.metrics.get('n')} | {values} | {run} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: Sequence[RobustnessRow], metric: str, stem: Path) -> tuple[Path, Path]:
+    """Two panels against k: the headline metric and the abstention rate; one colour per model, solid with
+    the gold shown, dashed without it. Written as PNG and SVG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: the report is written from a CLI or a job
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    models = list(dict.fromkeys(r.model for r in rows))
+    for i, model in enumerate(models):
+        for condition, style in (("distractors", "-"), ("no-gold", "--")):
+            points = sorted((r.k, r.metrics) for r in rows if r.model == model and r.condition == condition)
+            if not points:
+                continue
+            label = f"{model} ({'gold shown' if condition == 'distractors' else 'gold removed'})"
+            ks = [k for k, _ in points]
+            for ax, name in ((axes[0], metric), (axes[1], "abstain_rate")):
+                ys = [m.get(name) if m.get(name) is not None else float("nan") for _, m in points]
+                ax.plot(ks, ys, style, marker="o", color=colours[i % len(colours)], label=label)
+    axes[0].set_ylabel(metric)
+    axes[1].set_ylabel("abstention rate")
+    for ax in axes:
+        ax.set_xlabel("distractors (k)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Score vs number of distractors")
+    fig.tight_layout()
+    png, svg = stem.with_suffix(".png"), stem.with_suffix(".svg")
+    fig.savefig(png, dpi=120)
+    fig.savefig(svg)
+    plt.close(fig)
+    return png, svg

@@ -1,0 +1,445 @@
+"""Evaluation runs (stage 8 of the loop): a model version answers a QA set under one retrieval condition;
+every answer is scored and stored, so a run can be reopened, compared and sent to expert review.
+
+The QA set is any file the importers read (HotpotQA, SQuAD/PolicyQA, PubMedQA, APIBench, generic JSONL) or
+the test split of a dataset version. Generation is greedy and batched (left-padded) on the in-process
+backend; one-by-one on an OpenAI-compatible one. Each EvalRun records everything that determined its
+outputs (``key``), so the robustness report can reuse a run instead of generating it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from ragloop.config import Settings
+from ragloop.datasets.importers import read_qa_file
+from ragloop.datasets.qa import QAItem, QAPassage
+from ragloop.errors import NotFound, RagloopError
+from ragloop.evaluation.conditions import (
+    CONDITIONS,
+    EvalCase,
+    build_case,
+    default_k,
+    passage_pool,
+    skip_reason,
+)
+from ragloop.evaluation.metrics import aggregate, score_answer
+from ragloop.generation.backends import Generation, GenParams
+from ragloop.generation.prompts import get_template
+from ragloop.store import registry
+from ragloop.store.db import session_scope
+from ragloop.store.models import DatasetVersion, EvalExample, EvalRun, ModelVersion
+
+if TYPE_CHECKING:
+    from ragloop.generation.assistant import Assistant
+
+MAX_ID = 128  # EvalExample.example_id
+
+
+@dataclass
+class EvalConfig:
+    """One evaluation run, as ``ragloop eval`` takes it. Everything is recorded in ``EvalRun.config``.
+
+    Model:
+        model: version id or alias (None: ``production``, else the base model).
+    Data:
+        data: a dataset version id (``ds-...``) or the path of a QA file.
+        format: the file's format (``auto`` sniffs it from the content); ignored for a dataset version.
+        split: which split of a dataset version to evaluate (its test split by default).
+        limit: evaluate a random sample of this many questions; the same ``sample_seed`` draws the same
+            questions, so runs of two models on a sample are paired and ``compare`` can use them.
+        sample_seed: seed of that sample.
+    Context:
+        condition: oracle | distractors | no-gold | closed-book | live (see ``conditions``).
+        n_distractors: distractors shown under distractors / no-gold (default 4).
+        top_k: passages retrieved under ``live`` (default ``[retrieval] top_k``).
+        seed: seeds each question's distractors and passage order.
+    Generation (always greedy):
+        max_new_tokens: default ``[generator] max_new_tokens``.
+        batch_size: prompts generated together; 1 gives each answer its own unpadded forward passes.
+    """
+
+    data: str
+    model: str | None = None
+    format: str = "auto"
+    split: str = "test"
+    limit: int | None = None
+    sample_seed: int = 0
+    condition: str = "distractors"
+    n_distractors: int | None = None
+    top_k: int | None = None
+    seed: int = 0
+    max_new_tokens: int | None = None
+    batch_size: int = 8
+
+
+# --- loading the questions ----------------------------------------------------------------------------
+
+
+@dataclass
+class EvalData:
+    """The questions of a QA set, where they came from and the content hash that identifies them."""
+
+    label: str  # what EvalRun.dataset records: a dataset version id or an absolute file path
+    hash: str
+    items: list[QAItem]
+
+
+def example_to_item(ex: dict) -> QAItem:
+    """A dataset version's example (RaftExample as JSON) back into the QA item it was built from: the
+    question, all accepted answers, the gold passages it showed and the others as its distractors. When
+    the RAFT builder dropped the oracle from this example, the gold is not stored and the item says so."""
+    meta = ex.get("meta") or {}
+    passages = [QAPassage(**p) for p in ex.get("passages", [])]
+    oracle = set(ex.get("oracle_ids") or [])
+    answers = meta.get("answers")
+    if answers is None:
+        answers = [] if ex.get("target") == "abstain" else [ex["answer"]]
+    gold = [p for p in passages if p.id in oracle]
+    return QAItem(
+        id=str(ex["id"]),
+        question=ex["question"],
+        answers=list(answers),
+        gold=gold,
+        distractors=[p for p in passages if p.id not in oracle],
+        answer_type=meta.get("answer_type", "span"),
+        group=ex.get("group", ""),
+        meta={**meta, "gold_missing": bool(oracle) and not gold},
+    )
+
+
+def _unique_ids(items: list[QAItem]) -> list[QAItem]:
+    """Example ids unique within a run and short enough to store: repeats get #2, #3..; an over-long id
+    becomes its hash."""
+    seen: dict[str, int] = {}
+    for item in items:
+        base = (
+            item.id
+            if len(item.id) <= MAX_ID - 8
+            else "h-" + hashlib.sha256(item.id.encode()).hexdigest()[:40]
+        )
+        seen[base] = seen.get(base, 0) + 1
+        item.id = base if seen[base] == 1 else f"{base}#{seen[base]}"
+    return items
+
+
+def load_eval_data(settings: Settings, data: str, fmt: str = "auto", split: str = "test") -> EvalData:
+    """The questions of a QA file (read by the importers, so any file of a supported format works) or
+    of one split of a dataset version."""
+    path = Path(data).expanduser()
+    if path.is_file():
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        return EvalData(str(path.resolve()), digest, _unique_ids(read_qa_file(path, fmt)))
+    with session_scope(settings.db_url) as s:
+        dv = s.get(DatasetVersion, data)
+        content_hash = dv.content_hash if dv is not None else ""
+    if dv is None:
+        raise NotFound(
+            f"{data!r} is neither a QA file nor a dataset version; pass a file path or an id from "
+            "`ragloop dataset list`."
+        )
+    from ragloop.datasets.build import load_examples
+
+    examples = load_examples(settings, data, split)[split]
+    if not examples:
+        raise RagloopError(f"Dataset version {data} has no {split!r} examples; try --split val or train.")
+    return EvalData(data, content_hash, _unique_ids([example_to_item(ex) for ex in examples]))
+
+
+def sample_items(items: Sequence[QAItem], limit: int | None, seed: int) -> list[QAItem]:
+    """``limit`` items drawn with ``seed`` (in file order), or all of them."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    if limit < 1:
+        raise RagloopError(f"--limit must be at least 1, got {limit}.")
+    keep = set(random.Random(seed).sample(range(len(items)), limit))
+    return [item for i, item in enumerate(items) if i in keep]
+
+
+# --- preparing the cases --------------------------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    """The cases of a run before generation, with what was left out and why."""
+
+    cases: list[EvalCase]
+    skipped: dict[str, int]
+    n_items: int
+    data: EvalData
+    k: int | None
+    top_k: int | None
+
+
+def prepare(
+    settings: Settings,
+    config: EvalConfig,
+    *,
+    retriever: Any = None,
+    kb_version: int | None = None,
+    only_ids: set[str] | None = None,
+) -> Prepared:
+    """Load the QA set, draw the sample and build each question's case (or only those in ``only_ids``,
+    which is how review rebuilds the prompts of a stored run without storing every passage text)."""
+    if config.condition not in CONDITIONS:
+        raise RagloopError(f"Unknown condition {config.condition!r}; use one of {', '.join(CONDITIONS)}.")
+    k = default_k(config.condition, config.n_distractors)
+    top_k = (config.top_k or settings.retrieval.top_k) if config.condition == "live" else None
+    data = load_eval_data(settings, config.data, config.format, config.split)
+    pool = passage_pool(data.items)  # the whole set, so a question's distractors do not depend on --limit
+    template = get_template(settings.prompt.template)
+    items = sample_items(data.items, config.limit, config.sample_seed)
+    cases, skipped = [], {}
+    for item in items:
+        if only_ids is not None and item.id not in only_ids:
+            continue
+        reason = skip_reason(item, config.condition)
+        if reason:
+            skipped[reason] = skipped.get(reason, 0) + 1
+            continue
+        case = build_case(item, config.condition, k, pool, config.seed, template,
+                          retriever=retriever, top_k=top_k, kb_version=kb_version)  # fmt: skip
+        cases.append(case)
+    return Prepared(cases, skipped, len(items), data, k, top_k)
+
+
+def run_key(fields: dict[str, Any]) -> str:
+    """Identity of a run's outputs: the same key means the same model answered the same prompts with the
+    same generation settings, so a stored run with this key can stand in for a new one."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _key_fields(
+    config: EvalConfig, version: ModelVersion, prep: Prepared, template: Any, max_new: int
+) -> dict:
+    return {
+        "model_version": version.id,
+        "dataset": prep.data.label,
+        "dataset_hash": prep.data.hash,
+        "format": config.format,
+        "split": config.split,
+        "condition": config.condition,
+        "k": prep.k,
+        "top_k": prep.top_k,
+        "kb_version": prep.cases[0].kb_version if prep.cases else None,
+        "limit": config.limit,
+        "sample_seed": config.sample_seed,
+        "seed": config.seed,
+        "max_new_tokens": max_new,
+        "template": [template.id, template.version],
+    }
+
+
+# --- generating -----------------------------------------------------------------------------------------
+
+
+def generate_all(
+    backend: Any,
+    prompts: Sequence[list[dict]],
+    params: GenParams,
+    adapter: str | None,
+    batch_size: int,
+    on_batch: Callable[[list[int], list[Generation]], None],
+) -> None:
+    """Generate for every prompt, ``batch_size`` at a time, calling ``on_batch(indices, generations)``
+    after each batch. Prompts are grouped by length, so a batch pads little; a backend without
+    ``generate_batch`` (OpenAI-compatible) answers one by one."""
+    order = sorted(range(len(prompts)), key=lambda i: sum(len(m["content"]) for m in prompts[i]))
+    batched = batch_size > 1 and hasattr(backend, "generate_batch")
+    step = batch_size if batched else 1
+    for start in range(0, len(order), step):
+        indices = order[start : start + step]
+        if batched:
+            gens = backend.generate_batch([prompts[i] for i in indices], params, adapter)
+        else:
+            gens = [backend.generate(prompts[i], params, adapter) for i in indices]
+        on_batch(indices, gens)
+
+
+def run_eval(
+    settings: Settings,
+    config: EvalConfig,
+    *,
+    assistant: Assistant | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> EvalRun:
+    """Evaluate one model version under one condition; returns the stored, finished EvalRun.
+
+    The run row is committed before generation and each batch of examples as it finishes, so an
+    interrupted run is visible (status ``running`` or ``failed``) with what it had scored."""
+    from ragloop.generation.assistant import Assistant
+
+    if config.batch_size < 1:
+        raise RagloopError(f"--batch-size must be at least 1, got {config.batch_size}.")
+    assistant = assistant or Assistant(settings)
+    with session_scope(settings.db_url) as s:
+        version, alias = registry.resolve(s, config.model)
+    live = config.condition == "live"
+    kb_version = (assistant.kb.version or None) if live else None
+    if live and kb_version is None:
+        raise RagloopError("The knowledge base is empty: ingest documents first, or use another --condition.")
+    if kb_version is not None:
+        assistant.kb.tag(kb_version)  # review rebuilds these prompts at this version: keep it from compaction
+    prep = prepare(settings, config, retriever=assistant.retriever if live else None, kb_version=kb_version)
+    if not prep.cases:
+        raise RagloopError(
+            f"No question of {config.data} can be evaluated under {config.condition!r} "
+            f"(left out: {prep.skipped}); try --condition no-gold or closed-book."
+        )
+    backend, adapter = assistant.backend_for(version)
+    template = get_template(settings.prompt.template)
+    max_new = config.max_new_tokens or settings.generator.max_new_tokens
+    params = GenParams(max_new_tokens=max_new, temperature=0.0, seed=0)
+    key_fields = _key_fields(config, version, prep, template, max_new)
+    run_config = {
+        **asdict(config),
+        "data": prep.data.label,  # absolute: review rebuilds the prompts from another working directory
+        "model_alias": alias,
+        "n_distractors": prep.k,
+        "top_k": prep.top_k,
+        "kb_version": key_fields["kb_version"],
+        "template": {"id": template.id, "version": template.version},
+        "gen_params": params.to_dict(),
+        "n_items": len(prep.data.items),
+        "n_sampled": prep.n_items,
+        "skipped": prep.skipped,
+        "key": run_key(key_fields),
+    }
+    with session_scope(settings.db_url) as s:
+        run = EvalRun(model_version=version.id, dataset=prep.data.label, dataset_hash=prep.data.hash,
+                      condition=config.condition, n_distractors=prep.k, config=run_config,
+                      n_examples=len(prep.cases), status="running")  # fmt: skip
+        s.add(run)
+    rows: list[dict] = []
+    started = time.perf_counter()
+
+    def on_batch(indices: list[int], gens: list[Generation]) -> None:
+        records = []
+        for i, gen in zip(indices, gens, strict=True):
+            case = prep.cases[i]
+            scored = score_answer(gen.text, case.item.answers, case.item.answer_type,
+                                  [p.id for p in case.passages], [p.text for p in case.passages], case.gold_ids)  # fmt: skip
+            scored.scores.update(prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
+                                 finish_reason=gen.finish_reason, **case.scores)  # fmt: skip
+            # A batch's answers arrive together: each is charged an equal share of the batch's time.
+            latency = gen.generate_s * 1000 / len(gens)
+            rows.append({"scores": scored.scores, "prediction": scored.prediction, "answers": case.item.answers,
+                         "latency_ms": latency})  # fmt: skip
+            records.append(EvalExample(
+                run_id=run.id, example_id=case.item.id, question=case.item.question, answers=case.item.answers,
+                passage_ids=[p.id for p in case.passages], gold_ids=case.gold_ids, prompt_sha256=case.prompt_sha256,
+                output=gen.text, prediction=scored.prediction, scores=scored.scores, latency_ms=latency,
+            ))  # fmt: skip
+        with session_scope(settings.db_url) as s:
+            s.add_all(records)
+        if progress:
+            progress(len(rows), len(prep.cases))
+
+    try:
+        generate_all(backend, [c.prompt for c in prep.cases], params, adapter, config.batch_size, on_batch)
+    except BaseException as exc:
+        with session_scope(settings.db_url) as s:
+            failed = s.get(EvalRun, run.id)
+            failed.status = "failed"
+            failed.config = {**failed.config, "error": f"{type(exc).__name__}: {exc}"[:2000]}
+            failed.wall_s = time.perf_counter() - started
+        raise
+    wall = time.perf_counter() - started
+    metrics = aggregate(rows)
+    metrics["examples_per_s"] = len(rows) / wall if wall > 0 else None
+    with session_scope(settings.db_url) as s:
+        done = s.get(EvalRun, run.id)
+        done.metrics, done.status, done.wall_s = metrics, "done", wall
+        mv = s.get(ModelVersion, version.id)
+        if mv is not None:  # results travel with the version: `ragloop models show` lists them
+            entry = {"run_id": run.id, "data": prep.data.label, "condition": config.condition, "k": prep.k,
+                     "metrics": metrics}  # fmt: skip
+            meta = dict(mv.meta or {})
+            meta["evals"] = [*meta.get("evals", []), entry]
+            mv.meta = meta
+        s.flush()
+        s.expunge(done)
+    return done
+
+
+def find_reusable_run(settings: Settings, key: str) -> EvalRun | None:
+    """The newest finished run with this key, if any."""
+    with session_scope(settings.db_url) as s:
+        for run in s.scalars(
+            select(EvalRun).where(EvalRun.status == "done").order_by(EvalRun.created_at.desc())
+        ):
+            if (run.config or {}).get("key") == key:
+                s.expunge(run)
+                return run
+    return None
+
+
+def planned_key(settings: Settings, config: EvalConfig, kb_version: int | None = None) -> str:
+    """The key a run of ``config`` would get, computed without generating (for reuse). ``live`` runs are
+    keyed by the KB version, so they are only reused while the knowledge base is unchanged."""
+    with session_scope(settings.db_url) as s:
+        version, _ = registry.resolve(s, config.model)
+        s.expunge(version)
+    k = default_k(config.condition, config.n_distractors)
+    top_k = (config.top_k or settings.retrieval.top_k) if config.condition == "live" else None
+    data = load_eval_data(settings, config.data, config.format, config.split)
+    template = get_template(settings.prompt.template)
+    prep = Prepared([], {}, 0, data, k, top_k)
+    fields = _key_fields(
+        config, version, prep, template, config.max_new_tokens or settings.generator.max_new_tokens
+    )
+    fields["kb_version"] = kb_version if config.condition == "live" else None
+    return run_key(fields)
+
+
+# --- reading runs back ------------------------------------------------------------------------------------
+
+
+def get_run(settings: Settings, run_id: str) -> EvalRun:
+    """A stored run by id or unique id prefix."""
+    with session_scope(settings.db_url) as s:
+        run = s.get(EvalRun, run_id)
+        if run is None:
+            matches = list(s.scalars(select(EvalRun).where(EvalRun.id.startswith(run_id)).limit(2)))
+            if len(matches) != 1:
+                what = "is ambiguous" if matches else "does not exist"
+                raise NotFound(f"Eval run {run_id!r} {what}; see `ragloop eval list`.")
+            run = matches[0]
+        s.expunge(run)
+        return run
+
+
+def list_runs(settings: Settings, model: str | None = None, limit: int = 50) -> list[EvalRun]:
+    """Runs, newest first; ``model`` (a version or alias) keeps only that version's."""
+    with session_scope(settings.db_url) as s:
+        q = select(EvalRun).order_by(EvalRun.created_at.desc()).limit(limit)
+        if model:
+            version, _ = registry.resolve(s, model)
+            q = q.where(EvalRun.model_version == version.id)
+        runs = list(s.scalars(q))
+        s.expunge_all()
+        return runs
+
+
+def run_examples(
+    settings: Settings, run_id: str, *, wrong: bool = False, limit: int | None = None
+) -> list[EvalExample]:
+    """A run's examples in storage order; ``wrong`` keeps those scored incorrect."""
+    run = get_run(settings, run_id)
+    with session_scope(settings.db_url) as s:
+        rows = list(
+            s.scalars(select(EvalExample).where(EvalExample.run_id == run.id).order_by(EvalExample.id))
+        )
+        s.expunge_all()
+    if wrong:
+        rows = [r for r in rows if not (r.scores or {}).get("correct")]
+    return rows[:limit] if limit is not None else rows

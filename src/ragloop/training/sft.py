@@ -1,0 +1,449 @@
+"""Supervised fine-tuning: a LoRA adapter trained on a dataset version's RAFT examples.
+
+A compact training loop (nanoGPT style) over PEFT's LoRA model and TRL's padding-free collator, rather
+than TRL's ``SFTTrainer``: the behaviour ragloop needs is exactly the part a Trainer subclass would have
+to override (token-budget batches of varying size, per-example attention inside packed rows, the LM head
+on answer tokens only, a preflight instead of silent truncation, atomic checkpoints that resume to the same
+adapter), and the rest fits on one screen. Read top to bottom: load and check everything (nothing is
+written if anything is wrong), then the loop, then the checkpoint helpers.
+
+Output folder::
+
+    adapter/            the trained LoRA adapter (PEFT format), written when training completes
+    checkpoints/step-N/ adapter + optimizer + scheduler + RNG + data position, every save_every steps
+    train_log.jsonl     one JSON line per logging step, evaluation and checkpoint
+    preflight.txt       the loss-mask preflight report (truncated/dropped examples, the marked example)
+    metrics.json        final metrics (also returned in TrainResult)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ragloop.config import Settings
+from ragloop.errors import ConfigError, RagloopError
+from ragloop.training.config import TrainConfig
+from ragloop.training.preflight import PreflightReport, preflight
+
+log = logging.getLogger("ragloop.training")
+
+Progress = Callable[[dict[str, Any]], None]
+ShouldStop = Callable[[], bool]
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced. ``adapter_dir`` is the final adapter, or, for a run stopped by
+    ``should_stop``, the adapter of the checkpoint it stopped at (``metrics["stopped"]`` is True)."""
+
+    adapter_dir: Path
+    metrics: dict
+    steps: int
+    tokens: int
+    resumed_from: int | None
+
+
+# Loading and checking (no writes) ----------------------------------------------------------------------
+
+
+def load_splits(settings: Settings, dataset_id: str) -> dict[str, list[dict]]:
+    """The dataset version's splits; unknown id -> NotFound, empty train split -> RagloopError."""
+    from ragloop.datasets.build import load_examples
+
+    splits = load_examples(settings, dataset_id)
+    if not splits.get("train"):
+        raise RagloopError(
+            f"Dataset {dataset_id} has no training examples; build a bigger one (`ragloop dataset build`)."
+        )
+    return splits
+
+
+def resolve_base(settings: Settings, base: str | None) -> tuple[Path, str]:
+    """(model folder, content hash) of the base model: ``base`` or the configured generator."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from ragloop.generation.models import resolve_model
+
+    return resolve_model(base or settings.generator.model, settings.model_cache_dir)
+
+
+def load_tokenizer(model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except Exception as exc:
+        raise ConfigError(f"The tokenizer of base model {model_dir} cannot be loaded: {exc}") from exc
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(f"Base model {model_dir} has no chat template; ragloop trains chat models only.")
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(
+            f"Base model {model_dir} has no fast tokenizer (tokenizer.json), needed for the preflight."
+        )
+    return tokenizer
+
+
+def load_model(model_dir: Path) -> torch.nn.Module:
+    """The base causal LM in fp32 (the CPUs ragloop targets have no fast bf16)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    except Exception as exc:
+        raise ConfigError(f"Base model {model_dir} cannot be loaded as a causal LM: {exc}") from exc
+
+
+def lora_config(config: TrainConfig) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def set_threads(config: TrainConfig) -> None:
+    torch.set_num_threads(config.threads or os.cpu_count() or 1)
+
+
+def show(report: PreflightReport, name: str) -> None:
+    """Log the preflight (INFO, to stderr when nobody configured logging)."""
+    if not log.hasHandlers():
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    log.info("[%s] %s", name, report.summary())
+
+
+def run_fingerprint(
+    kind: str, dataset_id: str, base_hash: str, config: TrainConfig, extra: Any = None
+) -> str:
+    """Identity of a run: a checkpoint resumes only a run with the same data, base and hyperparameters."""
+    settings = {k: v for k, v in config.to_dict().items()
+                if k not in ("eval_every", "save_every", "logging_every", "keep_checkpoints", "threads")}  # fmt: skip
+    blob = json.dumps([kind, dataset_id, base_hash, settings, extra], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# The loop ----------------------------------------------------------------------------------------------
+
+
+def train_sft(
+    settings: Settings,
+    dataset_id: str,
+    output_dir: Path,
+    config: TrainConfig,
+    *,
+    base: str | None = None,
+    resume: bool = True,
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
+) -> TrainResult:
+    """Train a LoRA adapter on ``dataset_id``'s train split, evaluating on its val split.
+
+    Everything that can fail on bad input fails before ``output_dir`` is touched: unknown dataset, empty
+    train split, a base model that does not load, a preflight problem. With ``resume`` (default) a run
+    continues from the last checkpoint in ``output_dir`` and ends with the adapter an uninterrupted run
+    would have produced; a completed run is returned as is. ``progress`` gets a dict per logging step
+    (``step``, ``total``, ``loss``, ``tokens_per_s``, ``eta_s``, …); ``should_stop`` is polled after every
+    step and, when it returns True, the run checkpoints and returns (``metrics["stopped"]``)."""
+    from peft import get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import get_scheduler
+
+    from ragloop.training.packing import collate, plan_epoch, plan_training, token_nll, use_packed_attention
+
+    output_dir = Path(output_dir)
+    set_threads(config)
+    splits = load_splits(settings, dataset_id)
+    model_dir, base_hash = resolve_base(settings, base)
+    tokenizer = load_tokenizer(model_dir)
+    report = preflight(tokenizer, splits["train"], config.max_length, config.truncation)
+    show(report, "train")
+    report.raise_for_problems()
+    val_report = preflight(tokenizer, splits.get("val") or [], config.max_length, config.truncation)
+    val = val_report.features if val_report.ok else []
+    fingerprint = run_fingerprint("sft", dataset_id, base_hash, config, [f["id"] for f in report.features])
+    checkpoints = output_dir / "checkpoints"
+    done = _completed(output_dir, fingerprint) if resume else None
+    if done is not None:
+        return done
+    latest = _latest_checkpoint(checkpoints) if resume else None
+    if latest is not None and _read_json(latest / "state.json").get("fingerprint") != fingerprint:
+        raise RagloopError(
+            f"{output_dir} holds checkpoints of a different run (other data, base or settings); "
+            "train into a new folder, or pass resume=False to start over there."
+        )
+    model = load_model(model_dir)
+
+    # Nothing has been written so far; from here on the run owns output_dir.
+    if not resume:
+        for stale in (
+            checkpoints,
+            output_dir / "adapter",
+            output_dir / "metrics.json",
+            output_dir / "train_log.jsonl",
+        ):
+            _remove(stale)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "preflight.txt").write_text(report.summary() + "\n", encoding="utf-8")
+
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    model = get_peft_model(model, lora_config(config))
+    use_packed_attention(model)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    features = report.features
+    lengths = [len(f["input_ids"]) for f in features]
+    trained = [sum(1 for x in f["labels"] if x != -100) for f in features]
+    plan = plan_training(lengths, epochs=config.epochs, max_steps=config.max_steps, batch_tokens=config.batch_tokens,
+                         seed=config.seed, batch_size=config.batch_size, buffer_size=config.buffer_size,
+                         gradient_accumulation_steps=config.gradient_accumulation_steps)  # fmt: skip
+    total = len(plan)
+    steps_per_epoch = len(plan_epoch(lengths, batch_tokens=config.batch_tokens, seed=config.seed, epoch=0,
+                                     batch_size=config.batch_size, buffer_size=config.buffer_size,
+                                     gradient_accumulation_steps=config.gradient_accumulation_steps))  # fmt: skip
+    scheduler = get_scheduler(
+        "constant_with_warmup" if config.lr_scheduler == "constant" else config.lr_scheduler,
+        optimizer,
+        num_warmup_steps=math.ceil(config.warmup_ratio * total),
+        num_training_steps=total,
+    )
+    state: dict[str, Any] = {
+        "step": 0,
+        "tokens": 0,
+        "trained_tokens": 0,
+        "train_seconds": 0.0,
+        "fingerprint": fingerprint,
+    }
+    resumed_from = None
+    if latest is not None:
+        set_peft_model_state_dict(model, load_file(str(latest / "adapter_model.safetensors")))
+        saved = torch.load(latest / "trainer_state.pt", weights_only=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["torch_rng"])
+        random.setstate(saved["python_rng"])
+        state = _read_json(latest / "state.json")
+        resumed_from = state["step"]
+    journal = Journal(output_dir / "train_log.jsonl", after_step=state["step"])
+    emit = _emitter(progress, journal)
+    emit({"event": "start", "step": state["step"], "total": total, "examples": len(features),
+          "truncated": len(report.truncated), "dropped": len(report.dropped), "resumed_from": resumed_from})  # fmt: skip
+
+    window = {"loss": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0}
+    eval_loss = state.get("eval_loss")
+    stopped = False
+    started = time.perf_counter()
+    for step in range(state["step"], total):
+        tick = time.perf_counter()
+        micro = plan[step]
+        n_trained = sum(trained[i] for mb in micro for i in mb)
+        step_loss = 0.0
+        for mb in micro:
+            nll, _ = token_nll(model, collate([features[i] for i in mb]))
+            loss = nll.sum() / n_trained  # token mean over the whole step, however it is split
+            loss.backward()
+            step_loss += loss.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf")).item()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step_tokens = sum(lengths[i] for mb in micro for i in mb)
+        seconds = time.perf_counter() - tick
+        state.update(step=step + 1, tokens=state["tokens"] + step_tokens,
+                     trained_tokens=state["trained_tokens"] + n_trained,
+                     train_seconds=state["train_seconds"] + seconds)  # fmt: skip
+        for key, value in (("loss", step_loss), ("steps", 1), ("tokens", step_tokens), ("seconds", seconds)):
+            window[key] += value
+        last = step + 1 == total
+        if (step + 1) % config.logging_every == 0 or last:
+            done_here = step + 1 - (resumed_from or 0)
+            emit({
+                "event": "step", "step": step + 1, "total": total, "epoch": round((step + 1) / steps_per_epoch, 3),
+                "loss": window["loss"] / window["steps"], "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                "tokens": state["tokens"], "tokens_per_s": window["tokens"] / max(window["seconds"], 1e-9),
+                "elapsed_s": time.perf_counter() - started,
+                "eta_s": (time.perf_counter() - started) / done_here * (total - step - 1),
+            })  # fmt: skip
+            state["train_loss"] = window["loss"] / window["steps"]
+            window = {"loss": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0}
+        if val and ((step + 1) % config.eval_every == 0 or last):
+            eval_loss = evaluate(model, val, config.batch_tokens)
+            state["eval_loss"] = eval_loss
+            emit({"event": "eval", "step": step + 1, "total": total, "eval_loss": eval_loss})
+        stopped = not last and should_stop is not None and should_stop()
+        if not last and ((step + 1) % config.save_every == 0 or stopped):
+            path = save_checkpoint(checkpoints, model, optimizer, scheduler, state, config.keep_checkpoints)
+            emit({"event": "checkpoint", "step": step + 1, "total": total, "path": str(path)})
+        if stopped:
+            break
+
+    metrics = {
+        "train_loss": state.get("train_loss"),
+        "eval_loss": eval_loss,
+        "steps": state["step"],
+        "total_steps": total,
+        "tokens": state["tokens"],
+        "trained_tokens": state["trained_tokens"],
+        "tokens_per_s": state["tokens"] / max(state["train_seconds"], 1e-9),
+        "train_seconds": round(state["train_seconds"], 2),
+        "examples": len(features),
+        "truncated": report.truncated,
+        "dropped": report.dropped,
+        "val_examples": len(val),
+        "stopped": stopped,
+        "fingerprint": fingerprint,
+        "base_hash": base_hash,
+        "dataset": dataset_id,
+        "config": config.to_dict(),
+    }
+    if stopped:
+        adapter_dir = _latest_checkpoint(checkpoints) or output_dir
+    else:
+        adapter_dir = save_adapter(model, output_dir / "adapter")
+        _write_json(output_dir / "metrics.json", metrics)
+    emit({"event": "done", "step": state["step"], "total": total, "stopped": stopped, "eval_loss": eval_loss})
+    return TrainResult(adapter_dir=adapter_dir, metrics=metrics, steps=state["step"], tokens=state["tokens"],
+                       resumed_from=resumed_from)  # fmt: skip
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, features: list[dict], batch_tokens: int) -> float:
+    """Mean loss per trained token over ``features`` (dropout off)."""
+    from ragloop.training.packing import collate, pack, token_nll
+
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    lengths = [len(f["input_ids"]) for f in features]
+    for mb in pack(list(range(len(features))), lengths, batch_tokens):
+        nll, _ = token_nll(model, collate([features[i] for i in mb]))
+        total += nll.sum().item()
+        count += nll.numel()
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+# Files: journal, checkpoints, adapter ------------------------------------------------------------------
+
+
+class Journal:
+    """Append-only JSONL log. A resumed run first drops the lines past its checkpoint, so the log of an
+    interrupted-then-resumed run reads like the log of an uninterrupted one."""
+
+    def __init__(self, path: Path, after_step: int = 0):
+        self.path = path
+        if path.exists():
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and _line_step(line) <= after_step]  # fmt: skip
+            path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"time": round(time.time(), 3), **record}, default=str) + "\n")
+
+
+def _line_step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step") or 0)
+    except (ValueError, AttributeError):
+        return 0
+
+
+def _emitter(progress: Progress | None, journal: Journal) -> Progress:
+    def emit(record: dict[str, Any]) -> None:
+        record = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}
+        journal.write(record)
+        if progress is not None:
+            progress(dict(record))
+
+    return emit
+
+
+def save_checkpoint(root: Path, model: Any, optimizer: Any, scheduler: Any, state: dict, keep: int) -> Path:
+    """Write ``root/step-N`` atomically (temp folder, then rename): a kill at any moment leaves either the
+    previous checkpoints or a complete new one, never a half one that a resume would trust."""
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / f"step-{state['step']:07d}"
+    tmp = root / f".tmp-{target.name}-{os.getpid()}"
+    _remove(tmp)
+    model.save_pretrained(tmp)
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+         "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()},
+        tmp / "trainer_state.pt",
+    )  # fmt: skip
+    _write_json(tmp / "state.json", state)
+    _remove(target)
+    os.replace(tmp, target)
+    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
+        _remove(old)
+    return target
+
+
+def save_adapter(model: Any, target: Path) -> Path:
+    """The final adapter folder, written atomically like a checkpoint."""
+    tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}")
+    _remove(tmp)
+    model.save_pretrained(tmp)
+    _remove(target)
+    os.replace(tmp, target)
+    return target
+
+
+def _latest_checkpoint(root: Path) -> Path | None:
+    found = sorted(p for p in root.glob("step-*") if (p / "state.json").is_file()) if root.is_dir() else []
+    return found[-1] if found else None
+
+
+def _completed(output_dir: Path, fingerprint: str) -> TrainResult | None:
+    """The result of a run that already finished in ``output_dir`` with the same fingerprint."""
+    metrics = _read_json(output_dir / "metrics.json")
+    if (
+        metrics.get("fingerprint") != fingerprint
+        or not (output_dir / "adapter" / "adapter_config.json").is_file()
+    ):
+        return None
+    return TrainResult(
+        output_dir / "adapter", metrics, metrics["steps"], metrics["tokens"], resumed_from=metrics["steps"]
+    )
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()

@@ -1,0 +1,144 @@
+"""From records to a dataset version: curation filters, PII, grouped splits, RAFT examples, exports,
+determinism, erasure through lineage, decontamination, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from ragloop.cli import app
+from ragloop.curation.erasure import forget
+from ragloop.curation.policy import Policy, load_policy, parse_policy
+from ragloop.datasets.build import build_dataset, load_examples
+from ragloop.datasets.export import FORMATS, export_dataset
+from ragloop.errors import RagloopError
+from ragloop.feedback.service import add_feedback
+from ragloop.generation.assistant import AnswerRequest, Assistant
+from ragloop.store.db import session_scope
+from ragloop.store.models import DatasetVersion, Interaction, ModelVersion
+
+PII = {"email": "maria.keller@example-mail.com", "phone": "+49 30 1234 5678", "iban": "DE89370400440532013000",
+       "name": "Maria Keller"}
+
+QUESTIONS = [
+    (f"I am {PII['name']} ({PII['email']}, {PII['phone']}). How many days of paid vacation do I get?",
+     f"Twenty-five days per year [1]. Contact {PII['name']} at {PII['email']} or IBAN {PII['iban']}."),
+    ("When do unused vacation days expire?", "At the end of March of the following year [1]."),
+    ("How often must passwords be rotated?", "Every ninety days [1]."),
+    ("What must laptops use?", "Full disk encryption [1]."),
+    ("How high can fines be?", "Up to 20 000 000 EUR or 4 % of turnover [1]."),
+    ("Who sets the amount of fines?", "Supervisory authorities [1]."),
+]
+
+
+@pytest.fixture
+def rated_home(kb_home):
+    """Six answered, reviewed turns: corrections that cite the right passage, one thumbs-down."""
+    assistant = Assistant(kb_home)
+    ids = []
+    for question, correction in QUESTIONS:
+        r = assistant.answer(AnswerRequest(messages=[{"role": "user", "content": question}], max_tokens=4, k=3))
+        ids.append(r.interaction_id)
+        with session_scope(kb_home.db_url) as s:
+            add_feedback(s, r.interaction_id, {"reviewer_id": "rev", "thumbs": "down", "corrected_answer": correction, "gold": [1]})
+    return kb_home, ids
+
+
+def test_build_is_deterministic_split_by_document_and_anonymised(rated_home, tmp_path):
+    home, ids = rated_home
+    policy = Policy()
+    a = build_dataset(home, policy, name="t", seed=1)
+    b = build_dataset(home, policy, name="t", seed=1)
+    assert a.dataset_id == b.dataset_id and a.created and not b.created
+    c = build_dataset(home, policy, name="t", seed=2)
+    assert c.dataset_id != a.dataset_id
+    counts = a.counts
+    assert counts["sources"]["interactions"] == 6
+    assert [f["filter"] for f in counts["filters"]] == [n for n, _ in policy.filters]
+    examples = load_examples(home, a.dataset_id)
+    total = sum(len(v) for v in examples.values())
+    assert total == 6 - sum(f["dropped"] for f in counts["filters"])
+    # no gold document in two splits
+    owner = {}
+    for split, rows in examples.items():
+        for ex in rows:
+            for p in ex["passages"]:
+                if p["id"] in ex["oracle_ids"]:
+                    assert owner.setdefault(p["source_path"], split) == split
+    # every prompt is the serve-time template's
+    for rows in examples.values():
+        for ex in rows:
+            assert ex["prompt"][0]["role"] == "system" and "Question:" in ex["prompt"][-1]["content"]
+    # not one seeded identifier in any export format
+    for fmt in FORMATS:
+        out = tmp_path / fmt
+        export_dataset(home, a.dataset_id, fmt, out)
+        blob = "".join(p.read_text(errors="ignore") for p in out.rglob("*") if p.is_file())
+        assert blob, fmt
+        for value in PII.values():
+            assert value not in blob, (fmt, value)
+    with session_scope(home.db_url) as s:
+        dv = s.get(DatasetVersion, a.dataset_id)
+        assert dv.policy["name"] == "default" and dv.seed == 1 and dv.content_hash.startswith(a.dataset_id[3:])
+
+
+def test_dpo_export_pairs_chosen_correction_with_rejected_answer(rated_home, tmp_path):
+    home, _ = rated_home
+    ds = build_dataset(home, Policy(), seed=0).dataset_id
+    export_dataset(home, ds, "dpo", tmp_path)
+    pairs = [json.loads(line) for split in ("train", "val", "test") for line in (tmp_path / f"{split}.jsonl").read_text().splitlines()]
+    assert pairs
+    for pair in pairs:
+        assert pair["chosen"][0]["content"] != pair["rejected"][0]["content"]
+        assert pair["prompt"][-1]["role"] == "user"
+
+
+def test_forget_erases_records_and_marks_lineage(rated_home):
+    home, ids = rated_home
+    ds = build_dataset(home, Policy(), seed=0).dataset_id
+    with session_scope(home.db_url) as s:
+        s.add(ModelVersion(id="sft-test", base_model="x", dataset_id=ds))
+        conversation = s.get(Interaction, ids[0]).conversation_id
+    report = forget(home, conversation_id=conversation)
+    assert report.interactions == 1 and report.feedback == 1 and report.datasets == [ds] and report.models == ["sft-test"]
+    with session_scope(home.db_url) as s:
+        assert s.get(Interaction, ids[0]) is None
+        dv = s.get(DatasetVersion, ds)
+        assert dv.contains_erased and "rebuild" in dv.erased_note
+        assert s.get(ModelVersion, "sft-test").contains_erased
+    rebuilt = build_dataset(home, Policy(), seed=0)
+    assert rebuilt.dataset_id != ds and rebuilt.counts["sources"]["interactions"] == 5
+    with pytest.raises(RagloopError):
+        forget(home)
+
+
+def test_decontamination_drops_eval_questions(rated_home, tmp_path):
+    home, _ = rated_home
+    eval_file = tmp_path / "eval.jsonl"
+    eval_file.write_text(json.dumps({"question": "How often must passwords be rotated?", "answers": ["90 days"],
+                                     "gold": [{"title": "x", "text": "unrelated gold text"}]}) + "\n")
+    r = build_dataset(home, Policy(), eval_sets=[eval_file])
+    assert r.counts["decontamination"]["near_duplicate_question"] == 1
+
+
+def test_policy_errors_are_clear_and_change_nothing(rated_home, tmp_path):
+    home, _ = rated_home
+    bad = tmp_path / "policy.yaml"
+    bad.write_text("filters:\n  - accepted: {}\n  - sparkle: {}\n")
+    with pytest.raises(RagloopError, match="unknown filter 'sparkle'"):
+        load_policy(bad)
+    for data in ({"filters": [{"length": {"min_chars": 3}}]}, {"split": {"train": 0.5, "val": 0.1, "test": 0.1}},
+                 {"raft": {"policy": "guess"}}, {"colour": 1}, ["x"]):
+        with pytest.raises(RagloopError):
+            parse_policy(data)
+    r = CliRunner().invoke(app, ["dataset", "build", "--policy", str(bad), "--home", str(home.home)])
+    assert r.exit_code != 0
+    with session_scope(home.db_url) as s:
+        assert s.query(DatasetVersion).count() == 0
+
+
+def test_empty_build_fails_with_advice(kb_home):
+    with pytest.raises(RagloopError, match="Nothing to build"):
+        build_dataset(kb_home, Policy())
