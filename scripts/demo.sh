@@ -7,7 +7,8 @@ DATA="${RAGLOOP_DATA:-../shared/data}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 step() { printf '\n\033[1;36m== %s\033[0m\n' "$*"; }
 
-step "1. A project home"
+step "1. A project home (recreated on every run)"
+rm -rf "$HOME_DIR"
 $RAGLOOP init "$HOME_DIR"
 export RAGLOOP_HOME="$HOME_DIR"
 

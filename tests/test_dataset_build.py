@@ -142,3 +142,23 @@ def test_policy_errors_are_clear_and_change_nothing(rated_home, tmp_path):
 def test_empty_build_fails_with_advice(kb_home):
     with pytest.raises(RagloopError, match="Nothing to build"):
         build_dataset(kb_home, Policy())
+
+
+def test_thumbs_up_on_an_unfounded_answer_does_not_become_training_data():
+    from ragloop.curation.pipeline import Candidate, apply_filters
+    from ragloop.feedback.service import Judgement
+    from ragloop.generation.replay import ShownPassage
+
+    passage = ShownPassage("c1", "d1", "GDPR", "gdpr.xml", "Article 17",
+                           "The data subject shall have the right to obtain from the controller the erasure of personal data.")
+    liked = Judgement(reviewers=["r"], accepted=True, mean_rating=5.0, gold_ranks=[1])
+
+    def cand(answer: str) -> Candidate:
+        return Candidate("i", "c", 1, "What is the right to erasure?", [passage], answer, False, liked, answer, [1])
+
+    kept, reports = apply_filters(
+        [cand("It is a human right enshrined in the European Convention on Human Rights."),
+         cand("The data subject can obtain from the controller the erasure of personal data.")], Policy())
+    assert [c.answer[:8] for c in kept] == ["The data"]
+    verify = next(r for r in reports if r.name == "verify_citations")
+    assert verify.reasons == {"unsupported statement": 1}

@@ -38,7 +38,8 @@ def score(
 @pytest.mark.parametrize(
     ("output", "answers"),
     [
-        ("Answer: 30 days", ["25 days"]),
+        ("Answer: 30 days", ["25 days"]),  # token F1 0.5: the number is what matters
+        ("Answer: the capital of England", ["the capital of France"]),  # F1 0.67
         ("Answer: Paris", ["London", "the capital of England"]),
         ("Answer: no", ["yes"]),  # a span set whose answer looks like a label is still compared as text
         (ABSTAIN_ANSWER, ["25 days"]),
@@ -175,14 +176,19 @@ def test_live_gold_matches_chunks_by_text() -> None:
 
 
 def test_bootstrap_ci_contains_the_true_difference() -> None:
+    # Paired scores whose true mean difference is exactly 0.1 (B = A + noise of mean 0.1). A 95% interval
+    # must contain it in about 95% of repetitions: checked on 100 synthetic data sets, not on one lucky seed.
     rng = np.random.default_rng(7)
-    # Paired scores whose true mean difference is exactly 0.1: B = A + noise with mean 0.1.
-    a = rng.normal(0.5, 0.2, size=300)
-    b = a + 0.1 + rng.normal(0, 0.05, size=300)
-    iv = paired_bootstrap(list(a), list(b), resamples=2000, seed=0)
-    assert iv is not None and iv.low < 0.1 < iv.high and iv.excludes_zero and iv.n == 300
-    # Pairing matters: the interval is far narrower than the spread of either side.
-    assert iv.high - iv.low < 0.02
+    covered = 0
+    for rep in range(100):
+        a = rng.normal(0.5, 0.2, size=200)
+        b = a + 0.1 + rng.normal(0, 0.05, size=200)
+        iv = paired_bootstrap(list(a), list(b), resamples=1000, seed=rep)
+        assert iv is not None and iv.n == 200 and iv.excludes_zero
+        covered += iv.low <= 0.1 <= iv.high
+    assert 88 <= covered <= 100
+    # Pairing matters: the interval is far narrower than the spread of either side (sd 0.2).
+    assert iv.high - iv.low < 0.03
 
 
 def test_bootstrap_excludes_zero_only_for_a_large_difference() -> None:

@@ -26,7 +26,9 @@ def lora_model(tiny_model_dir: Path) -> torch.nn.Module:
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"))
+    model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear")
+    )
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:

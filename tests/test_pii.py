@@ -19,12 +19,17 @@ from ragloop.errors import ConfigError
 
 pii = pytest.importorskip("ragloop.curation.pii")
 
-RECORDS = [
-    json.loads(line)
-    for line in (Path(__file__).parent / "fixtures" / "curation" / "pii_seeded.jsonl")
-    .read_text(encoding="utf-8")
-    .splitlines()
-]
+FIXTURES = Path(__file__).parent / "fixtures" / "curation"
+
+
+def _load(name: str) -> list[dict]:
+    return [json.loads(line) for line in (FIXTURES / name).read_text(encoding="utf-8").splitlines()]
+
+
+RECORDS = _load("pii_seeded.jsonl")
+# Written after the recognizers were tuned on pii_seeded.jsonl and measured once (docs/curation.md):
+# how the method does on names and layouts it was not shaped on.
+HELD_OUT = _load("pii_heldout.jsonl")
 SEEDED = [r for r in RECORDS if r["pii"]]
 TRAPS = [r for r in RECORDS if not r["pii"]]
 PATTERN_TYPES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "IBAN_CODE", "CREDIT_CARD")
@@ -46,9 +51,9 @@ def _covered(item: dict, findings: list, text: str, same_type: bool = True) -> b
     return all(not text[i].isalnum() for i in left)
 
 
-def recall_by_type(anonymizer: pii.Anonymizer) -> tuple[Counter, Counter]:
+def recall_by_type(anonymizer: pii.Anonymizer, records: list[dict] = SEEDED) -> tuple[Counter, Counter]:
     found, total = Counter(), Counter()
-    for r in SEEDED:
+    for r in records:
         findings = anonymizer.detect(r["text"])
         for item in r["pii"]:
             total[item["type"]] += 1
@@ -73,6 +78,16 @@ def test_recall_per_entity_type(anonymizer):
         assert found[t] / total[t] >= 0.95, (t, found[t], total[t])
     assert found["PERSON"] / total["PERSON"] >= 0.85, (found["PERSON"], total["PERSON"])
     assert sum(found.values()) / sum(total.values()) >= 0.9
+
+
+def test_held_out_records_stay_where_they_were_measured(anonymizer):
+    # Regression guard at the measured level, not a target: names the census does not know and no cue
+    # announces ("Ask Dmitri Volkov in IT") need a NER model (ner="spacy:…").
+    found, total = recall_by_type(anonymizer, [r for r in HELD_OUT if r["pii"]])
+    assert sum(found[t] for t in PATTERN_TYPES) == sum(total[t] for t in PATTERN_TYPES) - 1
+    assert found["PERSON"] >= 13 and sum(found.values()) >= 32, (found, total)
+    traps = [r for r in HELD_OUT if not r["pii"]]
+    assert sum(len(anonymizer.detect(r["text"])) for r in traps) <= 1  # "Morgan Stanley"
 
 
 def test_false_positives_on_trap_records(anonymizer):
@@ -201,6 +216,29 @@ def test_spacy_pipeline_from_a_folder_is_wired_in(tmp_path):
     analyzer = pii.build_analyzer(f"spacy:{tmp_path / 'pipeline'}")
     found = analyzer.analyze("Dr. Anna Berg, anna.berg@clinic.de", language="en")
     assert {r.entity_type for r in found} >= {"PERSON", "EMAIL_ADDRESS"}
+
+
+def test_transformers_model_from_a_folder_is_wired_in(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    # A tiny random token-classifier: checks the wiring (local folder, no hub, CPU), not the quality.
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "anna", "berg", "wrote", "to", "the", "."]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab))
+    tokenizer = transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    config = transformers.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        id2label={0: "O", 1: "B-PER", 2: "I-PER"},
+        label2id={"O": 0, "B-PER": 1, "I-PER": 2},
+    )
+    transformers.BertForTokenClassification(config).save_pretrained(tmp_path / "ner")
+    tokenizer.save_pretrained(tmp_path / "ner")
+    analyzer = pii.build_analyzer(f"transformers:{tmp_path / 'ner'}")
+    assert "HuggingFaceNerRecognizer" in [r.name for r in analyzer.registry.recognizers]
+    found = analyzer.analyze("Anna Berg wrote to the DPO.", language="en")
+    assert any(r.entity_type == "PERSON" for r in found)
 
 
 def test_person_recognizer_reasons():

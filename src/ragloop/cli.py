@@ -640,18 +640,24 @@ jobs_app = typer.Typer(no_args_is_help=True, help="Background training jobs.")
 app.add_typer(train_app, name="train")
 app.add_typer(jobs_app, name="jobs")
 
-DatasetOpt = Annotated[str, typer.Option("--dataset", help="Dataset version id (see `ragloop dataset list`).")]
+DatasetOpt = Annotated[
+    str, typer.Option("--dataset", help="Dataset version id (see `ragloop dataset list`).")
+]
 BaseOpt = Annotated[
-    str | None, typer.Option("--base", help="Base model: 'packaged', a HF folder or .gguf (default: [generator]).")
+    str | None,
+    typer.Option("--base", help="Base model: 'packaged', a HF folder or .gguf (default: the generator's)."),
 ]
 TrainConfigOpt = Annotated[Path | None, typer.Option("--config", help="Training config (train.yaml).")]
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override one training setting: KEY=VALUE (repeat).")
 ]
 ForegroundOpt = Annotated[
-    bool, typer.Option("--foreground", help="Train in this process with a progress bar, not in the background.")
+    bool,
+    typer.Option("--foreground", help="Train in this process with a progress bar, not in the background."),
 ]
-NameOpt = Annotated[str | None, typer.Option("--name", help="Name the version NAME-vN instead of KIND-DATE-HASH.")]
+NameOpt = Annotated[
+    str | None, typer.Option("--name", help="Name the version NAME-vN instead of KIND-DATE-HASH.")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
@@ -790,7 +796,9 @@ def jobs_list(
 
 
 @jobs_app.command("show")
-def jobs_show(job_id: Annotated[str, typer.Argument()], as_json: JsonOpt = False, home: HomeOpt = None) -> None:
+def jobs_show(
+    job_id: Annotated[str, typer.Argument()], as_json: JsonOpt = False, home: HomeOpt = None
+) -> None:
     """One job: status, config, progress, result, error."""
     from ragloop.training import jobs
 
@@ -867,7 +875,9 @@ def jobs_resume(job_id: Annotated[str, typer.Argument()], home: HomeOpt = None) 
         pid = jobs.ensure_worker(settings)
     except RagloopError as exc:
         raise _fail(exc) from None
-    console.print(f"job {job.id} queued to resume; " + (f"worker started (pid {pid})" if pid else "worker running"))
+    console.print(
+        f"job {job.id} queued to resume; " + (f"worker started (pid {pid})" if pid else "worker running")
+    )
 
 
 @jobs_app.command("worker")
@@ -880,7 +890,9 @@ def jobs_worker(
 
     settings = _settings(home)
     if jobs.worker_pid(settings) is not None:
-        raise _fail(RagloopError(f"A worker already runs for {settings.home} (pid {jobs.worker_pid(settings)})."))
+        raise _fail(
+            RagloopError(f"A worker already runs for {settings.home} (pid {jobs.worker_pid(settings)}).")
+        )
     jobs.install_sigterm_handler()
     try:
         ran = jobs.run_worker(settings, once=once)
@@ -909,14 +921,18 @@ def models_show(version: Annotated[str, typer.Argument(help="Version id or alias
         return
     meta = data["meta"] or {}
     ds = meta.get("dataset") or {}
-    console.print(f"[bold]{data['id']}[/] {meta.get('kind', '')} · aliases: {', '.join(data['aliases']) or 'none'}")
+    console.print(
+        f"[bold]{data['id']}[/] {meta.get('kind', '')} · aliases: {', '.join(data['aliases']) or 'none'}"
+    )
     console.print(f"base {data['base_model']} (sha256 {data['base_hash'][:16]}…)", highlight=False)
     if data["adapter_path"]:
         console.print(f"adapter {data['adapter_path']}", highlight=False)
     if data["parent_id"]:
         console.print(f"parent {data['parent_id']}")
     if ds:
-        console.print(f"dataset {ds.get('id')} (hash {str(ds.get('content_hash'))[:16]}…) · KB v{meta.get('kb_version')}")
+        console.print(
+            f"dataset {ds.get('id')} (hash {str(ds.get('content_hash'))[:16]}…) · KB v{meta.get('kb_version')}"
+        )
     policy = meta.get("curation_policy") or {}
     if policy:
         console.print(f"curation policy {policy.get('name')} v{policy.get('version')}")
@@ -927,7 +943,9 @@ def models_show(version: Annotated[str, typer.Argument(help="Version id or alias
             console.print(f"[bold]{section}[/]: " + ", ".join(f"{k}={v}" for k, v in meta[section].items()),
                           highlight=False)  # fmt: skip
     for when, action, alias, prev, new in events:
-        console.print(f"[dim]{when.isoformat(timespec='seconds')} {action} {alias or ''} {prev or ''} → {new}[/]")
+        console.print(
+            f"[dim]{when.isoformat(timespec='seconds')} {action} {alias or ''} {prev or ''} → {new}[/]"
+        )
 
 
 @models_app.command("diff")
@@ -949,7 +967,9 @@ def models_diff(a: Annotated[str, typer.Argument()], b: Annotated[str, typer.Arg
     for section in ("base", "lineage", "dataset", "curation_policy", "hyperparameters", "metrics", "code"):
         for key, entry in diff[section].items():
             delta = entry.get("delta")
-            table.add_row(section, key, str(entry["a"]), str(entry["b"]), "" if delta is None else f"{delta:+.4g}")
+            table.add_row(
+                section, key, str(entry["a"]), str(entry["b"]), "" if delta is None else f"{delta:+.4g}"
+            )
     console.print(table)
 
 
@@ -992,7 +1012,9 @@ def models_rollback(
 def models_export(
     version: Annotated[str, typer.Argument(help="Version id or alias.")],
     out: Annotated[Path, typer.Option("--out", help="Folder to write (must be new or empty).")],
-    merged: Annotated[bool, typer.Option("--merged", help="Fold the adapter into full safetensors weights.")] = False,
+    merged: Annotated[
+        bool, typer.Option("--merged", help="Fold the adapter into full safetensors weights.")
+    ] = False,
     home: HomeOpt = None,
 ) -> None:
     """Export a version: its LoRA adapter folder, or a merged model plain transformers loads."""
@@ -1153,7 +1175,10 @@ def eval_list(
         runs = list_runs(_settings(home), model, limit)
     except RagloopError as exc:
         raise _fail(exc) from None
-    table = Table("run", "created", "model", "data", "condition", "k", "n", "score", "status")
+    table = Table()
+    for column in ("run", "created", "model", "data", "condition", "k", "n", "score", "status"):
+        # run ids (a prefix is enough for every eval command) must survive a narrow terminal
+        table.add_column(column, no_wrap=column == "run", min_width=12 if column == "run" else None)
     for r in runs:
         metric = primary_metric(r.metrics or {})
         value = (r.metrics or {}).get(metric)

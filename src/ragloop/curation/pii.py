@@ -603,9 +603,9 @@ class PhoneNumberRecognizer(PhoneRecognizer):
 
     Faster: phonenumbers scans the whole text once per region; here it reads only the stretches that
     look like a number (digits with separators), which is most of the saving on long passages.
-    Stricter: a number that is possible but not valid (an unassigned range) or whose digit grouping is
-    not how any of the regions writes numbers ("2023-004512", "0.62-0.89" in a table of confidence
-    intervals) scores 0.1, so it counts only with a word such as "phone", "call" or "reach" nearby.
+    Stricter: a match whose digit grouping is not how any of the regions writes numbers ("2023-004512",
+    "0.62-0.89" in a table of confidence intervals) scores 0.1, so it counts only with a word such as
+    "phone", "call" or "reach" nearby.
     """
 
     CANDIDATE = re.compile(r"(?<![\w+.,])[+(]?\d[\d \t().\-/]{4,}\d(?![\w])")
@@ -620,15 +620,13 @@ class PhoneNumberRecognizer(PhoneRecognizer):
         results = []
         for candidate in self.CANDIDATE.finditer(text):
             chunk, offset = candidate.group(), candidate.start()
-            matches = {
-                (m.start, m.end): m.number
+            spans = {
+                (m.start, m.end)
                 for region in self.supported_regions
-                for m in phonenumbers.PhoneNumberMatcher(
-                    chunk, region, leniency=phonenumbers.Leniency.POSSIBLE
-                )
+                for m in phonenumbers.PhoneNumberMatcher(chunk, region, leniency=self.leniency)
             }
-            for (start, end), number in matches.items():
-                strict = phonenumbers.is_valid_number(number) and any(
+            for start, end in spans:
+                strict = any(
                     any(True for _ in phonenumbers.PhoneNumberMatcher(chunk[start:end], region, leniency=2))
                     for region in self.supported_regions
                 )
@@ -1066,7 +1064,9 @@ class Anonymizer:
         }
         if not parts:
             return
-        alternatives = "|".join(re.escape(fold(p)) for p in sorted(parts, key=len, reverse=True))
+        # Also in capitals ("ANNA BERG" in a form), but not in lower case: "Young" or "Rose" are words too.
+        variants = {fold(p) for p in parts} | {fold(p).upper() for p in parts}
+        alternatives = "|".join(re.escape(p) for p in sorted(variants, key=len, reverse=True))
         pattern = re.compile(rf"(?:(?<![\w])[A-Z][a-z]+[ \t])?(?<![\w])(?:{alternatives})(?![\w])")
         for text, fs in zip(texts, findings, strict=True):
             # Matched on the accent-folded text, which has the same length, so offsets carry over.
@@ -1150,7 +1150,7 @@ class _ExampleSurrogates:
     def __init__(self, anonymizer: Anonymizer, originals: set[str]) -> None:
         self.a = anonymizer
         self.originals = originals | {w for o in originals for w in _NAME_TOKEN.findall(o)}
-        self.names: dict[str, str] = {}  # word of a name → its surrogate
+        self.names: dict[str, str] = {}  # word of a name, folded and lower-cased → its surrogate
         self.values: dict[tuple[str, str], str] = {}  # (type, normalised value) → canonical surrogate
         self.rendered: dict[str, tuple[str, str]] = {}  # surrogate as written → (original, type)
 
@@ -1184,24 +1184,25 @@ class _ExampleSurrogates:
 
     def _name_word(self, word: str, *, is_last: bool) -> str:
         """One word of a name → a census name of the same role (female or male first name, surname),
-        the same every time within the example and, for a given secret, everywhere. A word the census
-        does not know takes its role from its place: the last word of a name is the surname."""
+        the same every time within the example ("Berg", "BERG") and, for a given secret, everywhere. A
+        word the census does not know takes its role from its place: the last word of a name is the
+        surname."""
         if len(word) == 1 or word.lower() in PARTICLES or word.lower() in TITLES:
             return word
-        if word not in self.names:
-            key = fold(word).lower()
+        key = fold(word).lower()
+        if key not in self.names:
             role = self.a.names.role(word)
             if role is None:
                 role = "last" if is_last else ("female", "male")[self.a.draws("PERSON", key).below(2)]
-            taken = set(self.names.values()) | self.originals
+            taken = {n.lower() for n in self.names.values()} | {o.lower() for o in self.originals}
             for attempt in range(50):
-                name = self.a.draws("PERSON", f"{role}:{key}", attempt).choice(self.a._pools[role])
-                candidate = name.upper() if word.isupper() else name.capitalize()
-                if candidate not in taken and self._free(candidate, word):
+                candidate = self.a.draws("PERSON", f"{role}:{key}", attempt).choice(self.a._pools[role])
+                if candidate.lower() not in taken and self._free(candidate.capitalize(), word):
                     break
-            self.names[word] = candidate
-            self.rendered[candidate] = (word, "PERSON")
-        return self.names[word]
+            self.names[key] = candidate.capitalize()
+        written = self.names[key].upper() if word.isupper() and len(word) > 1 else self.names[key]
+        self.rendered[written] = (word, "PERSON")
+        return written
 
     def _canonical(self, entity_type: str, key: str, mention: str, attempt: int) -> str:
         draws = self.a.draws(entity_type, key, attempt)
@@ -1235,7 +1236,7 @@ class _ExampleSurrogates:
         """An example.org address; when its local part is made of the words of a name found in the
         example ("anna.berg@…"), it is made of their surrogates, so the text stays coherent."""
         local, _, _ = key.partition("@")
-        words = {w.lower(): s.lower() for w, s in self.names.items()}
+        words = {w: s.lower() for w, s in self.names.items()}
         pieces = re.split(r"([._-])", local)
         if any(p.isalpha() and p in words for p in pieces):
             local = "".join(

@@ -17,10 +17,10 @@ from ragloop.config import Settings
 from ragloop.curation.dedupe import find_duplicates
 from ragloop.curation.policy import Policy
 from ragloop.curation.refusal import is_refusal
-from ragloop.curation.verify import DEFAULT_THRESHOLD, verify_answer
+from ragloop.curation.verify import DEFAULT_THRESHOLD, verify_answer, verify_statement
 from ragloop.feedback.service import Judgement, judgement
-from ragloop.generation.citations import CITE, parse_citations
-from ragloop.generation.replay import ShownPassage, shown_passages
+from ragloop.generation.citations import CITE, parse_citations, split_sentences
+from ragloop.generation.replay import ShownPassage, fetch_rows, shown_passages
 from ragloop.ingest.kb import KnowledgeBase
 from ragloop.store.db import session_scope
 from ragloop.store.models import Feedback, Interaction
@@ -76,8 +76,9 @@ def load_candidates(settings: Settings, interaction_ids: list[str] | None = None
         ids = [i.id for i in interactions]
         for fb in s.scalars(select(Feedback).where(Feedback.interaction_id.in_(ids))) if ids else []:
             feedback.setdefault(fb.interaction_id, []).append(fb)
+    rows = fetch_rows(kb, interactions)
     for i in interactions:
-        passages, _problems = shown_passages(kb, i)
+        passages, _problems = shown_passages(kb, i, rows)
         j = judgement(feedback.get(i.id, []))
         answer = j.corrected_answer or i.answer
         cited = sorted({c["n"] for c in parse_citations(answer, passages) if c.get("valid")})
@@ -116,12 +117,21 @@ def _cites(c: Candidate) -> str | None:
 
 
 def _verified(c: Candidate, threshold: float | None) -> str | None:
+    """Every cited (or quoted) statement must be supported by its passage. An answer that cites nothing
+    (its oracle came from a reviewer's gold marks) must have every sentence supported by an oracle passage:
+    a thumbs-up on a fluent but unfounded answer must not turn it into training data."""
     if c.from_correction:  # a reviewer wrote it against the passages: trusted
         return None
-    verdicts = verify_answer(
-        c.answer, [p.text for p in c.passages], threshold if threshold is not None else DEFAULT_THRESHOLD
-    )
-    return "unsupported citation" if any(not v.supported for _, _, v in verdicts) else None
+    t = threshold if threshold is not None else DEFAULT_THRESHOLD
+    texts = [p.text for p in c.passages]
+    verdicts = verify_answer(c.answer, texts, t)
+    if verdicts:
+        return "unsupported citation" if any(not v.supported for _, _, v in verdicts) else None
+    oracle = [texts[r - 1] for r in c.oracle_ranks if 1 <= r <= len(texts)]
+    for s, e in split_sentences(c.answer):
+        if not any(verify_statement(c.answer[s:e], p, t).supported for p in oracle):
+            return "unsupported statement"
+    return None
 
 
 def _refusal(c: Candidate) -> str | None:

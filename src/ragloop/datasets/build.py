@@ -104,9 +104,16 @@ def decontaminate(items: list[QAItem], eval_items: list[QAItem], threshold: floa
     return kept, {"near_duplicate_question": by_question, "shared_gold_passage": by_gold}
 
 
+def document_key(p: QAPassage) -> str:
+    """The 'document' a gold passage belongs to, for leakage-free splits: its top-level section unit
+    (an article of a regulation, a chapter of a handbook) within its source file, else the file or title.
+    A single-file corpus such as one regulation then still splits, article by article."""
+    return f"{p.source_path or p.title}|{p.section or p.title}"
+
+
 def split_items(items: list[QAItem], shares: dict[str, float], seed: int) -> dict[str, list[QAItem]]:
-    """Grouped split: items sharing a conversation/group or any gold passage's document land in the same
-    split (union-find over those keys), so no gold document spans two splits."""
+    """Grouped split: items sharing a conversation/group or any gold passage's document (``document_key``)
+    land in the same split (union-find over those keys), so no gold document spans two splits."""
     parent = list(range(len(items)))
 
     def find(x: int) -> int:
@@ -118,7 +125,7 @@ def split_items(items: list[QAItem], shares: dict[str, float], seed: int) -> dic
     owner: dict[str, int] = {}
     for idx, item in enumerate(items):
         keys = [f"g:{item.group}"] if item.group else []
-        keys += [f"d:{p.source_path or p.title}:{p.title}" for p in item.gold]
+        keys += [f"d:{document_key(p)}" for p in item.gold]
         for k in keys:
             if k in owner:
                 parent[find(idx)] = find(owner[k])

@@ -119,7 +119,7 @@ def synthesize(
                 "gold": [_passage(row)],
                 "distractors": [_passage(h.__dict__) for h in hits[:n_distractors]],
                 "answer_type": "free",
-                "group": row["doc_id"],
+                "group": f"{row['doc_id']}|{row['section']}",
                 "meta": {"synth": method, "chunk_id": row["chunk_id"]},
             }
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")

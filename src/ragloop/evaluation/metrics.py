@@ -34,9 +34,11 @@ except ImportError:  # pragma: no cover - curation.refusal is written in paralle
         return extract_answer(text) == extract_answer(ABSTAIN_ANSWER)
 
 
-# A free-text answer counts as right when its token F1 with some gold answer reaches this: strict EM
-# punishes a generative model for "25 days of leave" against "25 days"; F1 >= 0.5 is the usual "mostly
-# right" line and the one reviewers are asked to agree with (see ``review.agreement``).
+# A free-text answer is right when it matches a gold answer exactly, or contains it (as a run of
+# normalised tokens) with token F1 >= CORRECT_F1. Strict EM punishes a generative model for "25 days of
+# leave" against "25 days"; F1 >= 0.5 alone would pass "30 days" (F1 0.5) and "the capital of England" for
+# "the capital of France" (F1 0.67): containment keeps a wrong answer from ever scoring as right, the F1
+# floor keeps a ramble that mentions the answer somewhere from counting.
 CORRECT_F1 = 0.5
 _ABSTAINED = extract_answer(ABSTAIN_ANSWER)
 
@@ -98,7 +100,16 @@ def answer_scores(prediction: str, answers: Sequence[str], answer_type: str, ref
     if answer_type == "api_call":
         match = any(api_call_match(prediction, gold) for gold in answers)
         return {"em": em, "f1": f1, "correct": match, "api_match": match}
-    return {"em": em, "f1": f1, "correct": em == 1.0 or f1 >= CORRECT_F1}
+    return {"em": em, "f1": f1, "correct": em == 1.0 or any(_covers(prediction, g) for g in answers)}
+
+
+def _covers(prediction: str, gold: str) -> bool:
+    """The normalised gold tokens appear, in order and contiguous, in the prediction, and the prediction
+    says little else (token F1 >= CORRECT_F1)."""
+    pred, want = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not want or token_f1(prediction, gold) < CORRECT_F1:
+        return False
+    return any(pred[i : i + len(want)] == want for i in range(len(pred) - len(want) + 1))
 
 
 def cited_numbers(output: str) -> list[int]:

@@ -71,7 +71,8 @@ def run_robustness(
 
     if not models:
         raise RagloopError("Name at least one model version with --model (repeat it to compare several).")
-    assistant: Assistant | None = None
+    # Registers the base version (needed to resolve "base" before any run); weights load on first use only.
+    assistant = Assistant(settings)
     rows = []
     for model in models:
         for condition, k in plan(distractors, no_gold):
@@ -81,7 +82,6 @@ def run_robustness(
                 on_step(model, condition, k, run is not None)
             reused = run is not None
             if run is None:
-                assistant = assistant or Assistant(settings)  # one model load for every step
                 run = run_eval(settings, config, assistant=assistant, progress=progress)
             rows.append(RobustnessRow(model, run.model_version, condition, k, run.id, reused, run.metrics))
     metric = primary_metric(rows[0].metrics)

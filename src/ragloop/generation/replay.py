@@ -51,17 +51,32 @@ def load_interaction(settings: Settings, interaction_id: str) -> Interaction:
         return interaction
 
 
-def shown_passages(kb: KnowledgeBase, interaction: Interaction) -> tuple[list[ShownPassage], list[str]]:
-    """The passages exactly as shown, read at their recorded KB version, with any hash mismatch named."""
+def fetch_rows(kb: KnowledgeBase, interactions: list[Interaction], batch: int = 2000) -> dict[tuple[int, str], dict]:
+    """Chunk rows for many interactions at once, keyed by (KB version, chunk id): one LanceDB query per
+    version and batch instead of one per interaction (curating 10,000 records stays fast)."""
+    wanted: dict[int, set[str]] = {}
+    for interaction in interactions:
+        for p in interaction.passages:
+            wanted.setdefault(p.kb_version, set()).add(p.chunk_id)
+    rows: dict[tuple[int, str], dict] = {}
+    for version, ids in wanted.items():
+        ordered = sorted(ids)
+        for start in range(0, len(ordered), batch):
+            for chunk_id, row in kb.get_chunks(ordered[start : start + batch], version=version).items():
+                rows[(version, chunk_id)] = row
+    return rows
+
+
+def shown_passages(
+    kb: KnowledgeBase, interaction: Interaction, rows: dict[tuple[int, str], dict] | None = None
+) -> tuple[list[ShownPassage], list[str]]:
+    """The passages exactly as shown, read at their recorded KB version, with any hash mismatch named.
+    ``rows`` from ``fetch_rows`` saves the queries when many interactions are read together."""
     problems: list[str] = []
-    rows: dict[str, dict] = {}
-    versions = {p.kb_version for p in interaction.passages}
-    for version in versions:
-        ids = [p.chunk_id for p in interaction.passages if p.kb_version == version]
-        rows.update(kb.get_chunks(ids, version=version))
+    rows = rows if rows is not None else fetch_rows(kb, [interaction])
     out = []
     for p in interaction.passages:
-        row = rows.get(p.chunk_id)
+        row = rows.get((p.kb_version, p.chunk_id))
         if row is None:
             problems.append(f"passage [{p.rank}] {p.chunk_id} is missing from KB version {p.kb_version}")
             continue

@@ -19,7 +19,7 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 from lancedb.expr import col
-from lancedb.index import FTS, HnswSq
+from lancedb.index import FTS, BTree, Bitmap, HnswSq
 
 from ragloop.config import Settings
 from ragloop.errors import NotFound
@@ -216,6 +216,10 @@ class KnowledgeBase:
     def _build_indexes(self, table: Any) -> None:
         for column in FTS_COLUMNS:
             table.create_index(column, config=FTS(with_position=False), replace=True)
+        # Scalar indexes make the collection scope (a prefilter on every search) and chunk lookups by id
+        # index reads instead of scans of the whole table.
+        table.create_index("collection", config=Bitmap(), replace=True)
+        table.create_index("chunk_id", config=BTree(), replace=True)
         n_rows = table.count_rows()
         if n_rows < self.settings.retrieval.ann_min_rows:
             return

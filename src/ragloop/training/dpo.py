@@ -276,6 +276,7 @@ def combine_adapters(model_dir: Path, first: Path, second: Path, target: Path) -
     model = PeftModel.from_pretrained(load_model(model_dir), str(first), adapter_name="first")
     model.load_adapter(str(second), adapter_name="second")
     model.add_weighted_adapter(["first", "second"], [1.0, 1.0], "combined", combination_type="cat")
+    model.set_adapter("combined")
     model.delete_adapter("first")
     model.delete_adapter("second")
     tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}")

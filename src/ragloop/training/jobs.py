@@ -175,8 +175,8 @@ def validate_job(settings: Settings, kind: str, config: dict[str, Any]) -> dict[
         raise RagloopError(f"Training config {config_path} does not exist.")
     try:
         train = load_train_config(Path(config_path) if config_path else None, **(config.get("train") or {}))
-    except RagloopError:
-        raise
+    except ConfigError as exc:  # the request's fault, not the server's: a 400, not ConfigError's 500
+        raise RagloopError(str(exc)) from exc
     except (TypeError, ValueError, OSError) as exc:
         raise RagloopError(f"Invalid training config: {exc}") from exc
     return {
@@ -519,7 +519,8 @@ def run_job(
             ref = cfg.get("reference_adapter")
             kwargs["reference_adapter"] = Path(ref) if ref else None
         result = train(settings, cfg["dataset"], out, train_config, **kwargs)
-        heartbeat.beat()  # a cancel that arrived during the last step still counts
+        with contextlib.suppress(Exception):
+            heartbeat.beat()  # a cancel that arrived during the last step still counts
         return _finish(settings, job, result, cancelled=heartbeat.cancelled.is_set())
     except KeyboardInterrupt:
         with contextlib.suppress(Exception):

@@ -1,0 +1,242 @@
+"""Evaluation runs end to end with the tiny model: every condition on a small generic JSONL file (stored
+rows, metrics, reopening, registry), batched = one-by-one, compare, review + agreement, the robustness
+report, dataset-version examples, and the CLI door."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from ragloop.config import Settings
+from ragloop.datasets.importers import read_qa_file
+from ragloop.datasets.raft import RaftConfig, build_raft_examples
+from ragloop.evaluation.compare import compare_runs
+from ragloop.evaluation.review import EVAL_QUEUE, agreement, sample_for_review
+from ragloop.evaluation.robustness import run_robustness
+from ragloop.evaluation.run import (
+    EvalConfig,
+    example_to_item,
+    get_run,
+    list_runs,
+    prepare,
+    run_eval,
+    run_examples,
+)
+from ragloop.feedback.service import add_feedback
+from ragloop.generation.assistant import Assistant
+from ragloop.store.db import session_scope
+from ragloop.store.models import EvalExample, Interaction, ModelVersion, ReviewItem
+
+VACATION = (
+    "Employees receive twenty-five days of paid vacation per year. "
+    "Unused vacation days expire at the end of March of the following year."
+)
+SECURITY = (
+    "Passwords must be rotated every ninety days. Laptops must use full disk encryption. "
+    "Report a lost badge to the security desk the same day."
+)
+ITEMS = [
+    {"id": "vacation", "question": "How many days of paid vacation do employees receive?",
+     "answers": ["twenty-five days", "25 days"], "gold": [{"id": "vac", "title": "Vacation policy", "text": VACATION}],
+     "distractors": [{"title": "Sick leave", "text": "Sick leave requires a doctor's note after three days."}]},
+    {"id": "passwords", "question": "How often must passwords be rotated?", "answers": ["every ninety days"],
+     "gold": [{"id": "sec", "title": "Security", "text": SECURITY}]},
+    {"id": "disk", "question": "Must laptops use full disk encryption?", "answers": ["yes"], "answer_type": "label",
+     "gold": [{"id": "sec", "title": "Security", "text": SECURITY}]},
+    {"id": "fines", "question": "How high can fines be?", "answers": ["20 000 000 EUR"],
+     "gold": [{"title": "Fines", "text": "Fines can reach 20 000 000 EUR or 4 % of the total worldwide annual turnover."}]},
+    {"id": "resnet", "question": "Load a pretrained ResNet-18 from Torch Hub.", "answer_type": "api_call",
+     "answers": ["torch.hub.load('pytorch/vision', 'resnet18', pretrained=True)"],
+     "gold": [{"title": "ResNet", "text": "api_call: torch.hub.load('pytorch/vision', 'resnet18', pretrained=True)"}]},
+]  # fmt: skip
+FAST = {"max_new_tokens": 6, "batch_size": 4}
+
+
+@pytest.fixture
+def qa_file(tmp_path: Path) -> Path:
+    path = tmp_path / "eval.jsonl"
+    path.write_text("".join(json.dumps(item) + "\n" for item in ITEMS))
+    return path
+
+
+@pytest.fixture
+def assistant(kb_home: Settings) -> Assistant:
+    return Assistant(kb_home)
+
+
+def test_every_condition_stores_a_reopenable_run(
+    kb_home: Settings, assistant: Assistant, qa_file: Path
+) -> None:
+    gold_ids = {item.id: {p.id for p in item.gold} for item in read_qa_file(qa_file)}
+    runs = {}
+    for condition in ("oracle", "distractors", "no-gold", "closed-book", "live"):
+        config = EvalConfig(data=str(qa_file), condition=condition, n_distractors=2, **FAST)
+        run = run_eval(kb_home, config, assistant=assistant)
+        runs[condition] = run
+        rows = run_examples(kb_home, run.id)
+        assert run.status == "done" and run.n_examples == len(rows) == len(ITEMS)
+        assert {"n", "em", "f1", "correct", "abstain_rate", "latency_ms_p50", "examples_per_s"} <= set(
+            run.metrics
+        )
+        assert {"accuracy", "macro_f1", "api_match"} <= set(run.metrics)  # one label and one API question
+        for row in rows:
+            shown, gold = set(row.passage_ids), gold_ids[row.example_id]
+            assert set(row.scores) >= {"correct", "em", "f1", "abstained", "citation_precision", "grounded"}
+            assert row.prompt_sha256 and row.output is not None and row.latency_ms > 0
+            if condition == "oracle":
+                assert shown == gold
+            elif condition == "distractors":
+                assert gold <= shown and len(row.passage_ids) == len(gold) + 2
+            elif condition == "no-gold":
+                assert not shown & gold and len(row.passage_ids) == 2
+            elif condition == "closed-book":
+                assert row.passage_ids == []
+            else:
+                assert 0 < len(row.passage_ids) <= kb_home.retrieval.top_k
+                assert set(assistant.kb.get_chunks(row.passage_ids)) == shown  # real KB chunks
+        assert run.n_distractors == (2 if condition in ("distractors", "no-gold") else None)
+    live = {r.example_id: r for r in run_examples(kb_home, runs["live"].id)}
+    assert len(live["vacation"].gold_ids) > 1  # the KB chunk holding the gold text counts as gold
+
+    # Reopen by prefix; the prompts rebuild to the stored hashes; results are attached to the version.
+    again = get_run(kb_home, runs["distractors"].id[:10])
+    assert again.metrics == runs["distractors"].metrics and again.config["key"]
+    prep = prepare(kb_home, EvalConfig(data=str(qa_file), condition="distractors", n_distractors=2))
+    stored = {r.example_id: r.prompt_sha256 for r in run_examples(kb_home, again.id)}
+    assert {c.item.id: c.prompt_sha256 for c in prep.cases} == stored
+    assert [r.id for r in list_runs(kb_home, "base")][:5] == [runs[c].id for c in reversed(list(runs))]
+    with session_scope(kb_home.db_url) as s:
+        evals = s.get(ModelVersion, runs["oracle"].model_version).meta["evals"]
+    assert (
+        [e["condition"] for e in evals] == list(runs) and evals[1]["k"] == 2 and "f1" in evals[1]["metrics"]
+    )
+
+    comparison = compare_runs(kb_home, runs["distractors"].id, runs["no-gold"].id, resamples=200)
+    assert comparison.n_common == len(ITEMS)
+    names = {m.name for m in comparison.metrics}
+    assert {"correct", "f1", "abstain_rate", "latency_ms", "macro_f1"} <= names
+
+
+def test_batched_generation_matches_one_by_one(
+    kb_home: Settings, assistant: Assistant, qa_file: Path
+) -> None:
+    one = run_eval(
+        kb_home,
+        EvalConfig(data=str(qa_file), condition="oracle", max_new_tokens=6, batch_size=1),
+        assistant=assistant,
+    )
+    batched = run_eval(
+        kb_home,
+        EvalConfig(data=str(qa_file), condition="oracle", max_new_tokens=6, batch_size=5),
+        assistant=assistant,
+    )
+    a = {r.example_id: (r.output, r.scores["completion_tokens"]) for r in run_examples(kb_home, one.id)}
+    b = {r.example_id: (r.output, r.scores["completion_tokens"]) for r in run_examples(kb_home, batched.id)}
+    assert a == b
+
+
+def test_limit_draws_the_same_sample(kb_home: Settings, qa_file: Path) -> None:
+    a = prepare(kb_home, EvalConfig(data=str(qa_file), limit=3, sample_seed=4))
+    b = prepare(kb_home, EvalConfig(data=str(qa_file), limit=3, sample_seed=4))
+    assert [c.item.id for c in a.cases] == [c.item.id for c in b.cases] and len(a.cases) == 3
+
+
+def test_review_queue_and_agreement(kb_home: Settings, assistant: Assistant, qa_file: Path) -> None:
+    run = run_eval(kb_home, EvalConfig(data=str(qa_file), n_distractors=1, **FAST), assistant=assistant)
+    ids = sample_for_review(kb_home, run.id, n=3)
+    assert len(ids) == 3
+    with session_scope(kb_home.db_url) as s:
+        for iid in ids:
+            interaction = s.get(Interaction, iid)
+            example = s.scalars(select(EvalExample).where(EvalExample.interaction_id == iid)).one()
+            shown = interaction.filters["eval_passages"]
+            assert interaction.source == "eval" and interaction.answer == example.output
+            assert (
+                [p["passage_id"] for p in shown]
+                == example.passage_ids
+                == [p.chunk_id for p in interaction.passages]
+            )
+            assert all(p["text"] for p in shown) and interaction.prompt_sha256 == example.prompt_sha256
+            item = s.scalars(select(ReviewItem).where(ReviewItem.interaction_id == iid)).one()
+            assert item.reason == "eval" and item.queue == EVAL_QUEUE
+        examples = {
+            e.interaction_id: e for e in s.scalars(select(EvalExample).where(EvalExample.run_id == run.id))
+        }
+        for iid in ids:  # the reviewer agrees with the metric on all but the first
+            right = bool(examples[iid].scores["correct"])
+            add_feedback(
+                s, iid, {"thumbs": "up" if right != (iid == ids[0]) else "down", "reviewer_id": "expert"}
+            )
+    assert len(sample_for_review(kb_home, run.id, n=10)) == len(ITEMS) - 3  # only answers not yet queued
+    result = agreement(kb_home, run.id)
+    assert result.n_queued == len(ITEMS) and result.n_judged == 3 and result.reviewers == ["expert"]
+    assert result.accuracy == pytest.approx(2 / 3) and len(result.disagreements) == 1
+
+
+def test_robustness_report_writes_table_and_plot_and_reuses_runs(
+    kb_home: Settings, qa_file: Path, tmp_path: Path
+) -> None:
+    base = EvalConfig(data=str(qa_file), limit=3, max_new_tokens=4, batch_size=4)
+    out = tmp_path / "report"
+    report = run_robustness(kb_home, ["base"], base, [0, 1], out, no_gold=True)
+    assert [(r.condition, r.k, r.reused) for r in report.rows] == [
+        ("distractors", 0, False), ("distractors", 1, False), ("no-gold", 1, False)
+    ]  # fmt: skip
+    table = report.markdown.read_text()
+    assert "| base | " in table and table.count("\n| base") == 3
+    assert report.png.stat().st_size > 1000 and report.svg.read_text().lstrip().startswith("<?xml")
+    again = run_robustness(kb_home, ["base"], base, [0, 1], out, no_gold=True)
+    assert all(r.reused for r in again.rows) and [r.run_id for r in again.rows] == [
+        r.run_id for r in report.rows
+    ]
+
+
+def test_dataset_version_examples_become_items_again(qa_file: Path) -> None:
+    items = read_qa_file(qa_file)
+    examples = build_raft_examples(items, RaftConfig(n_passages=3, p_oracle=0.5, seed=1))
+    for item, ex in zip(items, examples, strict=True):
+        back = example_to_item(dataclasses.asdict(ex))
+        assert back.question == item.question and back.answers == item.answers
+        assert back.answer_type == item.answer_type
+        if ex.has_oracle:
+            assert [p.id for p in back.gold] == [p.id for p in item.gold]
+        else:
+            assert back.gold == [] and back.meta["gold_missing"]
+
+
+def test_cli_eval_show_list_compare(kb_home: Settings, qa_file: Path) -> None:
+    from ragloop.cli import app
+
+    runner = CliRunner()
+    home = ["--home", str(kb_home.home)]
+    ids = []
+    for condition in ("oracle", "closed-book"):
+        result = runner.invoke(
+            app,
+            [
+                "eval",
+                "--data",
+                str(qa_file),
+                "--condition",
+                condition,
+                "--max-new-tokens",
+                "4",
+                "--json",
+                *home,
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        ids.append(json.loads(result.stdout[result.stdout.index("{") :])["run_id"])
+    shown = runner.invoke(app, ["eval", "show", ids[0][:8], "--examples", "2", *home])
+    assert shown.exit_code == 0 and "oracle" in shown.stdout and "prediction:" in shown.stdout
+    listed = runner.invoke(app, ["eval", "list", "--model", "base", *home])
+    assert listed.exit_code == 0 and ids[1][:12] in listed.stdout
+    compared = runner.invoke(app, ["eval", "compare", ids[0], ids[1], "--resamples", "200", *home])
+    assert compared.exit_code == 0 and "95% CI" in compared.stdout and "common questions" in compared.stdout
+    missing = runner.invoke(app, ["eval", "--data", "no-such-file.jsonl", *home])
+    assert missing.exit_code == 1 and "neither a QA file nor a dataset version" in missing.output
