@@ -100,14 +100,16 @@ def test_forget_erases_records_and_marks_lineage(rated_home):
     ds = build_dataset(home, Policy(), seed=0).dataset_id
     with session_scope(home.db_url) as s:
         s.add(ModelVersion(id="sft-test", base_model="x", dataset_id=ds))
+        s.add(ModelVersion(id="dpo-test", base_model="x", dataset_id="ds-other", parent_id="sft-test"))
         conversation = s.get(Interaction, ids[0]).conversation_id
     report = forget(home, conversation_id=conversation)
-    assert report.interactions == 1 and report.feedback == 1 and report.datasets == [ds] and report.models == ["sft-test"]
+    assert report.interactions == 1 and report.feedback == 1 and report.datasets == [ds] and report.models == ["dpo-test", "sft-test"]
     with session_scope(home.db_url) as s:
         assert s.get(Interaction, ids[0]) is None
         dv = s.get(DatasetVersion, ds)
         assert dv.contains_erased and "rebuild" in dv.erased_note
         assert s.get(ModelVersion, "sft-test").contains_erased
+        assert "parent sft-test" in s.get(ModelVersion, "dpo-test").erased_note
     rebuilt = build_dataset(home, Policy(), seed=0)
     assert rebuilt.dataset_id != ds and rebuilt.counts["sources"]["interactions"] == 5
     with pytest.raises(RagloopError):

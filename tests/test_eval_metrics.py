@@ -238,3 +238,10 @@ def test_compare_examples_pairs_by_id_and_lists_changed_verdicts() -> None:
     assert by_name["correct"].interval.diff == pytest.approx(1 - 19 / 39)
     assert by_name["correct"].interval.excludes_zero and by_name["f1"].interval.diff == pytest.approx(0.4)
     assert {c.change for c in changed} == {"wrong→right"} and len(changed) == 20
+
+
+def test_refusals_count_as_abstentions_but_a_label_answer_does_not() -> None:
+    refusal = score("The passages do not mention how much leave employees get.", ["25 days"]).scores
+    assert refusal["abstained"] and not refusal["correct"]
+    hedged = score("I don't know for sure, but the policy allows it. Answer: yes", ["yes"], "label").scores
+    assert not hedged["abstained"] and hedged["correct"]

@@ -30,7 +30,7 @@ from ragloop.evaluation.run import (
 from ragloop.feedback.service import add_feedback
 from ragloop.generation.assistant import Assistant
 from ragloop.store.db import session_scope
-from ragloop.store.models import EvalExample, Interaction, ModelVersion, ReviewItem
+from ragloop.store.models import DatasetVersion, EvalExample, Interaction, ModelVersion, ReviewItem
 
 VACATION = (
     "Employees receive twenty-five days of paid vacation per year. "
@@ -196,7 +196,9 @@ def test_robustness_report_writes_table_and_plot_and_reuses_runs(
     ]
 
 
-def test_dataset_version_examples_become_items_again(qa_file: Path) -> None:
+def test_dataset_version_test_split_is_evaluated_under_any_condition(
+    home: Settings, qa_file: Path, tmp_path: Path
+) -> None:
     items = read_qa_file(qa_file)
     examples = build_raft_examples(items, RaftConfig(n_passages=3, p_oracle=0.5, seed=1))
     for item, ex in zip(items, examples, strict=True):
@@ -207,6 +209,23 @@ def test_dataset_version_examples_become_items_again(qa_file: Path) -> None:
             assert [p.id for p in back.gold] == [p.id for p in item.gold]
         else:
             assert back.gold == [] and back.meta["gold_missing"]
+    # A dataset version whose test split holds these examples (written as `dataset build` writes them).
+    folder = tmp_path / "ds-test"
+    folder.mkdir()
+    (folder / "test.jsonl").write_text("".join(json.dumps(dataclasses.asdict(ex)) + "\n" for ex in examples))
+    with session_scope(home.db_url) as s:
+        s.add(
+            DatasetVersion(
+                id="ds-test", name="t", content_hash="c" * 64, policy={}, source="import", path=str(folder)
+            )
+        )
+    without_oracle = sum(1 for ex in examples if not ex.has_oracle)
+    assert 0 < without_oracle < len(examples)
+    oracle = prepare(home, EvalConfig(data="ds-test", condition="oracle"))
+    assert len(oracle.cases) == len(examples) - without_oracle
+    assert oracle.skipped == {"gold passages not stored in the dataset version": without_oracle}
+    assert oracle.data.hash == "c" * 64 and oracle.data.label == "ds-test"
+    assert len(prepare(home, EvalConfig(data="ds-test", condition="no-gold")).cases) == len(examples)
 
 
 def test_cli_eval_show_list_compare(kb_home: Settings, qa_file: Path) -> None:

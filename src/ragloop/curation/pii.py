@@ -96,6 +96,10 @@ OPTIONAL_ENTITIES = ["URL"]
 PHONE_REGIONS = ("US", "GB", "DE", "FR", "ES", "IT", "NL", "IE")
 
 
+_MEMO_MIN_CHARS = 400  # fields at least this long (passages) are detected alone and memoised
+_MEMO_SIZE = 20_000
+
+
 @dataclass(frozen=True)
 class Finding:
     """One piece of personal data: its type, its [start, end) span in the text and Presidio's score."""
@@ -1007,6 +1011,7 @@ class Anonymizer:
         self.vault = Vault(vault_path) if vault_path else None
         self.stats: Counter[str] = Counter()
         self._engine = AnonymizerEngine()
+        self._memo: dict[bytes, tuple[Finding, ...]] = {}  # passage text sha256 -> findings
 
     # detection
 
@@ -1032,23 +1037,37 @@ class Anonymizer:
     def detect_example(self, texts: list[str]) -> list[list[Finding]]:
         """Findings per text of one example: ``detect`` on all of them at once, plus every other mention
         of a name found somewhere in the example (see _propagate_names)."""
-        # One analyzer call per example, not per field: Presidio's per-call overhead dominates on short
-        # texts. No recognizer matches across the blank line that separates the fields.
-        found = self.detect(_FIELD_SEPARATOR.join(texts))
-        out: list[list[Finding]] = []
+        # Short fields go through one analyzer call per example, not per field: Presidio's per-call
+        # overhead dominates on short texts. No recognizer matches across the blank line that separates
+        # them. Long fields are passages, which repeat across examples (the same chunk is retrieved for
+        # many questions): those are detected alone and memoised, so each distinct passage costs once.
+        out: list[list[Finding]] = [[] for _ in texts]
+        short = [i for i, t in enumerate(texts) if len(t) < _MEMO_MIN_CHARS]
+        for i, text in enumerate(texts):
+            if len(text) >= _MEMO_MIN_CHARS:
+                out[i] = list(self._detect_memo(text))
+        found = self.detect(_FIELD_SEPARATOR.join(texts[i] for i in short)) if short else []
         offset = 0
-        for text in texts:
-            end = offset + len(text)
-            out.append(
-                [
-                    Finding(f.entity_type, f.start - offset, f.end - offset, f.score)
-                    for f in found
-                    if f.start >= offset and f.end <= end
-                ]
-            )
+        for i in short:
+            end = offset + len(texts[i])
+            out[i] = [
+                Finding(f.entity_type, f.start - offset, f.end - offset, f.score)
+                for f in found
+                if f.start >= offset and f.end <= end
+            ]
             offset = end + len(_FIELD_SEPARATOR)
         self._propagate_names(texts, out)
         return out
+
+    def _detect_memo(self, text: str) -> tuple[Finding, ...]:
+        key = hashlib.sha256(text.encode("utf-8")).digest()
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = tuple(self.detect(text))
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.pop(next(iter(self._memo)))
+            self._memo[key] = hit
+        return hit
 
     def _propagate_names(self, texts: list[str], findings: list[list[Finding]]) -> None:
         """A name found once ("Dr. Anna Berg") is a name wherever else its words appear in the example

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ragloop.curation.refusal import is_refusal
 from ragloop.curation.verify import verify_answer
 from ragloop.datasets.answers import (
     ABSTAIN_ANSWER,
@@ -25,14 +26,6 @@ from ragloop.datasets.answers import (
     token_f1,
 )
 from ragloop.generation.citations import CITE
-
-try:
-    from ragloop.curation.refusal import is_refusal
-except ImportError:  # pragma: no cover - curation.refusal is written in parallel; same rule meanwhile
-
-    def is_refusal(text: str) -> bool:
-        return extract_answer(text) == extract_answer(ABSTAIN_ANSWER)
-
 
 # A free-text answer is right when it matches a gold answer exactly, or contains it (as a run of
 # normalised tokens) with token F1 >= CORRECT_F1. Strict EM punishes a generative model for "25 days of
@@ -69,11 +62,15 @@ class Scored:
     scores: dict[str, Any]
 
 
-def abstained(output: str, prediction: str | None = None) -> bool:
-    """Whether an output declines to answer ("the documents do not say"), by curation's refusal rule or
-    because the extracted answer is the abstention sentence."""
-    prediction = extract_answer(output) if prediction is None else prediction
-    return prediction == _ABSTAINED or is_refusal(output)
+def abstained(output: str, prediction: str, answer_type: str = "span") -> bool:
+    """Whether an output declines to answer: the extracted answer is the abstention sentence, or the
+    output is a refusal by curation's rule ("the passages do not mention...", "I don't know"). A label
+    question answered with yes / no / maybe has answered, whatever hedging comes before the label."""
+    if prediction == _ABSTAINED:
+        return True
+    if answer_type == "label" and prediction:
+        return False
+    return is_refusal(output)
 
 
 def answer_scores(prediction: str, answers: Sequence[str], answer_type: str, refused: bool) -> dict[str, Any]:
@@ -161,7 +158,7 @@ def score_answer(
     """Every score of one model output. ``shown_*`` are the passages in the order the prompt numbered
     them; ``gold_ids`` the item's gold passage ids (shown or not)."""
     prediction = extract_answer(output, answer_type)
-    refused = abstained(output, prediction)
+    refused = abstained(output, prediction, answer_type)
     gold_shown = any(i in set(gold_ids) for i in shown_ids)
     scores: dict[str, Any] = {
         "answer_type": answer_type,
