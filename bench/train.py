@@ -36,6 +36,7 @@ from common import DATA, sgemm_flops, table, write  # noqa: E402
 HOTPOT = DATA / "hotpotqa_distractor" / "train.jsonl"
 LORA = dict(lora_r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear")
 LR, BATCH, MAX_LENGTH, SEED = 2e-4, 4, 1024, 0
+THREADS = int(os.environ.get("BENCH_THREADS") or os.cpu_count() or 1)
 
 
 def build_examples(n: int, seed: int = SEED) -> list[dict]:
@@ -86,7 +87,7 @@ def run_ragloop(data: list[dict], steps: int, batch_tokens: int) -> dict:
     from ragloop.training.config import TrainConfig
     from ragloop.training.sft import train_sft
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(THREADS)
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     home = init_home(tmp / "home")
     (home / "ragloop.toml").write_text(f'[generator]\nmodel = "{model_dir()}"\n')
@@ -99,7 +100,7 @@ def run_ragloop(data: list[dict], steps: int, batch_tokens: int) -> dict:
                              path=str(folder), counts={}))  # fmt: skip
     config = TrainConfig(**LORA, learning_rate=LR, batch_size=BATCH, batch_tokens=batch_tokens, max_length=MAX_LENGTH,
                          max_steps=steps, epochs=1, warmup_ratio=0.0, seed=SEED, logging_every=1, eval_every=10_000,
-                         save_every=10_000, lr_scheduler="linear")  # fmt: skip
+                         save_every=10_000, lr_scheduler="linear", threads=THREADS)  # fmt: skip
     events: list[dict] = []
     marks: dict[str, float] = {}
 
@@ -124,7 +125,7 @@ def run_trl(data: list[dict], steps: int, order: list[str], all_examples: list[d
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(THREADS)
     folder = model_dir()
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
@@ -193,11 +194,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps each trainer runs")
     parser.add_argument("--examples", type=int, default=64)
     parser.add_argument("--batch-tokens", type=int, default=2048, help="ragloop micro-batch token budget")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     parser.add_argument("--child", choices=("ragloop", "trl"))
     parser.add_argument("--payload", type=Path)
     parser.add_argument("--result", type=Path)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.threads:
+        os.environ["BENCH_THREADS"] = str(args.threads)
 
     if args.child:
         payload = json.loads(args.payload.read_text())
@@ -250,7 +254,7 @@ def main() -> None:
     speedup = (ours["tokens"] / ours["seconds"]) / (trl["tokens"] / trl["seconds"])
     text = "\n\n".join([
         f"## Training: ragloop SFT vs plain TRL SFTTrainer ({args.steps} steps x {BATCH} examples, max_length "
-        f"{MAX_LENGTH}, SmolLM2-135M fp32, LoRA r16 all-linear, {os.cpu_count()} CPU threads)",
+        f"{MAX_LENGTH}, SmolLM2-135M fp32, LoRA r16 all-linear, {args.threads or os.cpu_count()} torch threads)",
         table(headers, rows),
         f"Speed-up: **{speedup:.2f}x** useful tokens/s. fp32 matmul rate measured in this run: {flops / 1e9:.1f} "
         f"GFLOP/s (MFU = 6 x {params / 1e6:.1f} M params x tokens/s over it). Load average at start: {load_before:.1f}. "

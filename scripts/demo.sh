@@ -54,4 +54,37 @@ $RAGLOOP dataset show "$DS" --examples 1
 $RAGLOOP dataset export "$DS" --format trl-prompt-completion --out "$HOME_DIR/exports/$DS-trl"
 $RAGLOOP dataset export "$DS" --format dpo --out "$HOME_DIR/exports/$DS-dpo"
 
+step "9. Fine-tune: a LoRA on the demo dataset (TRL + PEFT, fp32 on this CPU, a few minutes), registered with lineage"
+$RAGLOOP train sft --dataset "$DS" --foreground --name gdpr-demo \
+  --set epochs=1 --set max_length=1024 --set lora_r=8 --set eval_every=1000 --set save_every=20
+$RAGLOOP models list
+$RAGLOOP models show gdpr-demo-v1
+
+step "10. Release: promote it, ask through the running server, roll back, ask again"
+PORT="${RAGLOOP_DEMO_PORT:-8765}"
+$RAGLOOP serve --port "$PORT" > "$HOME_DIR/server.log" 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null' EXIT
+ask_server() {
+  .venv/bin/python - "$PORT" <<'PY'
+import sys, time, httpx
+url = f"http://127.0.0.1:{sys.argv[1]}"
+for _ in range(300):
+    try:
+        if httpx.get(url + "/healthz").status_code == 200:
+            break
+    except httpx.HTTPError:
+        time.sleep(0.5)
+r = httpx.post(url + "/v1/chat/completions", timeout=300, json={
+    "model": "production", "max_tokens": 64,
+    "messages": [{"role": "user", "content": "What is the right to erasure?"}]}).json()
+print(f"model {r['model']} (alias {r['ragloop']['model_alias']}):\n  {r['choices'][0]['message']['content'][:400]}")
+PY
+}
+$RAGLOOP models promote gdpr-demo-v1
+ask_server
+$RAGLOOP models rollback
+ask_server
+kill $SERVER; wait $SERVER 2>/dev/null || true; trap - EXIT
+
 printf '\nDone. Serve it with: RAGLOOP_HOME=%s %s serve   (review queue: http://127.0.0.1:8000/review)\n' "$HOME_DIR" "$RAGLOOP"

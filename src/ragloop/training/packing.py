@@ -52,21 +52,15 @@ def packed_attention(
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    bounds = cu_seq_lens_q.tolist()
+    lengths = cu_seq_lens_q.diff().tolist()
     gqa = query.shape[1] != key.shape[1]
     p = dropout if module.training else 0.0
+    # split, not slicing: its backward concatenates the gradients instead of zero-filling a full-size
+    # tensor per example and summing them.
+    splits = (t.split(lengths, dim=2) for t in (query, key, value))
     parts = [
-        F.scaled_dot_product_attention(
-            query[:, :, s:e],
-            key[:, :, s:e],
-            value[:, :, s:e],
-            dropout_p=p,
-            is_causal=True,
-            scale=scaling,
-            enable_gqa=gqa,
-        )
-        for s, e in zip(bounds[:-1], bounds[1:], strict=True)
-        if e > s
+        F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, scale=scaling, enable_gqa=gqa)
+        for q, k, v in zip(*splits, strict=True)
     ]
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
 
