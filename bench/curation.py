@@ -44,7 +44,9 @@ def main() -> None:
 
     home = init_home(Path(tempfile.mkdtemp(prefix="ragloop-bench-curation-")))
     settings = load_settings(home)
-    ingest_paths(settings, [DATA / "gdpr" / "gdpr-consolidated-with-corrected-preamble-en.xml"], collection="gdpr")
+    ingest_paths(
+        settings, [DATA / "gdpr" / "gdpr-consolidated-with-corrected-preamble-en.xml"], collection="gdpr"
+    )
     kb = KnowledgeBase(settings)
     chunks = kb.random_chunks(kb.count(), 0)
     rng = random.Random(0)
@@ -57,20 +59,46 @@ def main() -> None:
         shown = rng.sample(chunks, 4)
         first_sentence = shown[0]["text"].split(". ")[0][:300]
         question = f"I am {name}, reach me at {email} or {phone}. What does {shown[0]['section'][-60:] or 'the text'} say? (case {k})"
-        interactions.append(dict(
-            id=iid, conversation_id=uuid.uuid4().hex, turn_index=0, source="bench", messages=[{"role": "user", "content": question}],
-            thread_sha256=iid * 2, retrieval_query=question, kb_version=kb.version, template_id="cited-answer",
-            template_version=1, prompt_sha256="0" * 64, model_version="base-bench", gen_params={}, citations=[],
-            answer=f"{first_sentence} [1]." if k % 10 else f"Ask {name} at {email}.",
-            finish_reason="stop",
-        ))
+        interactions.append(
+            dict(
+                id=iid,
+                conversation_id=uuid.uuid4().hex,
+                turn_index=0,
+                source="bench",
+                messages=[{"role": "user", "content": question}],
+                thread_sha256=iid * 2,
+                retrieval_query=question,
+                kb_version=kb.version,
+                template_id="cited-answer",
+                template_version=1,
+                prompt_sha256="0" * 64,
+                model_version="base-bench",
+                gen_params={},
+                citations=[],
+                answer=f"{first_sentence} [1]." if k % 10 else f"Ask {name} at {email}.",
+                finish_reason="stop",
+            )
+        )
         for rank, row in enumerate(shown, 1):
-            passages.append(dict(interaction_id=iid, rank=rank, chunk_id=row["chunk_id"], doc_id=row["doc_id"],
-                                 collection=row["collection"], source_path=row["source_path"], title=row["title"],
-                                 section=row["section"], text_sha256=row["text_sha256"], kb_version=kb.version,
-                                 score=1.0 / rank))
+            passages.append(
+                dict(
+                    interaction_id=iid,
+                    rank=rank,
+                    chunk_id=row["chunk_id"],
+                    doc_id=row["doc_id"],
+                    collection=row["collection"],
+                    source_path=row["source_path"],
+                    title=row["title"],
+                    section=row["section"],
+                    text_sha256=row["text_sha256"],
+                    kb_version=kb.version,
+                    score=1.0 / rank,
+                )
+            )
         if k % 4:
-            feedback.append(dict(interaction_id=iid, reviewer_id="bench", source="auto", thumbs=1 if k % 7 else -1))
+            feedback.append(
+                dict(interaction_id=iid, reviewer_id="bench", source="auto", thumbs=1 if k % 7 else -1)
+            )
     engine = get_engine(settings.db_url)
     with engine.begin() as conn:
         conn.execute(insert(Interaction), interactions)
@@ -102,27 +130,43 @@ def main() -> None:
     analyzer, anonymizer = build_analyzer("offline"), AnonymizerEngine()
     t = time.perf_counter()
     for item in items:
-        for text in [item.question, *item.answers, *(p.text for p in item.gold), *(p.text for p in item.distractors)]:
+        for text in [
+            item.question,
+            *item.answers,
+            *(p.text for p in item.gold),
+            *(p.text for p in item.distractors),
+        ]:
             anonymizer.anonymize(text=text, analyzer_results=analyzer.analyze(text=text, language="en"))
     baseline = time.perf_counter() - t
 
     total = sum(timings.values())
     pii = timings["PII (ragloop Anonymizer)"]
-    rows = [[stage, secs, (len(candidates) if stage.startswith(("load", "filters")) else len(items)) / secs, secs / total]
-            for stage, secs in timings.items()]
+    rows = [
+        [
+            stage,
+            secs,
+            (len(candidates) if stage.startswith(("load", "filters")) else len(items)) / secs,
+            secs / total,
+        ]
+        for stage, secs in timings.items()
+    ]
     rows.append(["whole curation path", total, len(candidates) / total, 1.0])
-    rows.append(["baseline: naive per-field Presidio (PII only)", baseline, len(items) / baseline, float("nan")])
+    rows.append(
+        ["baseline: naive per-field Presidio (PII only)", baseline, len(items) / baseline, float("nan")]
+    )
     drops = ", ".join(f"{r.name} −{r.dropped}" for r in reports)
-    text = "\n".join([
-        f"# Curation benchmark ({len(candidates)} interactions with PII, 4 GDPR passages each)",
-        "",
-        table(["stage", "seconds", "records/s", "share of total"], rows),
-        "",
-        f"- PII share of the curation path: {100 * pii / total:.0f} %; ragloop PII vs naive Presidio: "
-        f"{baseline / pii:.2f}x the speed (and consistent pseudonyms across fields)",
-        f"- filters: {drops}; kept {len(kept)}; examples {sum(len(v) for v in examples.values())}; entities replaced {dict(stats)}",
-        f"- peak RSS: {peak_gib:.2f} GiB",
-    ])
+    text = "\n".join(
+        [
+            f"# Curation benchmark ({len(candidates)} interactions with PII, 4 GDPR passages each)",
+            "",
+            table(["stage", "seconds", "records/s", "share of total"], rows),
+            "",
+            f"- PII share of the curation path: {100 * pii / total:.0f} %; ragloop PII vs naive Presidio: "
+            f"{baseline / pii:.2f}x the speed (and consistent pseudonyms across fields)",
+            f"- filters: {drops}; kept {len(kept)}; examples {sum(len(v) for v in examples.values())}; entities replaced {dict(stats)}",
+            f"- peak RSS: {peak_gib:.2f} GiB",
+        ]
+    )
     write("curation.md", text)
 
 

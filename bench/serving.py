@@ -48,8 +48,12 @@ def free_port() -> int:
 
 
 def ask_stream(client: httpx.Client, question: str, new_tokens: int) -> dict:
-    body = {"messages": [{"role": "user", "content": question}], "max_tokens": new_tokens, "stream": True,
-            "temperature": 0}
+    body = {
+        "messages": [{"role": "user", "content": question}],
+        "max_tokens": new_tokens,
+        "stream": True,
+        "temperature": 0,
+    }
     start = time.perf_counter()
     first = None
     final = {}
@@ -89,10 +93,14 @@ def main() -> None:
     questions = QUESTIONS[: args.questions]
     home = init_home(Path(tempfile.mkdtemp(prefix="ragloop-bench-serving-")))
     settings = load_settings(home)
-    ingest_paths(settings, [DATA / "gdpr" / "gdpr-consolidated-with-corrected-preamble-en.xml"], collection="gdpr")
+    ingest_paths(
+        settings, [DATA / "gdpr" / "gdpr-consolidated-with-corrected-preamble-en.xml"], collection="gdpr"
+    )
     assistant = Assistant(settings)
     retriever = Retriever(settings)
-    prompts = [assistant.template.render([{"role": "user", "content": q}], retriever.search(q)) for q in questions]
+    prompts = [
+        assistant.template.render([{"role": "user", "content": q}], retriever.search(q)) for q in questions
+    ]
 
     # (1) Bare transformers generate on exactly these prompts.
     bare = TransformersBackend(assistant.base_dir)
@@ -101,13 +109,17 @@ def main() -> None:
     flops = sgemm_flops()
     bare_rows = []
     for prompt in prompts:
-        ids = tok.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        ids = tok.apply_chat_template(
+            prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         with torch.inference_mode():
             t0 = time.perf_counter()
             model(**ids)  # prefill alone = time to first token
             ttft = time.perf_counter() - t0
             t0 = time.perf_counter()
-            out = model.generate(**ids, max_new_tokens=args.new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+            out = model.generate(
+                **ids, max_new_tokens=args.new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+            )
             total = time.perf_counter() - t0
         new = out.shape[1] - ids["input_ids"].shape[1]
         bare_rows.append({"ttft": ttft, "total": total, "new": new, "prompt": ids["input_ids"].shape[1]})
@@ -116,8 +128,12 @@ def main() -> None:
     # (2)+(3) ragloop over HTTP, in a separate server process.
     port = free_port()
     env = dict(os.environ, RAGLOOP_HOME=str(home))
-    server = subprocess.Popen([sys.executable, "-m", "ragloop.serve", "--home", str(home), "--port", str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ragloop.serve", "--home", str(home), "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600)
         for _ in range(600):
@@ -130,8 +146,14 @@ def main() -> None:
         seq = [ask_stream(client, q, args.new_tokens) for q in questions]
         t0 = time.perf_counter()
         with ThreadPoolExecutor(args.concurrency) as pool:
-            conc = list(pool.map(lambda q: ask_stream(httpx.Client(base_url=client.base_url, timeout=600), q, args.new_tokens),
-                                 (questions * 2)[: args.concurrency]))
+            conc = list(
+                pool.map(
+                    lambda q: ask_stream(
+                        httpx.Client(base_url=client.base_url, timeout=600), q, args.new_tokens
+                    ),
+                    (questions * 2)[: args.concurrency],
+                )
+            )
         conc_wall = time.perf_counter() - t0
     finally:
         server.kill()
@@ -149,25 +171,46 @@ def main() -> None:
     seq_tps = toks(seq) / sum(seq_total)
     conc_total = [r["total"] for r in conc]
     rows = [
-        ["bare model.generate (baseline)", pct(bare_total, 50), pct(bare_total, 95), pct(bare_ttft, 50), bare_tps, 1.0],
-        ["ragloop HTTP, sequential", pct(seq_total, 50), pct(seq_total, 95), pct(seq_ttft, 50), seq_tps,
-         pct(seq_total, 50) / pct(bare_total, 50)],
-        [f"ragloop HTTP, {args.concurrency} concurrent", pct(conc_total, 50), pct(conc_total, 95),
-         pct([r["ttft"] for r in conc], 50), toks(conc) / conc_wall, pct(conc_total, 50) / pct(bare_total, 50)],
+        [
+            "bare model.generate (baseline)",
+            pct(bare_total, 50),
+            pct(bare_total, 95),
+            pct(bare_ttft, 50),
+            bare_tps,
+            1.0,
+        ],
+        [
+            "ragloop HTTP, sequential",
+            pct(seq_total, 50),
+            pct(seq_total, 95),
+            pct(seq_ttft, 50),
+            seq_tps,
+            pct(seq_total, 50) / pct(bare_total, 50),
+        ],
+        [
+            f"ragloop HTTP, {args.concurrency} concurrent",
+            pct(conc_total, 50),
+            pct(conc_total, 95),
+            pct([r["ttft"] for r in conc], 50),
+            toks(conc) / conc_wall,
+            pct(conc_total, 50) / pct(bare_total, 50),
+        ],
     ]
-    text = "\n".join([
-        f"# Serving benchmark ({len(questions)} GDPR questions, {args.new_tokens} new tokens, SmolLM2-135M fp32, "
-        f"{torch.get_num_threads()} threads)",
-        "",
-        table(["path", "p50 s", "p95 s", "TTFT p50 s", "tokens/s", "p50 ratio vs bare"], rows),
-        "",
-        f"- mean prompt: {prompt_tokens:.0f} tokens; parameters: {n_params / 1e6:.1f} M; measured fp32 matmul: "
-        f"{flops / 1e9:.1f} GFLOP/s",
-        f"- prefill floor (2 x params x prompt tokens / matmul rate): {floor:.3f} s; ragloop TTFT p50 / floor = "
-        f"{pct(seq_ttft, 50) / floor:.2f}; bare prefill / floor = {pct(bare_ttft, 50) / floor:.2f}",
-        f"- ragloop sequential overhead over bare generate: {100 * (pct(seq_total, 50) / pct(bare_total, 50) - 1):+.1f} %",
-        f"- {args.concurrency} concurrent clients: wall {conc_wall:.1f} s for {toks(conc)} tokens",
-    ])
+    text = "\n".join(
+        [
+            f"# Serving benchmark ({len(questions)} GDPR questions, {args.new_tokens} new tokens, SmolLM2-135M fp32, "
+            f"{torch.get_num_threads()} threads)",
+            "",
+            table(["path", "p50 s", "p95 s", "TTFT p50 s", "tokens/s", "p50 ratio vs bare"], rows),
+            "",
+            f"- mean prompt: {prompt_tokens:.0f} tokens; parameters: {n_params / 1e6:.1f} M; measured fp32 matmul: "
+            f"{flops / 1e9:.1f} GFLOP/s",
+            f"- prefill floor (2 x params x prompt tokens / matmul rate): {floor:.3f} s; ragloop TTFT p50 / floor = "
+            f"{pct(seq_ttft, 50) / floor:.2f}; bare prefill / floor = {pct(bare_ttft, 50) / floor:.2f}",
+            f"- ragloop sequential overhead over bare generate: {100 * (pct(seq_total, 50) / pct(bare_total, 50) - 1):+.1f} %",
+            f"- {args.concurrency} concurrent clients: wall {conc_wall:.1f} s for {toks(conc)} tokens",
+        ]
+    )
     write("serving.md", text)
 
 

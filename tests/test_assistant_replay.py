@@ -66,7 +66,11 @@ def test_streaming_records_before_the_final_item_and_follow_ups_join_the_convers
     final = items[-1]
     assert isinstance(final, AnswerResult) and all(isinstance(i, str) for i in items[:-1])
     assert "".join(items[:-1]).strip() == final.answer
-    follow = [*Q, {"role": "assistant", "content": final.answer}, {"role": "user", "content": "And when do they expire?"}]
+    follow = [
+        *Q,
+        {"role": "assistant", "content": final.answer},
+        {"role": "user", "content": "And when do they expire?"},
+    ]
     second = assistant.answer(AnswerRequest(messages=follow, max_tokens=4))
     assert second.conversation_id == final.conversation_id and second.turn_index == 1
     with session_scope(kb_home.db_url) as s:
@@ -75,8 +79,13 @@ def test_streaming_records_before_the_final_item_and_follow_ups_join_the_convers
 
 def test_scope_limits_what_the_assistant_sees(kb_home):
     assistant = Assistant(kb_home)
-    result = assistant.answer(AnswerRequest(messages=[{"role": "user", "content": "How high can fines be?"}],
-                                            max_tokens=4, collections=["handbook"]))
+    result = assistant.answer(
+        AnswerRequest(
+            messages=[{"role": "user", "content": "How high can fines be?"}],
+            max_tokens=4,
+            collections=["handbook"],
+        )
+    )
     assert result.passages and all(p.collection == "handbook" for p in result.passages)
 
 

@@ -19,12 +19,18 @@ from ragloop.generation.assistant import AnswerRequest, Assistant
 from ragloop.store.db import session_scope
 from ragloop.store.models import DatasetVersion, Interaction, ModelVersion
 
-PII = {"email": "maria.keller@example-mail.com", "phone": "+49 30 1234 5678", "iban": "DE89370400440532013000",
-       "name": "Maria Keller"}
+PII = {
+    "email": "maria.keller@example-mail.com",
+    "phone": "+49 30 1234 5678",
+    "iban": "DE89370400440532013000",
+    "name": "Maria Keller",
+}
 
 QUESTIONS = [
-    (f"I am {PII['name']} ({PII['email']}, {PII['phone']}). How many days of paid vacation do I get?",
-     f"Twenty-five days per year [1]. Contact {PII['name']} at {PII['email']} or IBAN {PII['iban']}."),
+    (
+        f"I am {PII['name']} ({PII['email']}, {PII['phone']}). How many days of paid vacation do I get?",
+        f"Twenty-five days per year [1]. Contact {PII['name']} at {PII['email']} or IBAN {PII['iban']}.",
+    ),
     ("When do unused vacation days expire?", "At the end of March of the following year [1]."),
     ("How often must passwords be rotated?", "Every ninety days [1]."),
     ("What must laptops use?", "Full disk encryption [1]."),
@@ -39,10 +45,16 @@ def rated_home(kb_home):
     assistant = Assistant(kb_home)
     ids = []
     for question, correction in QUESTIONS:
-        r = assistant.answer(AnswerRequest(messages=[{"role": "user", "content": question}], max_tokens=4, k=3))
+        r = assistant.answer(
+            AnswerRequest(messages=[{"role": "user", "content": question}], max_tokens=4, k=3)
+        )
         ids.append(r.interaction_id)
         with session_scope(kb_home.db_url) as s:
-            add_feedback(s, r.interaction_id, {"reviewer_id": "rev", "thumbs": "down", "corrected_answer": correction, "gold": [1]})
+            add_feedback(
+                s,
+                r.interaction_id,
+                {"reviewer_id": "rev", "thumbs": "down", "corrected_answer": correction, "gold": [1]},
+            )
     return kb_home, ids
 
 
@@ -81,14 +93,20 @@ def test_build_is_deterministic_split_by_document_and_anonymised(rated_home, tmp
             assert value not in blob, (fmt, value)
     with session_scope(home.db_url) as s:
         dv = s.get(DatasetVersion, a.dataset_id)
-        assert dv.policy["name"] == "default" and dv.seed == 1 and dv.content_hash.startswith(a.dataset_id[3:])
+        assert (
+            dv.policy["name"] == "default" and dv.seed == 1 and dv.content_hash.startswith(a.dataset_id[3:])
+        )
 
 
 def test_dpo_export_pairs_chosen_correction_with_rejected_answer(rated_home, tmp_path):
     home, _ = rated_home
     ds = build_dataset(home, Policy(), seed=0).dataset_id
     export_dataset(home, ds, "dpo", tmp_path)
-    pairs = [json.loads(line) for split in ("train", "val", "test") for line in (tmp_path / f"{split}.jsonl").read_text().splitlines()]
+    pairs = [
+        json.loads(line)
+        for split in ("train", "val", "test")
+        for line in (tmp_path / f"{split}.jsonl").read_text().splitlines()
+    ]
     assert pairs
     for pair in pairs:
         assert pair["chosen"][0]["content"] != pair["rejected"][0]["content"]
@@ -103,7 +121,12 @@ def test_forget_erases_records_and_marks_lineage(rated_home):
         s.add(ModelVersion(id="dpo-test", base_model="x", dataset_id="ds-other", parent_id="sft-test"))
         conversation = s.get(Interaction, ids[0]).conversation_id
     report = forget(home, conversation_id=conversation)
-    assert report.interactions == 1 and report.feedback == 1 and report.datasets == [ds] and report.models == ["dpo-test", "sft-test"]
+    assert (
+        report.interactions == 1
+        and report.feedback == 1
+        and report.datasets == [ds]
+        and report.models == ["dpo-test", "sft-test"]
+    )
     with session_scope(home.db_url) as s:
         assert s.get(Interaction, ids[0]) is None
         dv = s.get(DatasetVersion, ds)
@@ -119,8 +142,16 @@ def test_forget_erases_records_and_marks_lineage(rated_home):
 def test_decontamination_drops_eval_questions(rated_home, tmp_path):
     home, _ = rated_home
     eval_file = tmp_path / "eval.jsonl"
-    eval_file.write_text(json.dumps({"question": "How often must passwords be rotated?", "answers": ["90 days"],
-                                     "gold": [{"title": "x", "text": "unrelated gold text"}]}) + "\n")
+    eval_file.write_text(
+        json.dumps(
+            {
+                "question": "How often must passwords be rotated?",
+                "answers": ["90 days"],
+                "gold": [{"title": "x", "text": "unrelated gold text"}],
+            }
+        )
+        + "\n"
+    )
     r = build_dataset(home, Policy(), eval_sets=[eval_file])
     assert r.counts["decontamination"]["near_duplicate_question"] == 1
 
@@ -131,8 +162,13 @@ def test_policy_errors_are_clear_and_change_nothing(rated_home, tmp_path):
     bad.write_text("filters:\n  - accepted: {}\n  - sparkle: {}\n")
     with pytest.raises(RagloopError, match="unknown filter 'sparkle'"):
         load_policy(bad)
-    for data in ({"filters": [{"length": {"min_chars": 3}}]}, {"split": {"train": 0.5, "val": 0.1, "test": 0.1}},
-                 {"raft": {"policy": "guess"}}, {"colour": 1}, ["x"]):
+    for data in (
+        {"filters": [{"length": {"min_chars": 3}}]},
+        {"split": {"train": 0.5, "val": 0.1, "test": 0.1}},
+        {"raft": {"policy": "guess"}},
+        {"colour": 1},
+        ["x"],
+    ):
         with pytest.raises(RagloopError):
             parse_policy(data)
     r = CliRunner().invoke(app, ["dataset", "build", "--policy", str(bad), "--home", str(home.home)])
@@ -151,16 +187,28 @@ def test_thumbs_up_on_an_unfounded_answer_does_not_become_training_data():
     from ragloop.feedback.service import Judgement
     from ragloop.generation.replay import ShownPassage
 
-    passage = ShownPassage("c1", "d1", "GDPR", "gdpr.xml", "Article 17",
-                           "The data subject shall have the right to obtain from the controller the erasure of personal data.")
+    passage = ShownPassage(
+        "c1",
+        "d1",
+        "GDPR",
+        "gdpr.xml",
+        "Article 17",
+        "The data subject shall have the right to obtain from the controller the erasure of personal data.",
+    )
     liked = Judgement(reviewers=["r"], accepted=True, mean_rating=5.0, gold_ranks=[1])
 
     def cand(answer: str) -> Candidate:
-        return Candidate("i", "c", 1, "What is the right to erasure?", [passage], answer, False, liked, answer, [1])
+        return Candidate(
+            "i", "c", 1, "What is the right to erasure?", [passage], answer, False, liked, answer, [1]
+        )
 
     kept, reports = apply_filters(
-        [cand("It is a human right enshrined in the European Convention on Human Rights."),
-         cand("The data subject can obtain from the controller the erasure of personal data.")], Policy())
+        [
+            cand("It is a human right enshrined in the European Convention on Human Rights."),
+            cand("The data subject can obtain from the controller the erasure of personal data."),
+        ],
+        Policy(),
+    )
     assert [c.answer[:8] for c in kept] == ["The data"]
     verify = next(r for r in reports if r.name == "verify_citations")
     assert verify.reasons == {"unsupported statement": 1}

@@ -11,7 +11,9 @@ from ragloop.store.db import session_scope
 
 
 def ask(client, text="How many days of paid vacation do employees receive?") -> dict:
-    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": text}], "max_tokens": 4})
+    r = client.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": text}], "max_tokens": 4}
+    )
     assert r.status_code == 200, r.text
     return r.json()["ragloop"]
 
@@ -19,9 +21,19 @@ def ask(client, text="How many days of paid vacation do employees receive?") -> 
 def test_feedback_from_two_reviewers_is_kept_apart(live_server):
     with live_server.client() as c:
         iid = ask(c)["interaction_id"]
-        r1 = c.post(f"/api/interactions/{iid}/feedback", json={"reviewer_id": "ann", "thumbs": "down", "rating": 2,
-                                                                "corrected_answer": "Twenty-five days [1].", "gold": [1]})
-        r2 = c.post(f"/api/interactions/{iid}/feedback", json={"reviewer_id": "bob", "thumbs": "up", "tags": ["ok"]})
+        r1 = c.post(
+            f"/api/interactions/{iid}/feedback",
+            json={
+                "reviewer_id": "ann",
+                "thumbs": "down",
+                "rating": 2,
+                "corrected_answer": "Twenty-five days [1].",
+                "gold": [1],
+            },
+        )
+        r2 = c.post(
+            f"/api/interactions/{iid}/feedback", json={"reviewer_id": "bob", "thumbs": "up", "tags": ["ok"]}
+        )
         r3 = c.post(f"/api/interactions/{iid}/feedback", json={"reviewer_id": "ann", "rating": 3})
         assert (r1.status_code, r2.status_code, r3.status_code) == (201, 201, 201), r1.text
     with session_scope(live_server.settings.db_url) as s:
@@ -37,14 +49,25 @@ def test_bad_feedback_is_refused_and_nothing_is_written(live_server):
     with live_server.client() as c:
         iid = ask(c)["interaction_id"]
         bad = [
-            {"thumbs": "sideways"}, {"rating": 7}, {"rating": True}, {"gold": [9]}, {"gold": "1"}, {},
-            {"thumbs": "up", "colour": "red"}, {"gold": [1], "irrelevant": [1]}, ["thumbs", "up"],
+            {"thumbs": "sideways"},
+            {"rating": 7},
+            {"rating": True},
+            {"gold": [9]},
+            {"gold": "1"},
+            {},
+            {"thumbs": "up", "colour": "red"},
+            {"gold": [1], "irrelevant": [1]},
+            ["thumbs", "up"],
         ]
         for body in bad:
             r = c.post(f"/api/interactions/{iid}/feedback", json=body)
             assert r.status_code == 400, (body, r.text)
             assert r.json()["error"]["message"]
-        r = c.post(f"/api/interactions/{iid}/feedback", content=b"{not json", headers={"content-type": "application/json"})
+        r = c.post(
+            f"/api/interactions/{iid}/feedback",
+            content=b"{not json",
+            headers={"content-type": "application/json"},
+        )
         assert r.status_code == 400
         r = c.post("/api/interactions/nope/feedback", json={"thumbs": "up"})
         assert r.status_code == 404
@@ -69,7 +92,9 @@ def test_cli_feedback(kb_home, live_server):
         iid = ask(c)["interaction_id"]
     runner = CliRunner()
     home = ["--home", str(kb_home.home)]
-    r = runner.invoke(app, ["feedback", iid, "--thumbs", "up", "--rating", "5", "--gold", "1", "--reviewer", "cli1", *home])
+    r = runner.invoke(
+        app, ["feedback", iid, "--thumbs", "up", "--rating", "5", "--gold", "1", "--reviewer", "cli1", *home]
+    )
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["feedback", iid, "--rating", "9", *home])
     assert r.exit_code != 0

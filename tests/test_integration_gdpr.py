@@ -39,13 +39,21 @@ def test_gdpr_articles_are_retrieved(gdpr_home):
     retriever = Retriever(gdpr_home)
     for question, article in QUESTIONS.items():
         sections = [h.section for h in retriever.search(question, 4)]
-        assert any(article + " " in s or s.endswith(article) or f"{article}  " in s for s in sections), (question, sections)
+        assert any(article + " " in s or s.endswith(article) or f"{article}  " in s for s in sections), (
+            question,
+            sections,
+        )
 
 
 def test_real_model_answers_are_recorded_and_replayable(gdpr_home):
     assistant = Assistant(gdpr_home)
-    result = assistant.answer(AnswerRequest(messages=[{"role": "user", "content": "What is the right to erasure?"}],
-                                            max_tokens=24, source="cli"))
+    result = assistant.answer(
+        AnswerRequest(
+            messages=[{"role": "user", "content": "What is the right to erasure?"}],
+            max_tokens=24,
+            source="cli",
+        )
+    )
     assert result.answer.strip() and result.completion_tokens > 0
     assert result.model_version.startswith("base-")
     assert any("Article 17" in p.section for p in result.passages)

@@ -17,15 +17,24 @@ from ragloop.store.models import ReviewItem
 
 pytestmark = pytest.mark.browser
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture
 def browser():
     from playwright.sync_api import sync_playwright
 
-    assert Path(CHROMIUM).exists(), "Debian's chromium is required: apt-get install chromium (make test does it)"
+    assert Path(CHROMIUM).exists(), (
+        "Debian's chromium is required: apt-get install chromium (make test does it)"
+    )
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         yield b
@@ -35,8 +44,13 @@ def browser():
 def test_reviewer_rates_marks_gold_and_corrects(live_server, browser, tmp_path):
     with live_server.client() as c:
         ids = []
-        for q in ("How many days of paid vacation do employees receive?", "How often must passwords be rotated?"):
-            r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": q}], "max_tokens": 4})
+        for q in (
+            "How many days of paid vacation do employees receive?",
+            "How often must passwords be rotated?",
+        ):
+            r = c.post(
+                "/v1/chat/completions", json={"messages": [{"role": "user", "content": q}], "max_tokens": 4}
+            )
             ids.append(r.json()["ragloop"]["interaction_id"])
         c.post(f"/api/interactions/{ids[1]}/feedback", json={"reviewer_id": "user", "thumbs": "down"})
 
@@ -66,13 +80,20 @@ def test_reviewer_rates_marks_gold_and_corrects(live_server, browser, tmp_path):
         Path(os.environ["RAGLOOP_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
         shutil.copy(tmp_path / "review.png", Path(os.environ["RAGLOOP_SCREENSHOTS"]) / "review.png")
     page.keyboard.press("Control+Enter")  # save from inside the textarea
-    page.wait_for_url(lambda url: "/review/item/" in url and url.rstrip("/").split("/")[-1] != "1", timeout=15000)
+    page.wait_for_url(
+        lambda url: "/review/item/" in url and url.rstrip("/").split("/")[-1] != "1", timeout=15000
+    )
     page.wait_for_selector("#question")
     assert page.inner_text("#question") == "How many days of paid vacation do employees receive?"
 
     with session_scope(live_server.settings.db_url) as s:
         (fb,) = [f for f in feedback_for(s, ids[1]) if f.reviewer_id != "user"]
-        assert (fb.thumbs, fb.rating, fb.gold_ranks, fb.corrected_answer) == (1, 4, [1, 2], "Every ninety days [1].")
+        assert (fb.thumbs, fb.rating, fb.gold_ranks, fb.corrected_answer) == (
+            1,
+            4,
+            [1, 2],
+            "Every ninety days [1].",
+        )
         done = s.query(ReviewItem).filter_by(interaction_id=ids[1]).one()
         assert done.status == "done"
 

@@ -27,7 +27,9 @@ def db_url(request, tmp_path):
         return
     base = os.environ.get("RAGLOOP_TEST_POSTGRES_URL")
     if not base:
-        pytest.fail("RAGLOOP_TEST_POSTGRES_URL is not set: run the suite with `make test` (it starts PostgreSQL).")
+        pytest.fail(
+            "RAGLOOP_TEST_POSTGRES_URL is not set: run the suite with `make test` (it starts PostgreSQL)."
+        )
     name = f"ragloop_t_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -56,11 +58,34 @@ def make_interaction(**overrides) -> Interaction:
         answer="The data subject may obtain erasure [1].",
         citations=[{"n": 1, "valid": True}],
         passages=[
-            Passage(rank=1, chunk_id="k1", doc_id="d1", collection="gdpr", source_path="gdpr.xml", title="GDPR",
-                    section="Article 17", text_sha256="h" * 64, kb_version=3, score=0.03, score_dense=0.8,
-                    score_fulltext=7.1, rank_dense=1, rank_fulltext=2),
-            Passage(rank=2, chunk_id="k2", doc_id="d1", collection="gdpr", source_path="gdpr.xml", title="GDPR",
-                    section="Article 16", text_sha256="i" * 64, kb_version=3, score=0.02),
+            Passage(
+                rank=1,
+                chunk_id="k1",
+                doc_id="d1",
+                collection="gdpr",
+                source_path="gdpr.xml",
+                title="GDPR",
+                section="Article 17",
+                text_sha256="h" * 64,
+                kb_version=3,
+                score=0.03,
+                score_dense=0.8,
+                score_fulltext=7.1,
+                rank_dense=1,
+                rank_fulltext=2,
+            ),
+            Passage(
+                rank=2,
+                chunk_id="k2",
+                doc_id="d1",
+                collection="gdpr",
+                source_path="gdpr.xml",
+                title="GDPR",
+                section="Article 16",
+                text_sha256="i" * 64,
+                kb_version=3,
+                score=0.02,
+            ),
         ],
     )
     fields.update(overrides)
@@ -70,8 +95,16 @@ def make_interaction(**overrides) -> Interaction:
 def test_migrations_create_schema(db_url):
     engine = get_engine(db_url)
     tables = set(sa.inspect(engine).get_table_names())
-    assert {"interactions", "passages", "documents", "kb_versions", "api_keys", "model_versions", "model_aliases",
-            "alembic_version"} <= tables
+    assert {
+        "interactions",
+        "passages",
+        "documents",
+        "kb_versions",
+        "api_keys",
+        "model_versions",
+        "model_aliases",
+        "alembic_version",
+    } <= tables
     get_engine(db_url)  # idempotent
 
 
@@ -131,13 +164,21 @@ def test_log_queries_filter_by_date_model_and_text(db_url):
     now = utcnow()
     with session_scope(db_url) as s:
         s.add(make_interaction(created_at=now - timedelta(days=3), model_version="v1"))
-        s.add(make_interaction(created_at=now, model_version="v2", answer="Fines up to 4 % [1].",
-                               retrieval_query="fines 100%_off"))
+        s.add(
+            make_interaction(
+                created_at=now,
+                model_version="v2",
+                answer="Fines up to 4 % [1].",
+                retrieval_query="fines 100%_off",
+            )
+        )
     with session_scope(db_url) as s:
         assert len(list(iter_interactions(s))) == 2
         assert [i.model_version for i in iter_interactions(s, since=now - timedelta(days=1))] == ["v2"]
         assert [i.model_version for i in iter_interactions(s, model="v1")] == ["v1"]
         assert [i.model_version for i in iter_interactions(s, text="FINES")] == ["v2"]
-        assert [i.model_version for i in iter_interactions(s, text="100%_")] == ["v2"]  # wildcards are literal
+        assert [i.model_version for i in iter_interactions(s, text="100%_")] == [
+            "v2"
+        ]  # wildcards are literal
         assert [i.model_version for i in iter_interactions(s, text="%")] == ["v2"]  # literal, not match-all
         assert len(list(iter_interactions(s, limit=1))) == 1

@@ -67,10 +67,16 @@ def forget(
         datasets = sorted(
             set(s.scalars(select(DatasetSource.dataset_id).where(DatasetSource.interaction_id.in_(ids))))
         )
-        found = set(s.scalars(select(ModelVersion.id).where(ModelVersion.dataset_id.in_(datasets)))) if datasets else set()
+        found = (
+            set(s.scalars(select(ModelVersion.id).where(ModelVersion.dataset_id.in_(datasets))))
+            if datasets
+            else set()
+        )
         frontier = set(found)
         while frontier:  # descendants (a DPO version trained from an SFT version) inherit the mark
-            frontier = set(s.scalars(select(ModelVersion.id).where(ModelVersion.parent_id.in_(frontier)))) - found
+            frontier = (
+                set(s.scalars(select(ModelVersion.id).where(ModelVersion.parent_id.in_(frontier)))) - found
+            )
             found |= frontier
         models = sorted(found)
         report.datasets, report.models = datasets, models
@@ -92,7 +98,9 @@ def forget(
         for mv in s.scalars(select(ModelVersion).where(ModelVersion.id.in_(models))) if models else []:
             mv.contains_erased = True
             source = f"dataset {mv.dataset_id}" if mv.dataset_id in datasets else f"parent {mv.parent_id}"
-            mv.erased_note = f"{when}: built from {source}, which contains erased records; retrain on the rebuilt dataset."
+            mv.erased_note = (
+                f"{when}: built from {source}, which contains erased records; retrain on the rebuilt dataset."
+            )
         for chunk in range(0, len(ids), 500):
             part = ids[chunk : chunk + 500]
             for model in (Feedback, ReviewItem, Passage):

@@ -43,28 +43,45 @@ def candidates_to_items(candidates) -> list[QAItem]:  # type: ignore[no-untyped-
     passages the retriever really returned for that question (hard negatives)."""
     items = []
     for c in candidates:
-        passages = [QAPassage(id=p.chunk_id, title=p.title, text=p.text, source_path=p.source_path, section=p.section)
-                    for p in c.passages]
+        passages = [
+            QAPassage(id=p.chunk_id, title=p.title, text=p.text, source_path=p.source_path, section=p.section)
+            for p in c.passages
+        ]
         oracle = set(c.oracle_ranks)
         answer = " ".join(CITE.sub("", c.answer).split())
-        items.append(QAItem(
-            id=c.interaction_id, question=c.question, answers=[answer],
-            gold=[p for r, p in enumerate(passages, 1) if r in oracle],
-            distractors=[p for r, p in enumerate(passages, 1) if r not in oracle],
-            answer_type="free", group=c.conversation_id,
-            meta={"interaction_id": c.interaction_id, "rejected": c.rejected, "kb_version": c.kb_version,
-                  "from_correction": c.from_correction},
-        ))
+        items.append(
+            QAItem(
+                id=c.interaction_id,
+                question=c.question,
+                answers=[answer],
+                gold=[p for r, p in enumerate(passages, 1) if r in oracle],
+                distractors=[p for r, p in enumerate(passages, 1) if r not in oracle],
+                answer_type="free",
+                group=c.conversation_id,
+                meta={
+                    "interaction_id": c.interaction_id,
+                    "rejected": c.rejected,
+                    "kb_version": c.kb_version,
+                    "from_correction": c.from_correction,
+                },
+            )
+        )
     return items
 
 
-def anonymise_items(items: list[QAItem], policy: Policy, vault: Path | None, secret: str) -> tuple[list[QAItem], dict]:
+def anonymise_items(
+    items: list[QAItem], policy: Policy, vault: Path | None, secret: str
+) -> tuple[list[QAItem], dict]:
     """Replace PII in question, answers, passages and rejected answer with the same pseudonym per entity."""
     if not policy.pii.get("enabled", True):
         return items, {}
     from ragloop.curation.pii import Anonymizer
 
-    anon = Anonymizer(entities=policy.pii.get("entities"), vault_path=vault if policy.pii.get("vault") else None, secret=secret)
+    anon = Anonymizer(
+        entities=policy.pii.get("entities"),
+        vault_path=vault if policy.pii.get("vault") else None,
+        secret=secret,
+    )
     out = []
     for item in items:
         fields = {
@@ -77,17 +94,28 @@ def anonymise_items(items: list[QAItem], policy: Policy, vault: Path | None, sec
         }
         a = anon.anonymize_example(fields)
         meta = dict(item.meta, rejected=a["rejected"] or None)
-        out.append(replace(
-            item, question=a["question"], answers=a["answers"], reasoning=a["reasoning"] or None, meta=meta,
-            gold=[replace(p, text=t) for p, t in zip(item.gold, a["gold"], strict=True)],
-            distractors=[replace(p, text=t) for p, t in zip(item.distractors, a["distractors"], strict=True)],
-        ))
+        out.append(
+            replace(
+                item,
+                question=a["question"],
+                answers=a["answers"],
+                reasoning=a["reasoning"] or None,
+                meta=meta,
+                gold=[replace(p, text=t) for p, t in zip(item.gold, a["gold"], strict=True)],
+                distractors=[
+                    replace(p, text=t) for p, t in zip(item.distractors, a["distractors"], strict=True)
+                ],
+            )
+        )
     return out, dict(anon.stats)
 
 
-def decontaminate(items: list[QAItem], eval_items: list[QAItem], threshold: float = 0.8) -> tuple[list[QAItem], dict]:
+def decontaminate(
+    items: list[QAItem], eval_items: list[QAItem], threshold: float = 0.8
+) -> tuple[list[QAItem], dict]:
     """Drop items whose question nearly duplicates an evaluation question or whose gold passage is an
     evaluation gold passage (by normalised text hash)."""
+
     def key(text: str) -> str:
         return hashlib.sha256(" ".join(text.lower().split()).encode()).hexdigest()
 
@@ -134,12 +162,16 @@ def split_items(items: list[QAItem], shares: dict[str, float], seed: int) -> dic
     groups: dict[int, list[int]] = {}
     for idx in range(len(items)):
         groups.setdefault(find(idx), []).append(idx)
-    order = sorted(groups.values(), key=lambda g: hashlib.sha256(f"{seed}:{items[g[0]].id}".encode()).hexdigest())
+    order = sorted(
+        groups.values(), key=lambda g: hashlib.sha256(f"{seed}:{items[g[0]].id}".encode()).hexdigest()
+    )
     out: dict[str, list[QAItem]] = {s: [] for s in SPLITS}
     total = len(items)
     targets = {s: shares.get(s, 0.0) * total for s in SPLITS}
     for group in order:  # greedy: the split furthest below its target share takes the next group
-        name = max(SPLITS, key=lambda s: (targets[s] - len(out[s])) / (targets[s] or 1e-9) if targets[s] else -1e9)
+        name = max(
+            SPLITS, key=lambda s: (targets[s] - len(out[s])) / (targets[s] or 1e-9) if targets[s] else -1e9
+        )
         out[name].extend(items[i] for i in sorted(group))
     return out
 
@@ -174,7 +206,10 @@ def build_dataset(
         candidates = load_candidates(settings)
         counts["sources"]["interactions"] = len(candidates)
         kept, reports = apply_filters(candidates, policy)
-        counts["filters"] = [{"filter": r.name, "before": r.before, "dropped": r.dropped, "reasons": r.reasons} for r in reports]
+        counts["filters"] = [
+            {"filter": r.name, "before": r.before, "dropped": r.dropped, "reasons": r.reasons}
+            for r in reports
+        ]
         items += candidates_to_items(kept)
         source_ids = [c.interaction_id for c in kept]
     for fmt, path in imports:
@@ -187,8 +222,10 @@ def build_dataset(
             "(`ragloop feedback`), relax the policy, or add `--import FILE` (e.g. the output of `ragloop synth`)."
         )
     if len(items) < min_examples:
-        raise RagloopError(f"Only {len(items)} examples passed curation (< --min-examples {min_examples}); "
-                           "top up with `ragloop synth` and `--import`.")
+        raise RagloopError(
+            f"Only {len(items)} examples passed curation (< --min-examples {min_examples}); "
+            "top up with `ragloop synth` and `--import`."
+        )
     if eval_sets:
         eval_items = [e for path in eval_sets for e in read_qa_file(Path(path))]
         items, counts["decontamination"] = decontaminate(items, eval_items)
@@ -197,8 +234,16 @@ def build_dataset(
     items, counts["pii"] = anonymise_items(items, policy, vault, secret)
     split = split_items(items, policy.split, seed)
     kb = KnowledgeBase(settings)
-    pool = [QAPassage(id=r["chunk_id"], title=r["title"], text=r["text"], source_path=r["source_path"], section=r["section"])
-            for r in (kb.random_chunks(200, seed) if kb.count() else [])]
+    pool = [
+        QAPassage(
+            id=r["chunk_id"],
+            title=r["title"],
+            text=r["text"],
+            source_path=r["source_path"],
+            section=r["section"],
+        )
+        for r in (kb.random_chunks(200, seed) if kb.count() else [])
+    ]
     config = RaftConfig(**policy.raft, seed=seed)
     examples = {s: build_raft_examples(split[s], config, random_pool=pool) for s in SPLITS}
     counts["examples"] = {s: len(v) for s, v in examples.items()}
@@ -217,10 +262,20 @@ def build_dataset(
     (folder / "report.json").write_text(json.dumps(counts, indent=2, default=str))
     sources = ["interactions"] * from_interactions + [f"import:{Path(p).name}" for _, p in imports]
     with session_scope(settings.db_url) as s:
-        s.add(DatasetVersion(
-            id=dataset_id, name=name, content_hash=digest, policy=policy.to_dict(), source="+".join(sources),
-            kb_version=kb.version or None, seed=seed, path=str(folder), counts=counts, command=command,
-        ))
+        s.add(
+            DatasetVersion(
+                id=dataset_id,
+                name=name,
+                content_hash=digest,
+                policy=policy.to_dict(),
+                source="+".join(sources),
+                kb_version=kb.version or None,
+                seed=seed,
+                path=str(folder),
+                counts=counts,
+                command=command,
+            )
+        )
         s.flush()
         for iid in dict.fromkeys(source_ids):
             s.add(DatasetSource(dataset_id=dataset_id, interaction_id=iid))
@@ -245,7 +300,11 @@ def load_examples(settings: Settings, dataset_id: str, split: str | None = None)
     out = {}
     for name in [split] if split else SPLITS:
         path = folder / f"{name}.jsonl"
-        out[name] = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+        out[name] = (
+            [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+            if path.exists()
+            else []
+        )
     return out
 
 
@@ -260,8 +319,13 @@ def dpo_pairs(examples: list[dict]) -> list[dict]:
     for ex in examples:
         rejected = (ex.get("meta") or {}).get("rejected") or misled_answer(_example(ex))
         if rejected and rejected.strip() != ex["completion"].strip():
-            pairs.append({"prompt": ex["prompt"], "chosen": [{"role": "assistant", "content": ex["completion"]}],
-                          "rejected": [{"role": "assistant", "content": rejected}]})
+            pairs.append(
+                {
+                    "prompt": ex["prompt"],
+                    "chosen": [{"role": "assistant", "content": ex["completion"]}],
+                    "rejected": [{"role": "assistant", "content": rejected}],
+                }
+            )
     return pairs
 
 

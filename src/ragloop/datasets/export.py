@@ -42,7 +42,10 @@ def export_dataset(settings: Settings, dataset_id: str, fmt: str, out: Path) -> 
         elif fmt == "dpo":
             rows[split] = dpo_pairs(exs)
         else:
-            rows[split] = [{**as_prompt_completion(e), **as_messages(e), "id": e["id"], "has_oracle": e["has_oracle"]} for e in exs]
+            rows[split] = [
+                {**as_prompt_completion(e), **as_messages(e), "id": e["id"], "has_oracle": e["has_oracle"]}
+                for e in exs
+            ]
     out = Path(out)
     if fmt == "hf":
         from datasets import Dataset, DatasetDict

@@ -79,7 +79,9 @@ def synthesize(
         if teacher_url:
             import os
 
-            backend = OpenAIBackend(teacher_url, teacher_model or "default", os.environ.get(settings.generator.api_key_env))
+            backend = OpenAIBackend(
+                teacher_url, teacher_model or "default", os.environ.get(settings.generator.api_key_env)
+            )
         else:
             from ragloop.generation.assistant import Assistant
 
@@ -96,8 +98,12 @@ def synthesize(
                 progress(counts["written"], n)
             qa = None
             if method == "llm":
-                prompt = SYNTH_PROMPT.format(title=row["title"], section=row["section"], text=row["text"][:2000])
-                gen = backend.generate([{"role": "user", "content": prompt}], GenParams(max_new_tokens=96, temperature=0.0))  # type: ignore[union-attr]
+                prompt = SYNTH_PROMPT.format(
+                    title=row["title"], section=row["section"], text=row["text"][:2000]
+                )
+                gen = backend.generate(
+                    [{"role": "user", "content": prompt}], GenParams(max_new_tokens=96, temperature=0.0)
+                )  # type: ignore[union-attr]
                 qa = parse_qa(gen.text)
                 if qa is None:
                     counts["unparsed"] += 1
@@ -128,8 +134,13 @@ def synthesize(
 
 
 def _passage(row: dict) -> dict:
-    return {"id": row["chunk_id"], "title": row["title"], "text": row["text"], "source_path": row["source_path"],
-            "section": row["section"]}
+    return {
+        "id": row["chunk_id"],
+        "title": row["title"],
+        "text": row["text"],
+        "source_path": row["source_path"],
+        "section": row["section"],
+    }
 
 
 def _base_version(settings: Settings):  # type: ignore[no-untyped-def]

@@ -43,7 +43,9 @@ class PromptTemplate:
         blocks = []
         for n, p in enumerate(passages, start=1):
             source = f" ({p.source_path})" if p.source_path else ""
-            header = self.passage_header.format(n=n, title=p.title or "untitled", source=source, section=p.section)
+            header = self.passage_header.format(
+                n=n, title=p.title or "untitled", source=source, section=p.section
+            )
             blocks.append(f"{header}\n{p.text.strip()}")
         context = "\n\n".join(blocks) if blocks else self.no_passages
         user = f"{context}\n\n{self.question_intro}{question}"

@@ -51,7 +51,9 @@ def load_interaction(settings: Settings, interaction_id: str) -> Interaction:
         return interaction
 
 
-def fetch_rows(kb: KnowledgeBase, interactions: list[Interaction], batch: int = 2000) -> dict[tuple[int, str], dict]:
+def fetch_rows(
+    kb: KnowledgeBase, interactions: list[Interaction], batch: int = 2000
+) -> dict[tuple[int, str], dict]:
     """Chunk rows for many interactions at once, keyed by (KB version, chunk id): one LanceDB query per
     version and batch instead of one per interaction (curating 10,000 records stays fast)."""
     wanted: dict[int, set[str]] = {}

@@ -305,7 +305,11 @@ def run_server(settings: Settings, host: str, port: int, *, log_level: str = "in
         from ragloop.curation.erasure import forget
 
         expired = forget(settings, older_than_days=settings.records.retention_days)
-        log.info("retention: erased %d interactions older than %d days", expired.interactions, settings.records.retention_days)
+        log.info(
+            "retention: erased %d interactions older than %d days",
+            expired.interactions,
+            settings.records.retention_days,
+        )
     assistant = Assistant(settings)
     assistant.warm_up()
     app = create_app(settings, assistant)

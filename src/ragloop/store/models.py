@@ -331,7 +331,9 @@ class EvalExample(Base):
     prompt_sha256: Mapped[str] = mapped_column(String(64))
     output: Mapped[str] = mapped_column(Text)
     prediction: Mapped[str] = mapped_column(Text)  # extracted answer
-    scores: Mapped[dict[str, Any]] = mapped_column(JSON)  # em, f1, label_correct, citation_p/r, grounded, abstained...
+    scores: Mapped[dict[str, Any]] = mapped_column(
+        JSON
+    )  # em, f1, label_correct, citation_p/r, grounded, abstained...
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     # expert review of eval answers goes through the review queue via a shadow Interaction
     interaction_id: Mapped[str | None] = mapped_column(String(32), nullable=True)

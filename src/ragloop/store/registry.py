@@ -29,7 +29,9 @@ def ensure_base_version(session: Session, base_model: str, base_hash: str) -> Mo
     return mv
 
 
-def set_alias(session: Session, name: str, version_id: str, *, action: str = "alias", note: str | None = None) -> ModelAlias:
+def set_alias(
+    session: Session, name: str, version_id: str, *, action: str = "alias", note: str | None = None
+) -> ModelAlias:
     """Point ``name`` at a version; the change is recorded as a RegistryEvent (what rollback reads)."""
     if session.get(ModelVersion, version_id) is None:
         raise NotFound(f"Model version {version_id!r} does not exist; see `ragloop models list`.")
@@ -43,12 +45,18 @@ def set_alias(session: Session, name: str, version_id: str, *, action: str = "al
     else:
         alias.model_version_id = version_id
         alias.updated_at = utcnow()
-    session.add(RegistryEvent(action=action, alias=name, model_version_id=version_id, previous_version_id=previous, note=note))
+    session.add(
+        RegistryEvent(
+            action=action, alias=name, model_version_id=version_id, previous_version_id=previous, note=note
+        )
+    )
     session.flush()
     return alias
 
 
-def promote(session: Session, version_id: str, alias: str = DEFAULT_ALIAS, note: str | None = None) -> ModelAlias:
+def promote(
+    session: Session, version_id: str, alias: str = DEFAULT_ALIAS, note: str | None = None
+) -> ModelAlias:
     """Serve ``version_id`` under ``alias`` from the next request on."""
     return set_alias(session, alias, version_id, action="promote", note=note)
 
@@ -61,8 +69,12 @@ def rollback(session: Session, alias: str = DEFAULT_ALIAS, note: str | None = No
     if current is None:
         raise NotFound(f"Alias {alias!r} is not set; nothing to roll back.")
     events = session.scalars(
-        select(RegistryEvent).where(RegistryEvent.alias == alias, RegistryEvent.action != "rollback",
-                                    RegistryEvent.model_version_id == current.model_version_id)
+        select(RegistryEvent)
+        .where(
+            RegistryEvent.alias == alias,
+            RegistryEvent.action != "rollback",
+            RegistryEvent.model_version_id == current.model_version_id,
+        )
         .order_by(RegistryEvent.id.desc())
     ).first()
     if events is None or events.previous_version_id is None:
