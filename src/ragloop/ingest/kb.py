@@ -19,7 +19,7 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 from lancedb.expr import col
-from lancedb.index import FTS, BTree, Bitmap, HnswSq
+from lancedb.index import FTS, Bitmap, BTree, HnswSq
 
 from ragloop.config import Settings
 from ragloop.errors import NotFound

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,6 +163,19 @@ def fulltext_query(query: str) -> str:
     return " ".join(text.split()) if any(ch.isalnum() for ch in text) else ""
 
 
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Threads for full-text searches, shared by every Retriever of the process."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ragloop-fulltext")
+        return _POOL
+
+
 class Retriever:
     """Hybrid search over one ``KnowledgeBase``; safe to share between threads."""
 
@@ -242,6 +257,9 @@ class Retriever:
         if table is None:
             return [], []
         timings = timings if timings is not None else SearchTimings()
+        # The full-text search runs in a worker thread while this one embeds the query and runs the vector
+        # search: LanceDB does its work outside the GIL, so hybrid costs about the slower of the two.
+        pending = _pool().submit(self._timed_fulltext, table, query, n, where, timings) if fulltext else None
         dense_rows: list[dict] = []
         if dense:
             t0 = time.perf_counter()
@@ -250,11 +268,7 @@ class Retriever:
             dense_rows = self._dense(table, vector, n, where)
             timings.embed_ms = (t1 - t0) * 1000
             timings.dense_ms = (time.perf_counter() - t1) * 1000
-        fulltext_rows: list[dict] = []
-        if fulltext:
-            t0 = time.perf_counter()
-            fulltext_rows = self._fulltext(table, query, n, where)
-            timings.fulltext_ms = (time.perf_counter() - t0) * 1000
+        fulltext_rows = pending.result() if pending is not None else []
         return dense_rows, fulltext_rows
 
     @staticmethod
@@ -272,6 +286,15 @@ class Retriever:
         if where is not None:
             query = query.where(where, prefilter=True)
         return query.to_list()
+
+    @classmethod
+    def _timed_fulltext(
+        cls, table: Any, query: str, n: int, where: Expr | None, timings: SearchTimings
+    ) -> list[dict]:
+        t0 = time.perf_counter()
+        rows = cls._fulltext(table, query, n, where)
+        timings.fulltext_ms = (time.perf_counter() - t0) * 1000
+        return rows
 
     @staticmethod
     def _fulltext(table: Any, query: str, n: int, where: Expr | None) -> list[dict]:

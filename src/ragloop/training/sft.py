@@ -281,7 +281,8 @@ def train_sft(
             emit({
                 "event": "step", "step": step + 1, "total": total, "epoch": round((step + 1) / steps_per_epoch, 3),
                 "loss": window["loss"] / window["steps"], "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                "tokens": state["tokens"], "tokens_per_s": window["tokens"] / max(window["seconds"], 1e-9),
+                "tokens": state["tokens"], "trained_tokens": state["trained_tokens"],
+                "tokens_per_s": window["tokens"] / max(window["seconds"], 1e-9),
                 "elapsed_s": time.perf_counter() - started,
                 "eta_s": (time.perf_counter() - started) / done_here * (total - step - 1),
             })  # fmt: skip
