@@ -210,6 +210,7 @@ def main() -> None:
 
     if args.child:
         payload = json.loads(args.payload.read_text())
+        tempfile.tempdir = str(args.payload.parent)  # the children's scratch folders go away with the payload
         if args.child == "ragloop":
             res = run_ragloop(payload["train"], args.steps, args.batch_tokens)
         else:

@@ -190,6 +190,15 @@ def test_preflight_catches_template_without_end_token(home: Settings, tmp_path: 
     assert "no end-of-turn token" in report.problems[0] and "ex0, ex1, ex2" in report.problems[0]
     assert "«" in report.rendered  # the marked example shows the answer trained with no end token
 
+    # A generation prompt that differs from how the answer turn is rendered (the other silent failure).
+    tokenizer = tokenizer_of(folder)
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+        "{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    mismatch = preflight(tokenizer, dataset(2, 0)["train"], max_length=1024, truncation="left-context")
+    assert not mismatch.ok and "renders the prompt differently" in mismatch.problems[0]
+
     dataset_id = register_dataset(home, dataset(3, 1))
     out = tmp_path / "out"
     with pytest.raises(RagloopError, match="never be trained to stop"):

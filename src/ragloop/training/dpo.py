@@ -205,7 +205,7 @@ def train_dpo(
     output_dir = Path(output_dir)
     run = build_dpo_trainer(settings, dataset_id, output_dir, config, reference_adapter=reference_adapter,
                             base=base, progress=progress, should_stop=should_stop)  # fmt: skip
-    show_text(run.summary)
+    show(run.summary, "dpo")
     checkpoints = output_dir / "checkpoints"
     done = _completed(output_dir, run.fingerprint) if resume else None
     if done is not None:
@@ -286,12 +286,6 @@ def combine_adapters(model_dir: Path, first: Path, second: Path, target: Path) -
     os.replace(tmp / "combined", target)
     _remove(tmp)
     return target
-
-
-def show_text(summary: str) -> None:
-    from ragloop.training.preflight import PreflightReport
-
-    show(PreflightReport(0, 0, [], [], summary, [], True), "dpo")
 
 
 def _last_complete_checkpoint(root: Path) -> Path | None:

@@ -36,7 +36,7 @@ import torch
 from ragloop.config import Settings
 from ragloop.errors import ConfigError, RagloopError
 from ragloop.training.config import TrainConfig
-from ragloop.training.preflight import PreflightReport, preflight
+from ragloop.training.preflight import preflight
 
 log = logging.getLogger("ragloop.training")
 
@@ -122,14 +122,15 @@ def set_threads(config: TrainConfig) -> None:
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
 
 
-def show(report: PreflightReport, name: str) -> None:
-    """Log the preflight (INFO, to stderr when nobody configured logging)."""
+def show(summary: str, name: str) -> None:
+    """Log a preflight summary (INFO, to stderr when nobody configured logging): the marked example is
+    the one thing a person should look at before trusting a run."""
     if not log.hasHandlers():
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
-    log.info("[%s] %s", name, report.summary())
+    log.info("[%s] %s", name, summary)
 
 
 def run_fingerprint(
@@ -164,8 +165,7 @@ def train_sft(
     would have produced; a completed run is returned as is. ``progress`` gets a dict per logging step
     (``step``, ``total``, ``loss``, ``tokens_per_s``, ``eta_s``, …); ``should_stop`` is polled after every
     step and, when it returns True, the run checkpoints and returns (``metrics["stopped"]``)."""
-    from peft import get_peft_model, set_peft_model_state_dict
-    from safetensors.torch import load_file
+    from peft import get_peft_model
     from transformers import get_scheduler
 
     from ragloop.training.packing import collate, plan_epoch, plan_training, token_nll, use_packed_attention
@@ -176,7 +176,7 @@ def train_sft(
     model_dir, base_hash = resolve_base(settings, base)
     tokenizer = load_tokenizer(model_dir)
     report = preflight(tokenizer, splits["train"], config.max_length, config.truncation)
-    show(report, "train")
+    show(report.summary(), "train")
     report.raise_for_problems()
     val_report = preflight(tokenizer, splits.get("val") or [], config.max_length, config.truncation)
     val = val_report.features if val_report.ok else []
@@ -237,13 +237,7 @@ def train_sft(
     }
     resumed_from = None
     if latest is not None:
-        set_peft_model_state_dict(model, load_file(str(latest / "adapter_model.safetensors")))
-        saved = torch.load(latest / "trainer_state.pt", weights_only=False)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["torch_rng"])
-        random.setstate(saved["python_rng"])
-        state = _read_json(latest / "state.json")
+        state = restore_checkpoint(latest, model, optimizer, scheduler)
         resumed_from = state["step"]
     journal = Journal(output_dir / "train_log.jsonl", after_step=state["step"])
     emit = _emitter(progress, journal)
@@ -400,6 +394,20 @@ def save_checkpoint(root: Path, model: Any, optimizer: Any, scheduler: Any, stat
     for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
         _remove(old)
     return target
+
+
+def restore_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> dict:
+    """Load a checkpoint into the run (adapter, optimizer, scheduler, RNG) and return its state."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
+    saved = torch.load(path / "trainer_state.pt", weights_only=False)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["torch_rng"])
+    random.setstate(saved["python_rng"])
+    return _read_json(path / "state.json")
 
 
 def save_adapter(model: Any, target: Path) -> Path:
