@@ -56,7 +56,7 @@ $RAGLOOP dataset export "$DS" --format dpo --out "$HOME_DIR/exports/$DS-dpo"
 
 step "9. Fine-tune: a LoRA on the demo dataset (TRL + PEFT, fp32 on this CPU, a few minutes), registered with lineage"
 $RAGLOOP train sft --dataset "$DS" --foreground --name gdpr-demo \
-  --set epochs=1 --set max_length=1024 --set lora_r=8 --set eval_every=1000 --set save_every=20
+  --set epochs=2 --set learning_rate=5e-4 --set max_length=1024 --set lora_r=8 --set eval_every=1000 --set save_every=20
 $RAGLOOP models list
 $RAGLOOP models show gdpr-demo-v1
 

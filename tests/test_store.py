@@ -16,7 +16,7 @@ from ragloop.errors import AuthError, NotFound
 from ragloop.store import registry
 from ragloop.store.db import dispose_all, get_engine, session_scope
 from ragloop.store.keys import create_key, hash_key, revoke_key, verify_key
-from ragloop.store.models import ApiKey, Interaction, Passage, utcnow
+from ragloop.store.models import ApiKey, Interaction, ModelVersion, Passage, utcnow
 from ragloop.store.queries import iter_interactions
 
 
@@ -152,8 +152,14 @@ def test_registry_resolves_aliases_and_versions(db_url):
         assert registry.resolve(s, None)[0].id == base.id  # no production alias yet: base
         assert registry.resolve(s, "base") == (base, "base")
         assert registry.resolve(s, base.id) == (base, None)
-        registry.set_alias(s, "production", base.id)
-        assert registry.resolve(s, None)[1] == "production"
+        assert registry.resolve(s, "production") == (base, "base")  # unpromoted production = base
+        s.add(ModelVersion(id="v1", base_model="packaged", base_hash="f" * 64, adapter_path="/a"))
+        registry.promote(s, "v1")
+        assert registry.resolve(s, None) == (s.get(ModelVersion, "v1"), "production")
+        assert registry.rollback(s) == ("v1", base.id)  # the first promotion rolls back to base
+        assert registry.resolve(s, "production")[0].id == base.id
+        with pytest.raises(NotFound):
+            registry.rollback(s)
         with pytest.raises(NotFound, match="Known models"):
             registry.resolve(s, "gpt-4")
         with pytest.raises(NotFound):

@@ -77,11 +77,15 @@ def rollback(session: Session, alias: str = DEFAULT_ALIAS, note: str | None = No
         )
         .order_by(RegistryEvent.id.desc())
     ).first()
-    if events is None or events.previous_version_id is None:
+    target = events.previous_version_id if events is not None else None
+    if target is None and alias == DEFAULT_ALIAS and session.get(ModelAlias, BASE_ALIAS) is not None:
+        # Before its first promotion, production meant the base model: rolling that back returns there.
+        target = session.get(ModelAlias, BASE_ALIAS).model_version_id
+    if target is None or target == current.model_version_id:
         raise NotFound(f"Alias {alias!r} has no earlier version to roll back to.")
     origin = current.model_version_id
-    set_alias(session, alias, events.previous_version_id, action="rollback", note=note)
-    return origin, events.previous_version_id
+    set_alias(session, alias, target, action="rollback", note=note)
+    return origin, target
 
 
 def resolve(session: Session, name: str | None) -> tuple[ModelVersion, str | None]:
@@ -92,6 +96,8 @@ def resolve(session: Session, name: str | None) -> tuple[ModelVersion, str | Non
             raise NotFound("No model is registered yet.")
         return session.get(ModelVersion, alias.model_version_id), alias.name  # type: ignore[return-value]
     alias = session.get(ModelAlias, name)
+    if alias is None and name == DEFAULT_ALIAS:  # nothing promoted yet: production is the base model
+        alias = session.get(ModelAlias, BASE_ALIAS)
     if alias is not None:
         return session.get(ModelVersion, alias.model_version_id), alias.name  # type: ignore[return-value]
     mv = session.get(ModelVersion, name)

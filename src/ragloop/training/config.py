@@ -80,7 +80,7 @@ class TrainConfig:
     # Data
     max_length: int = 1024
     truncation: str = "left-context"
-    batch_tokens: int = 4096
+    batch_tokens: int = 2048  # ~7 GiB peak for SmolLM2-135M fp32; 4096 ~14 GiB
     batch_size: int | None = None
     buffer_size: int = 256
     # Training
