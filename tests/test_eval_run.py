@@ -259,3 +259,27 @@ def test_cli_eval_show_list_compare(kb_home: Settings, qa_file: Path) -> None:
     assert compared.exit_code == 0 and "95% CI" in compared.stdout and "common questions" in compared.stdout
     missing = runner.invoke(app, ["eval", "--data", "no-such-file.jsonl", *home])
     assert missing.exit_code == 1 and "neither a QA file nor a dataset version" in missing.output
+
+
+def test_eval_answers_show_in_their_review_queue_and_never_become_training_data(
+    kb_home: Settings, assistant: Assistant, qa_file: Path, start_server
+) -> None:
+    from ragloop.curation.pipeline import load_candidates
+
+    run = run_eval(kb_home, EvalConfig(data=str(qa_file), n_distractors=1, **FAST), assistant=assistant)
+    ids = sample_for_review(kb_home, run.id, n=2)
+    server = start_server(kb_home, assistant)
+    with server.client(follow_redirects=True) as c:
+        page = c.get(f"/review?queue={EVAL_QUEUE}")
+        assert page.status_code == 200 and "eval" in page.text
+        with session_scope(kb_home.db_url) as s:
+            first = s.get(Interaction, ids[0])
+            texts = [p["text"] for p in first.filters["eval_passages"]]
+        assert any(t[:40] in page.text for t in texts) or any(
+            t[:40] in c.get(f"/review?queue={EVAL_QUEUE}").text for t in texts
+        )
+    from ragloop.feedback.review import sample_queue
+
+    with session_scope(kb_home.db_url) as s:
+        assert sample_queue(s, 10).total == 0  # the traffic queue never samples eval answers
+    assert [c.interaction_id for c in load_candidates(kb_home)] == []

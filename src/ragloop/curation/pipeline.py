@@ -71,6 +71,8 @@ def load_candidates(settings: Settings, interaction_ids: list[str] | None = None
         )
         if interaction_ids is not None:
             q = q.where(Interaction.id.in_(interaction_ids))
+        # Eval answers are reviewed, never trained on: they would leak the evaluation set into training.
+        q = q.where(Interaction.source != "eval")
         interactions = list(s.scalars(q))
         feedback: dict[str, list[Feedback]] = {}
         ids = [i.id for i in interactions]

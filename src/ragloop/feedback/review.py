@@ -34,7 +34,12 @@ def sample_queue(
 ) -> SampleReport:
     """Add up to ``n`` interactions not yet queued: every thumbs-down first, then the lowest top-passage
     dense scores, then random ones."""
-    queued = select(ReviewItem.interaction_id).where(ReviewItem.queue == queue)
+    # Eval answers have their own queue (`ragloop eval review`); traffic queues only sample traffic.
+    queued = (
+        select(ReviewItem.interaction_id)
+        .where(ReviewItem.queue == queue)
+        .union(select(Interaction.id).where(Interaction.source == "eval"))
+    )
     report = SampleReport()
     added: set[str] = set()
 

@@ -17,7 +17,7 @@ from ragloop.config import Settings
 from ragloop.errors import AuthError, RagloopError
 from ragloop.feedback.review import pending, queue_counts, sample_queue
 from ragloop.feedback.service import add_feedback
-from ragloop.generation.replay import shown_passages
+from ragloop.generation.replay import ShownPassage, shown_passages
 from ragloop.ingest.kb import KnowledgeBase
 from ragloop.serve.auth import Caller, authenticate, require_admin
 from ragloop.store.db import session_scope
@@ -121,7 +121,23 @@ def ui_router(settings: Settings, auth_on: bool) -> APIRouter:
             interaction = s.get(Interaction, item.interaction_id)
             interaction.passages  # noqa: B018 - load before the session closes
             remaining = len(pending(s, item.queue, limit=10_000))
-        shown, _ = shown_passages(kb, interaction)
+        eval_passages = (
+            (interaction.filters or {}).get("eval_passages") if interaction.source == "eval" else None
+        )
+        if eval_passages is not None:  # eval answers: the passages shown are stored with the record
+            shown = [
+                ShownPassage(
+                    str(p.get("passage_id", "")),
+                    "",
+                    p.get("title", ""),
+                    p.get("source_path", ""),
+                    p.get("section", ""),
+                    p.get("text", ""),
+                )
+                for p in eval_passages
+            ]
+        else:
+            shown, _ = shown_passages(kb, interaction)
         cites: dict[int, list[tuple[int, int]]] = {}
         for c in interaction.citations:
             if c.get("valid") and c.get("cited_start") is not None:
