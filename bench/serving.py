@@ -52,6 +52,7 @@ def ask_stream(client: httpx.Client, question: str, new_tokens: int) -> dict:
         "messages": [{"role": "user", "content": question}],
         "max_tokens": new_tokens,
         "stream": True,
+        "stream_options": {"include_usage": True},
         "temperature": 0,
     }
     start = time.perf_counter()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -398,3 +399,71 @@ def test_dpo_reference_is_the_sft_merged_model(home: Settings, tmp_path: Path) -
         torch.testing.assert_close(
             on_base(input_ids=ids).logits, stacked(input_ids=ids).logits, rtol=1e-4, atol=1e-4
         )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_accelerate_two_processes_match_one(home: Settings, tmp_path: Path) -> None:
+    """``accelerate launch --multi_gpu --num_processes 2`` (torchrun; gloo on this CPU-only machine; accelerate's
+    ``--cpu`` runs one process unless given an MPI hostfile): each rank runs every other micro-batch of a
+    step, the LoRA gradients are summed, and the adapter equals a single process's over the same steps
+    (dropout off: the ranks draw their own dropout masks). Then a resume on two processes, and DPO refused."""
+    dataset_id = register_dataset(home, dataset(8, 2))
+    config = tmp_path / "train.yaml"
+    config.write_text("lora_r: 8\nlearning_rate: 0.01\nepochs: 2\nbatch_tokens: 400\nmax_length: 400\n"
+                      "gradient_accumulation_steps: 3\nsave_every: 2\neval_every: 2\nlogging_every: 1\n"
+                      "threads: 1\nlora_dropout: 0.0\n")  # fmt: skip
+    single = train_sft(home, dataset_id, tmp_path / "single", load_train_config(config))
+
+    def launch(out: Path, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+             "--main_process_port", str(free_port()), "-m",
+             "ragloop.training.run", "--home", str(home.home), "--kind", "sft", "--dataset", dataset_id,
+             "--out", str(out), "--config", str(config), *extra],
+            capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )  # fmt: skip
+
+    out = tmp_path / "two"
+    run = launch(out)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [json.loads(line) for line in run.stdout.strip().splitlines()]
+    result = lines[-1]
+    assert result["event"] == "result" and result["steps"] == single.steps
+    assert [r["processes"] for r in lines if r["event"] == "start"] == [2]  # rank 0 alone reports
+    steps = [r for r in lines if r["event"] == "step"]
+    assert [r["step"] for r in steps] == list(range(1, single.steps + 1))
+    assert steps[-1]["loss"] < steps[0]["loss"]
+    assert steps[-1]["tokens"] == single.tokens
+    two, one = adapter_weights(out / "adapter"), adapter_weights(single.adapter_dir)
+    assert two.keys() == one.keys()
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["eval_loss"] == pytest.approx(single.metrics["eval_loss"], rel=1e-4)
+
+    # Resume: keep the first checkpoint only, drop the end, launch again on two processes.
+    checkpoints = sorted((out / "checkpoints").iterdir())
+    for extra_dir in [*checkpoints[1:], out / "adapter"]:
+        shutil.rmtree(extra_dir)
+    (out / "metrics.json").unlink()
+    again = launch(out)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout.strip().splitlines()[-1])["resumed_from"] == int(checkpoints[0].name[5:])
+    for key, value in adapter_weights(out / "adapter").items():
+        torch.testing.assert_close(value, one[key], rtol=1e-4, atol=1e-5)
+
+    dpo = subprocess.run(
+        [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "-m",
+         "ragloop.training.run", "--home", str(home.home), "--kind", "dpo", "--dataset", dataset_id,
+         "--out", str(tmp_path / "dpo-two")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert dpo.returncode != 0 and "DPO trains in one process" in dpo.stderr

@@ -10,6 +10,7 @@ Both take the rendered chat messages, so what is recorded is what was sent which
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -136,16 +137,49 @@ class TransformersBackend:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kwargs
 
+    def _run(self, input_ids, attention_mask, params: GenParams, adapter: str | None, streamer=None):  # type: ignore[no-untyped-def]
+        """One ``model.generate`` under the lock, with the adapter (or none) active."""
+        with self.lock:
+            model, ctx = self._model_for(adapter)
+            if params.temperature > 0:
+                self.torch.manual_seed(params.seed)
+            with self.torch.inference_mode(), ctx if ctx is not None else contextlib.nullcontext():
+                return model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    streamer=streamer,
+                    **self._gen_kwargs(params),
+                )
+
+    def _result(
+        self, out, input_ids, params: GenParams, text: str, first: float | None, start: float
+    ) -> Generation:  # type: ignore[no-untyped-def]
+        new = out[0, input_ids.shape[1] :]
+        n_new = int(new.shape[0])
+        eos = self.tokenizer.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos])
+        finish = "stop" if (n_new and int(new[-1]) in eos_ids) or n_new < params.max_new_tokens else "length"
+        return Generation(
+            text=text.strip(),
+            prompt_tokens=int(input_ids.shape[1]),
+            completion_tokens=n_new,
+            finish_reason=finish,
+            first_token_s=first,
+            generate_s=time.perf_counter() - start,
+        )
+
     def generate(self, messages: list[dict], params: GenParams, adapter: str | None = None) -> Generation:
-        result: Generation | None = None
-        text = []
-        for item in self.stream(messages, params, adapter):
-            if isinstance(item, Generation):
-                result = item
-            else:
-                text.append(item)
-        assert result is not None
-        return result
+        """Without streaming: generate in the calling thread, no streamer (the plain ``model.generate`` cost)."""
+        input_ids, attention_mask = self.encode(messages)
+        start = time.perf_counter()
+        try:
+            out = self._run(input_ids, attention_mask, params, adapter)
+        except GenerationError:
+            raise
+        except Exception as exc:
+            raise GenerationError(f"Generation failed: {exc}") from exc
+        text = self.tokenizer.decode(out[0, input_ids.shape[1] :], skip_special_tokens=True)
+        return self._result(out, input_ids, params, text, None, start)
 
     def stream(
         self, messages: list[dict], params: GenParams, adapter: str | None = None
@@ -158,26 +192,7 @@ class TransformersBackend:
 
         def work() -> None:
             try:
-                with self.lock:
-                    model, ctx = self._model_for(adapter)
-                    if params.temperature > 0:
-                        self.torch.manual_seed(params.seed)
-                    with self.torch.inference_mode():
-                        if ctx is not None:
-                            with ctx:
-                                box["out"] = model.generate(
-                                    input_ids=input_ids,
-                                    attention_mask=attention_mask,
-                                    streamer=streamer,
-                                    **self._gen_kwargs(params),
-                                )
-                        else:
-                            box["out"] = model.generate(
-                                input_ids=input_ids,
-                                attention_mask=attention_mask,
-                                streamer=streamer,
-                                **self._gen_kwargs(params),
-                            )
+                box["out"] = self._run(input_ids, attention_mask, params, adapter, streamer)
             except BaseException as exc:  # surfaced in the consumer thread
                 box["error"] = exc
                 streamer.end()
@@ -197,19 +212,7 @@ class TransformersBackend:
         thread.join()
         if "error" in box:
             raise GenerationError(f"Generation failed: {box['error']}") from box["error"]
-        out = box["out"][0, input_ids.shape[1] :]
-        n_new = int(out.shape[0])
-        eos = self.tokenizer.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos])
-        finish = "stop" if n_new and int(out[-1]) in eos_ids or n_new < params.max_new_tokens else "length"
-        yield Generation(
-            text="".join(pieces).strip(),
-            prompt_tokens=int(input_ids.shape[1]),
-            completion_tokens=n_new,
-            finish_reason=finish,
-            first_token_s=first,
-            generate_s=time.perf_counter() - start,
-        )
+        yield self._result(box["out"], input_ids, params, "".join(pieces), first, start)
 
     def generate_batch(
         self, batch: list[list[dict]], params: GenParams, adapter: str | None = None

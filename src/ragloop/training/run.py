@@ -2,6 +2,10 @@
 
     python -m ragloop.training.run --home HOME --kind sft --dataset ds-… --out DIR [--config train.yaml]
     accelerate launch --num_processes 1 --cpu -m ragloop.training.run --home HOME --kind dpo …
+    accelerate launch --multi_gpu --num_processes 8 -m ragloop.training.run --home HOME --kind sft …
+
+SFT runs data-parallel under a launcher with ``--num_processes N`` > 1 (rank 0 prints and writes); DPO
+trains in one process.
 
 Progress goes to stdout as one JSON object per line; the result is the last line (``{"event": "result"}``).
 Exit code 0 on success, 2 on a ``RagloopError`` (bad input, failed preflight) with its message on stderr.
@@ -40,16 +44,19 @@ def main(argv: list[str] | None = None) -> int:
     """Run one SFT or DPO training and print its progress and result as JSON lines."""
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        print("ragloop trains in one process: launch with --num_processes 1.", file=sys.stderr)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and args.kind == "dpo":
+        print("error: DPO trains in one process: launch it with --num_processes 1 "
+              "(SFT runs data-parallel on several).", file=sys.stderr)  # fmt: skip
         return 2
+    main_rank = int(os.environ.get("RANK", "0")) == 0
     import yaml
 
     from ragloop.config import load_settings
     from ragloop.training.config import load_train_config
 
     def progress(record: dict) -> None:
-        print(json.dumps(record, default=str), flush=True)
+        print(json.dumps(record, default=str), flush=True)  # rank 0 only: train_sft reports there
 
     try:
         overrides = {}
@@ -74,10 +81,24 @@ def main(argv: list[str] | None = None) -> int:
     except RagloopError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        _leave_process_group()
+    if not main_rank:
+        return 0
     print(json.dumps({"event": "result", "adapter_dir": str(result.adapter_dir), "steps": result.steps,
                       "tokens": result.tokens, "resumed_from": result.resumed_from,
                       "metrics": result.metrics}, default=str), flush=True)  # fmt: skip
     return 0
+
+
+def _leave_process_group() -> None:
+    """Close the data-parallel process group that ``train_sft`` opened (if any)."""
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -119,7 +119,8 @@ def lora_config(config: TrainConfig) -> Any:
 
 
 def set_threads(config: TrainConfig) -> None:
-    torch.set_num_threads(config.threads or os.cpu_count() or 1)
+    per_process = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(config.threads or max(1, per_process))
 
 
 def show(summary: str, name: str) -> None:
@@ -143,6 +144,77 @@ def run_fingerprint(
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+# Data parallel -----------------------------------------------------------------------------------------
+
+
+class DataParallel:
+    """The processes of one run launched by ``accelerate launch --num_processes N`` (or ``torchrun``).
+
+    Every rank builds the same plan (a pure function of the seed), so a step's micro-batches and its
+    number of trained tokens are known everywhere without communication. Rank ``r`` runs micro-batches
+    ``r, r + N, …`` of each step; its loss is divided by the step's global trained-token count, and the
+    LoRA gradients are summed across ranks (one flat all-reduce), so the update is the one a single
+    process makes over the same micro-batches. A rank left without a micro-batch in a step contributes
+    zero gradients but still joins the all-reduce. Rank 0 alone writes the output folder."""
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        self.dist = dist
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        on_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+        self.device = torch.device("cpu")
+        if self.world > 1 and torch.cuda.is_available() and not on_cpu:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.rank = dist.get_rank() if self.world > 1 else 0
+        self.main = self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def share(self, micro: list[list[int]]) -> list[list[int]]:
+        """This rank's micro-batches of a step (all of them in one process)."""
+        return micro[self.rank :: self.world] if self.active else micro
+
+    def barrier(self) -> None:
+        if self.active:
+            self.dist.barrier()
+
+    def reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
+        if not self.active:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        self.dist.all_reduce(flat)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad = flat[offset : offset + n].view_as(p)
+            offset += n
+
+    def sum(self, value: float) -> float:
+        if not self.active:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        self.dist.all_reduce(t)
+        return t.item()
+
+    def broadcast(self, params: list[torch.nn.Parameter]) -> None:
+        """Rank 0's trainable weights everywhere (they already agree; this makes it certain)."""
+        if self.active:
+            for p in params:
+                self.dist.broadcast(p.data, src=0)
+
+    def seed_step(self, seed: int, step: int) -> None:
+        """Per-rank dropout RNG that a resume reproduces without saving every rank's RNG state."""
+        if self.active:
+            torch.manual_seed(int(hashlib.sha256(f"{seed}:{step}:{self.rank}".encode()).hexdigest()[:15], 16))
+
+
 # The loop ----------------------------------------------------------------------------------------------
 
 
@@ -164,19 +236,24 @@ def train_sft(
     continues from the last checkpoint in ``output_dir`` and ends with the adapter an uninterrupted run
     would have produced; a completed run is returned as is. ``progress`` gets a dict per logging step
     (``step``, ``total``, ``loss``, ``tokens_per_s``, ``eta_s``, …); ``should_stop`` is polled after every
-    step and, when it returns True, the run checkpoints and returns (``metrics["stopped"]``)."""
+    step and, when it returns True, the run checkpoints and returns (``metrics["stopped"]``).
+
+    Under ``accelerate launch --num_processes N`` (``WORLD_SIZE`` > 1) the run is data-parallel (see
+    ``DataParallel``); every rank returns the result, rank 0 alone writes and reports progress."""
     from peft import get_peft_model
     from transformers import get_scheduler
 
     from ragloop.training.packing import collate, plan_epoch, plan_training, token_nll, use_packed_attention
 
     output_dir = Path(output_dir)
+    ddp = DataParallel()
     set_threads(config)
     splits = load_splits(settings, dataset_id)
     model_dir, base_hash = resolve_base(settings, base)
     tokenizer = load_tokenizer(model_dir)
     report = preflight(tokenizer, splits["train"], config.max_length, config.truncation)
-    show(report.summary(), "train")
+    if ddp.main:
+        show(report.summary(), "train")
     report.raise_for_problems()
     val_report = preflight(tokenizer, splits.get("val") or [], config.max_length, config.truncation)
     val = val_report.features if val_report.ok else []
@@ -194,20 +271,24 @@ def train_sft(
     model = load_model(model_dir)
 
     # Nothing has been written so far; from here on the run owns output_dir.
-    if not resume:
-        for stale in (
-            checkpoints,
-            output_dir / "adapter",
-            output_dir / "metrics.json",
-            output_dir / "train_log.jsonl",
-        ):
-            _remove(stale)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "preflight.txt").write_text(report.summary() + "\n", encoding="utf-8")
+    ddp.barrier()  # every rank has read the folder before rank 0 changes it
+    if ddp.main:
+        if not resume:
+            for stale in (
+                checkpoints,
+                output_dir / "adapter",
+                output_dir / "metrics.json",
+                output_dir / "train_log.jsonl",
+            ):
+                _remove(stale)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "preflight.txt").write_text(report.summary() + "\n", encoding="utf-8")
 
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     model = get_peft_model(model, lora_config(config))
+    if ddp.active:
+        model.to(ddp.device)
     use_packed_attention(model)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -239,10 +320,14 @@ def train_sft(
     if latest is not None:
         state = restore_checkpoint(latest, model, optimizer, scheduler)
         resumed_from = state["step"]
-    journal = Journal(output_dir / "train_log.jsonl", after_step=state["step"])
-    emit = _emitter(progress, journal)
+    ddp.broadcast(params)
+    if ddp.main:
+        emit = _emitter(progress, Journal(output_dir / "train_log.jsonl", after_step=state["step"]))
+    else:
+        emit = _silent
     emit({"event": "start", "step": state["step"], "total": total, "examples": len(features),
-          "truncated": len(report.truncated), "dropped": len(report.dropped), "resumed_from": resumed_from})  # fmt: skip
+          "truncated": len(report.truncated), "dropped": len(report.dropped), "resumed_from": resumed_from,
+          "processes": ddp.world})  # fmt: skip
 
     window = {"loss": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0}
     eval_loss = state.get("eval_loss")
@@ -251,13 +336,16 @@ def train_sft(
     for step in range(state["step"], total):
         tick = time.perf_counter()
         micro = plan[step]
-        n_trained = sum(trained[i] for mb in micro for i in mb)
+        n_trained = sum(trained[i] for mb in micro for i in mb)  # the whole step's, on every rank
         step_loss = 0.0
-        for mb in micro:
+        ddp.seed_step(config.seed, step)
+        for mb in ddp.share(micro):
             nll, _ = token_nll(model, collate([features[i] for i in mb]))
             loss = nll.sum() / n_trained  # token mean over the whole step, however it is split
             loss.backward()
             step_loss += loss.item()
+        ddp.reduce_grads(params)
+        step_loss = ddp.sum(step_loss)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf")).item()
         optimizer.step()
         scheduler.step()
@@ -282,14 +370,20 @@ def train_sft(
             })  # fmt: skip
             state["train_loss"] = window["loss"] / window["steps"]
             window = {"loss": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0}
-        if val and ((step + 1) % config.eval_every == 0 or last):
+        if ddp.main and val and ((step + 1) % config.eval_every == 0 or last):
             eval_loss = evaluate(model, val, config.batch_tokens)
             state["eval_loss"] = eval_loss
             emit({"event": "eval", "step": step + 1, "total": total, "eval_loss": eval_loss})
         stopped = not last and should_stop is not None and should_stop()
+        if ddp.active and should_stop is not None:
+            stopped = ddp.sum(float(stopped)) > 0  # every rank stops at the same step
         if not last and ((step + 1) % config.save_every == 0 or stopped):
-            path = save_checkpoint(checkpoints, model, optimizer, scheduler, state, config.keep_checkpoints)
-            emit({"event": "checkpoint", "step": step + 1, "total": total, "path": str(path)})
+            if ddp.main:
+                path = save_checkpoint(
+                    checkpoints, model, optimizer, scheduler, state, config.keep_checkpoints
+                )
+                emit({"event": "checkpoint", "step": step + 1, "total": total, "path": str(path)})
+            ddp.barrier()
         if stopped:
             break
 
@@ -314,9 +408,12 @@ def train_sft(
     }
     if stopped:
         adapter_dir = _latest_checkpoint(checkpoints) or output_dir
-    else:
+    elif ddp.main:
         adapter_dir = save_adapter(model, output_dir / "adapter")
         _write_json(output_dir / "metrics.json", metrics)
+    else:
+        adapter_dir = output_dir / "adapter"
+    ddp.barrier()
     emit({"event": "done", "step": state["step"], "total": total, "stopped": stopped, "eval_loss": eval_loss})
     return TrainResult(adapter_dir=adapter_dir, metrics=metrics, steps=state["step"], tokens=state["tokens"],
                        resumed_from=resumed_from)  # fmt: skip
@@ -363,6 +460,10 @@ def _line_step(line: str) -> int:
         return int(json.loads(line).get("step") or 0)
     except (ValueError, AttributeError):
         return 0
+
+
+def _silent(record: dict[str, Any]) -> None:
+    """Progress of a rank other than 0: rank 0 reports for the run."""
 
 
 def _emitter(progress: Progress | None, journal: Journal) -> Progress:
