@@ -57,16 +57,33 @@ def main() -> None:
     wall: dict[str, float] = {}
     home = Path(tempfile.mkdtemp(prefix="ragloop-loop-"))
     subprocess.run([RAGLOOP, "init", str(home)], check=True, capture_output=True)
-    sh("ingest", str(DATA / "gdpr" / "gdpr-consolidated-with-corrected-preamble-en.xml"), "--collection", "gdpr", home=home)
+    sh(
+        "ingest",
+        str(DATA / "gdpr" / "gdpr-consolidated-with-corrected-preamble-en.xml"),
+        "--collection",
+        "gdpr",
+        home=home,
+    )
 
     t = time.perf_counter()
     synth = home / "synth.jsonl"
-    llm = sh("synth", "--n", str(args.questions), "--method", "llm", "--out", str(synth), home=home)
+    sh("synth", "--n", str(args.questions), "--method", "llm", "--out", str(synth), home=home)
     records = [json.loads(line) for line in synth.read_text().splitlines()]
     n_llm = len(records)
     if len(records) < args.questions:
         extra = home / "synth-extractive.jsonl"
-        sh("synth", "--n", str(args.questions - len(records)), "--method", "extractive", "--seed", "1", "--out", str(extra), home=home)
+        sh(
+            "synth",
+            "--n",
+            str(args.questions - len(records)),
+            "--method",
+            "extractive",
+            "--seed",
+            "1",
+            "--out",
+            str(extra),
+            home=home,
+        )
         records += [json.loads(line) for line in extra.read_text().splitlines()]
     wall["synth"] = time.perf_counter() - t
     groups = sorted({r["group"] for r in records})
@@ -80,8 +97,11 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([RAGLOOP, "serve", "--port", str(port), "--home", str(home)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [RAGLOOP, "serve", "--port", str(port), "--home", str(home)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     ups = downs = 0
     try:
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600)
@@ -93,8 +113,13 @@ def main() -> None:
                 time.sleep(0.5)
         t = time.perf_counter()
         for r in traffic:
-            resp = client.post("/v1/chat/completions", json={
-                "messages": [{"role": "user", "content": r["question"]}], "max_tokens": args.max_tokens}).json()
+            resp = client.post(
+                "/v1/chat/completions",
+                json={
+                    "messages": [{"role": "user", "content": r["question"]}],
+                    "max_tokens": args.max_tokens,
+                },
+            ).json()
             answer = resp["choices"][0]["message"]["content"]
             extra = resp["ragloop"]
             reference = r["answers"][0]
@@ -104,7 +129,12 @@ def main() -> None:
                 fb = {"reviewer_id": "auto-rater", "source": "auto", "thumbs": "up"}
                 ups += 1
             else:
-                fb = {"reviewer_id": "auto-rater", "source": "auto", "thumbs": "down", "corrected_answer": reference}
+                fb = {
+                    "reviewer_id": "auto-rater",
+                    "source": "auto",
+                    "thumbs": "down",
+                    "corrected_answer": reference,
+                }
                 if gold_id in shown:
                     n = shown.index(gold_id) + 1
                     fb["corrected_answer"] = f"{reference} [{n}]"
@@ -123,15 +153,39 @@ def main() -> None:
     wall["curate + build"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    sh("train", "sft", "--dataset", dataset, "--foreground", "--name", "loop", "--set", f"epochs={args.epochs}",
-       "--set", "lora_r=8", "--set", "eval_every=1000", home=home)
+    sh(
+        "train",
+        "sft",
+        "--dataset",
+        dataset,
+        "--foreground",
+        "--name",
+        "loop",
+        "--set",
+        f"epochs={args.epochs}",
+        "--set",
+        "lora_r=8",
+        "--set",
+        "eval_every=1000",
+        home=home,
+    )
     wall["train"] = time.perf_counter() - t
 
     t = time.perf_counter()
     runs = {}
     for model in ("base", "loop-v1"):
-        out = sh("eval", "--model", model, "--data", str(home / "heldout.jsonl"), "--condition", "live",
-                 "--max-new-tokens", str(args.max_tokens), home=home)
+        out = sh(
+            "eval",
+            "--model",
+            model,
+            "--data",
+            str(home / "heldout.jsonl"),
+            "--condition",
+            "live",
+            "--max-new-tokens",
+            str(args.max_tokens),
+            home=home,
+        )
         runs[model] = re.findall(r"\b[0-9a-f]{32}\b", out)[0]
     compare = sh("eval", "compare", runs["base"], runs["loop-v1"], home=home)
     wall["eval"] = time.perf_counter() - t
@@ -140,26 +194,42 @@ def main() -> None:
         shown = sh("eval", "show", run, "--json", home=home)
         metrics[model] = json.loads(shown)["metrics"]
 
-    keys = [k for k in ("f1", "em", "groundedness", "citation_precision", "citation_recall") if k in metrics["base"]]
+    keys = [
+        k
+        for k in ("f1", "em", "groundedness", "citation_precision", "citation_recall")
+        if k in metrics["base"]
+    ]
     rows = [[model, *(float(metrics[model].get(k) or 0.0) for k in keys)] for model in runs]
-    rows.append(["ratio tuned / base", *(float(metrics["loop-v1"].get(k) or 0) / (float(metrics["base"].get(k) or 0) or float("nan")) for k in keys)])
-    text = "\n".join([
-        f"# The loop on its own traffic (GDPR, {len(records)} synth questions: {n_llm} by SmolLM2, "
-        f"{len(records) - n_llm} extractive)",
-        "",
-        f"- traffic: {len(traffic)} questions served through the API; auto-rater (token F1 >= {args.threshold}): "
-        f"{ups} thumbs up, {downs} thumbs down with the reference as correction",
-        f"- survived curation into dataset {dataset}: {n_kept} examples (decontaminated against {len(heldout)} held-apart questions)",
-        f"- held-apart evaluation, `live` retrieval, {len(heldout)} questions:",
-        "",
-        table(["model", *keys], rows),
-        "",
-        "```",
-        compare.strip()[:3000],
-        "```",
-        "",
-        "Wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in wall.items()) + f"; total {time.perf_counter() - started:.0f} s",
-    ])
+    rows.append(
+        [
+            "ratio tuned / base",
+            *(
+                float(metrics["loop-v1"].get(k) or 0) / (float(metrics["base"].get(k) or 0) or float("nan"))
+                for k in keys
+            ),
+        ]
+    )
+    text = "\n".join(
+        [
+            f"# The loop on its own traffic (GDPR, {len(records)} synth questions: {n_llm} by SmolLM2, "
+            f"{len(records) - n_llm} extractive)",
+            "",
+            f"- traffic: {len(traffic)} questions served through the API; auto-rater (token F1 >= {args.threshold}): "
+            f"{ups} thumbs up, {downs} thumbs down with the reference as correction",
+            f"- survived curation into dataset {dataset}: {n_kept} examples (decontaminated against {len(heldout)} held-apart questions)",
+            f"- held-apart evaluation, `live` retrieval, {len(heldout)} questions:",
+            "",
+            table(["model", *keys], rows),
+            "",
+            "```",
+            compare.strip()[:3000],
+            "```",
+            "",
+            "Wall time: "
+            + ", ".join(f"{k} {v:.0f} s" for k, v in wall.items())
+            + f"; total {time.perf_counter() - started:.0f} s",
+        ]
+    )
     write("loop.md", text)
 
 

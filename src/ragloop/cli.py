@@ -440,9 +440,15 @@ def feedback(
     thumbs: Annotated[str | None, typer.Option(help="up or down")] = None,
     rating: Annotated[int | None, typer.Option(help="1-5")] = None,
     comment: Annotated[str | None, typer.Option()] = None,
-    correction: Annotated[str | None, typer.Option(help="The corrected answer (cite passages as [n]).")] = None,
-    gold: Annotated[list[int] | None, typer.Option(help="Shown passage number that answers the question (repeat).")] = None,
-    irrelevant: Annotated[list[int] | None, typer.Option(help="Shown passage number that is irrelevant (repeat).")] = None,
+    correction: Annotated[
+        str | None, typer.Option(help="The corrected answer (cite passages as [n]).")
+    ] = None,
+    gold: Annotated[
+        list[int] | None, typer.Option(help="Shown passage number that answers the question (repeat).")
+    ] = None,
+    irrelevant: Annotated[
+        list[int] | None, typer.Option(help="Shown passage number that is irrelevant (repeat).")
+    ] = None,
     tag: Annotated[list[str] | None, typer.Option(help="Tag (repeat).")] = None,
     reviewer: Annotated[str, typer.Option(help="Reviewer id; several reviewers are kept apart.")] = "cli",
     home: HomeOpt = None,
@@ -451,8 +457,20 @@ def feedback(
     from ragloop.feedback.service import add_feedback
     from ragloop.store.db import session_scope
 
-    data = {k: v for k, v in dict(thumbs=thumbs, rating=rating, comment=comment, corrected_answer=correction,
-                                  gold=gold, irrelevant=irrelevant, tags=tag, reviewer_id=reviewer).items() if v is not None}
+    data = {
+        k: v
+        for k, v in dict(
+            thumbs=thumbs,
+            rating=rating,
+            comment=comment,
+            corrected_answer=correction,
+            gold=gold,
+            irrelevant=irrelevant,
+            tags=tag,
+            reviewer_id=reviewer,
+        ).items()
+        if v is not None
+    }
     with session_scope(_settings(home).db_url) as s:
         fb = add_feedback(s, interaction_id, data)
     console.print(f"feedback {fb.id} recorded for {interaction_id} by {fb.reviewer_id}")
@@ -471,16 +489,22 @@ def review_sample(
 
     with session_scope(_settings(home).db_url) as s:
         r = sample_queue(s, n, queue=queue, seed=seed)
-    console.print(f"queued {r.total}: {r.thumbs_down} thumbs-down, {r.low_score} low score, {r.random} random "
-                  f"— review them at http://127.0.0.1:8000/review")
+    console.print(
+        f"queued {r.total}: {r.thumbs_down} thumbs-down, {r.low_score} low score, {r.random} random "
+        f"— review them at http://127.0.0.1:8000/review"
+    )
 
 
 @app.command()
 def synth(
     n: Annotated[int, typer.Option(help="Questions to generate.")] = 50,
     out: Annotated[Path, typer.Option(help="Generic QA JSONL to write.")] = Path("synth.jsonl"),
-    method: Annotated[str, typer.Option(help="llm (the generator or --teacher-url) or extractive (no model).")] = "llm",
-    teacher_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL of a teacher model.")] = None,
+    method: Annotated[
+        str, typer.Option(help="llm (the generator or --teacher-url) or extractive (no model).")
+    ] = "llm",
+    teacher_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible base URL of a teacher model.")
+    ] = None,
     teacher_model: Annotated[str | None, typer.Option()] = None,
     seed: Annotated[int, typer.Option()] = 0,
     home: HomeOpt = None,
@@ -489,20 +513,41 @@ def synth(
     from ragloop.datasets.synth import synthesize
 
     settings = _settings(home)
-    with Progress(TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err) as bar:
+    with Progress(
+        TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err
+    ) as bar:
         task = bar.add_task("synth", total=n)
-        counts = synthesize(settings, n, out, method=method, teacher_url=teacher_url, teacher_model=teacher_model,
-                            seed=seed, progress=lambda done, total: bar.update(task, completed=done))
-    console.print(f"wrote {counts['written']} to {out} (unparsed {counts['unparsed']}, unsupported {counts['unsupported']})")
+        counts = synthesize(
+            settings,
+            n,
+            out,
+            method=method,
+            teacher_url=teacher_url,
+            teacher_model=teacher_model,
+            seed=seed,
+            progress=lambda done, total: bar.update(task, completed=done),
+        )
+    console.print(
+        f"wrote {counts['written']} to {out} (unparsed {counts['unparsed']}, unsupported {counts['unsupported']})"
+    )
 
 
 @dataset_app.command("build")
 def dataset_build(
     name: Annotated[str, typer.Option(help="Dataset name.")] = "dataset",
-    policy: Annotated[Path | None, typer.Option(help="Curation policy file (YAML/JSON); default policy otherwise.")] = None,
+    policy: Annotated[
+        Path | None, typer.Option(help="Curation policy file (YAML/JSON); default policy otherwise.")
+    ] = None,
     interactions: Annotated[bool, typer.Option(help="Use recorded interactions.")] = True,
-    import_: Annotated[list[str] | None, typer.Option("--import", help="[FORMAT:]FILE of QA data (hotpotqa, squad, pubmedqa, apibench, generic).")] = None,
-    eval_set: Annotated[list[Path] | None, typer.Option(help="Evaluation set to decontaminate against (repeat).")] = None,
+    import_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--import", help="[FORMAT:]FILE of QA data (hotpotqa, squad, pubmedqa, apibench, generic)."
+        ),
+    ] = None,
+    eval_set: Annotated[
+        list[Path] | None, typer.Option(help="Evaluation set to decontaminate against (repeat).")
+    ] = None,
     seed: Annotated[int, typer.Option()] = 0,
     min_examples: Annotated[int, typer.Option(help="Fail if fewer examples pass.")] = 0,
     home: HomeOpt = None,
@@ -518,11 +563,24 @@ def dataset_build(
     for spec in import_ or []:
         fmt, _, path = spec.rpartition(":") if ":" in spec and not Path(spec).exists() else ("", "", spec)
         imports.append((fmt or "auto", Path(path)))
-    command = "ragloop " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["dataset"] else ""
-    report = build_dataset(settings, load_policy(policy), name=name, from_interactions=interactions, imports=imports,
-                           eval_sets=list(eval_set or []), seed=seed, min_examples=min_examples, command=command)
+    command = (
+        "ragloop " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["dataset"] else ""
+    )
+    report = build_dataset(
+        settings,
+        load_policy(policy),
+        name=name,
+        from_interactions=interactions,
+        imports=imports,
+        eval_sets=list(eval_set or []),
+        seed=seed,
+        min_examples=min_examples,
+        command=command,
+    )
     _print_counts(report.counts)
-    console.print(f"{'built' if report.created else 'unchanged (identical version exists)'}: [bold]{report.dataset_id}[/]")
+    console.print(
+        f"{'built' if report.created else 'unchanged (identical version exists)'}: [bold]{report.dataset_id}[/]"
+    )
 
 
 def _print_counts(counts: dict) -> None:
@@ -551,14 +609,23 @@ def dataset_list(home: HomeOpt = None) -> None:
     with session_scope(_settings(home).db_url) as s:
         for dv in s.scalars(select(DatasetVersion).order_by(DatasetVersion.created_at.desc())):
             ex = (dv.counts or {}).get("examples", {})
-            table.add_row(dv.id, dv.name, dv.created_at.isoformat(timespec="seconds"), dv.source,
-                          *(str(ex.get(k, 0)) for k in ("train", "val", "test")), "yes" if dv.contains_erased else "")
+            table.add_row(
+                dv.id,
+                dv.name,
+                dv.created_at.isoformat(timespec="seconds"),
+                dv.source,
+                *(str(ex.get(k, 0)) for k in ("train", "val", "test")),
+                "yes" if dv.contains_erased else "",
+            )
     console.print(table)
 
 
 @dataset_app.command("show")
-def dataset_show(dataset_id: Annotated[str, typer.Argument()], examples: Annotated[int, typer.Option(help="Print N examples.")] = 1,
-                 home: HomeOpt = None) -> None:
+def dataset_show(
+    dataset_id: Annotated[str, typer.Argument()],
+    examples: Annotated[int, typer.Option(help="Print N examples.")] = 1,
+    home: HomeOpt = None,
+) -> None:
     """A dataset version: hash, policy, sources, filter report, and sample examples."""
     from ragloop.datasets.build import load_examples
     from ragloop.errors import NotFound
@@ -570,8 +637,12 @@ def dataset_show(dataset_id: Annotated[str, typer.Argument()], examples: Annotat
         dv = s.get(DatasetVersion, dataset_id)
         if dv is None:
             raise NotFound(f"No dataset version {dataset_id!r}; see `ragloop dataset list`.")
-        console.print(f"[bold]{dv.id}[/] {dv.name} · hash {dv.content_hash} · seed {dv.seed} · KB v{dv.kb_version} · source {dv.source}")
-        console.print(f"policy {dv.policy.get('name')} v{dv.policy.get('version')}: raft {dv.policy.get('raft')}")
+        console.print(
+            f"[bold]{dv.id}[/] {dv.name} · hash {dv.content_hash} · seed {dv.seed} · KB v{dv.kb_version} · source {dv.source}"
+        )
+        console.print(
+            f"policy {dv.policy.get('name')} v{dv.policy.get('version')}: raft {dv.policy.get('raft')}"
+        )
         if dv.contains_erased:
             console.print(f"[red]contains erased data[/]: {dv.erased_note}")
         _print_counts(dv.counts or {})
@@ -583,7 +654,9 @@ def dataset_show(dataset_id: Annotated[str, typer.Argument()], examples: Annotat
 
 
 @dataset_app.command("diff")
-def dataset_diff(a: Annotated[str, typer.Argument()], b: Annotated[str, typer.Argument()], home: HomeOpt = None) -> None:
+def dataset_diff(
+    a: Annotated[str, typer.Argument()], b: Annotated[str, typer.Argument()], home: HomeOpt = None
+) -> None:
     """What changed between two dataset versions: examples added/removed per split, policy differences."""
     from ragloop.datasets.build import load_examples
 
@@ -597,7 +670,9 @@ def dataset_diff(a: Annotated[str, typer.Argument()], b: Annotated[str, typer.Ar
 @dataset_app.command("export")
 def dataset_export(
     dataset_id: Annotated[str, typer.Argument()],
-    fmt: Annotated[str, typer.Option("--format", help="trl-prompt-completion | trl-conversational | openai | hf | dpo")] = "trl-prompt-completion",
+    fmt: Annotated[
+        str, typer.Option("--format", help="trl-prompt-completion | trl-conversational | openai | hf | dpo")
+    ] = "trl-prompt-completion",
     out: Annotated[Path | None, typer.Option(help="Output folder.")] = None,
     home: HomeOpt = None,
 ) -> None:
@@ -615,7 +690,9 @@ def forget(
     conversation: Annotated[str | None, typer.Option(help="Conversation id.")] = None,
     user: Annotated[str | None, typer.Option(help="User id (the API's `user` field).")] = None,
     text: Annotated[str | None, typer.Option(help="Text in the question or answer.")] = None,
-    older_than: Annotated[int | None, typer.Option(help="Days: expire records older than this (retention).")] = None,
+    older_than: Annotated[
+        int | None, typer.Option(help="Days: expire records older than this (retention).")
+    ] = None,
     dry_run: Annotated[bool, typer.Option(help="Only say what would be deleted.")] = False,
     home: HomeOpt = None,
 ) -> None:
@@ -623,9 +700,20 @@ def forget(
     from ragloop.curation.erasure import forget as do_forget
 
     settings = _settings(home)
-    if older_than is None and not any([conversation, user, text]) and settings.records.retention_days is not None:
+    if (
+        older_than is None
+        and not any([conversation, user, text])
+        and settings.records.retention_days is not None
+    ):
         older_than = settings.records.retention_days  # plain `ragloop forget` applies the retention setting
-    r = do_forget(settings, conversation_id=conversation, user_id=user, text=text, older_than_days=older_than, dry_run=dry_run)
+    r = do_forget(
+        settings,
+        conversation_id=conversation,
+        user_id=user,
+        text=text,
+        older_than_days=older_than,
+        dry_run=dry_run,
+    )
     verb = "would delete" if dry_run else "deleted"
     console.print(f"{verb} {r.interactions} interactions and {r.feedback} feedback entries")
     for ds in r.datasets:
