@@ -8,6 +8,7 @@ builder and the evaluation stage consume them, so the fields are the contract be
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 ANSWER_TYPES = ("span", "label", "api_call", "free")
@@ -50,3 +51,14 @@ def passage_id(title: str, text: str) -> str:
     id, in every process and on every machine (unlike ``hash()``), so splits and dedup agree across runs."""
     digest = hashlib.sha256(f"{title}\x00{text}".encode()).hexdigest()
     return f"p-{digest[:16]}"
+
+
+def unique_passages(passages: Sequence[QAPassage]) -> list[QAPassage]:
+    """Passages in order, each id once (a passage can be both gold and listed again as a distractor)."""
+    seen: set[str] = set()
+    out = []
+    for p in passages:
+        if p.id not in seen:
+            seen.add(p.id)
+            out.append(p)
+    return out

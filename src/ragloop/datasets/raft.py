@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ragloop.datasets.answers import ABSTAIN_ANSWER, LABELS, extract_answer
-from ragloop.datasets.qa import QAItem, QAPassage
+from ragloop.datasets.qa import QAItem, QAPassage, unique_passages
 from ragloop.errors import ConfigError, RagloopError
 from ragloop.generation.citations import CITE, WORD, split_sentences
 from ragloop.generation.prompts import PromptTemplate, get_template
@@ -105,7 +105,7 @@ def _build(item: QAItem, config: RaftConfig, template: PromptTemplate, pool: lis
     # Separate streams: changing p_oracle flips oracle decisions but leaves every context's sampling as is.
     keep_oracle = bool(item.gold) and _rng(config.seed, item.id, "oracle").random() < config.p_oracle
     rng = _rng(config.seed, item.id, "context")
-    gold = _unique(item.gold)
+    gold = unique_passages(item.gold)
     k = config.n_passages
     oracles = _oracles_to_show(item, gold, limit=max(1, k - 1)) if keep_oracle else []
     passages = oracles + _distractors(item, gold, k - len(oracles), pool, rng)
@@ -154,16 +154,6 @@ def _build(item: QAItem, config: RaftConfig, template: PromptTemplate, pool: lis
 # --- context ----------------------------------------------------------------------------------------
 
 
-def _unique(passages: Sequence[QAPassage]) -> list[QAPassage]:
-    seen: set[str] = set()
-    out = []
-    for p in passages:
-        if p.id not in seen:
-            seen.add(p.id)
-            out.append(p)
-    return out
-
-
 def _unique_ints(values: list[int]) -> list[int]:
     return list(dict.fromkeys(values))
 
@@ -194,7 +184,7 @@ def _distractors(
     def allowed(p: QAPassage) -> bool:
         return p.id not in banned_ids and _norm(p.text) not in banned_texts
 
-    own = [p for p in _unique(item.distractors) if allowed(p)]
+    own = [p for p in unique_passages(item.distractors) if allowed(p)]
     chosen = rng.sample(own, min(need, len(own)))
     banned_ids.update(p.id for p in chosen)
     tries = 0
@@ -206,7 +196,7 @@ def _distractors(
             chosen.append(p)
             banned_ids.add(p.id)
     if len(chosen) < need and pool:
-        rest = [p for p in _unique(pool) if allowed(p)]
+        rest = [p for p in unique_passages(pool) if allowed(p)]
         chosen += rng.sample(rest, min(need - len(chosen), len(rest)))
     return chosen
 

@@ -23,7 +23,7 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from ragloop.datasets.qa import QAItem, QAPassage
+from ragloop.datasets.qa import QAItem, QAPassage, unique_passages
 from ragloop.errors import RagloopError
 from ragloop.generation.prompts import PromptTemplate, prompt_sha256
 from ragloop.retrieval.search import Hit, Retriever
@@ -69,19 +69,9 @@ def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def _unique(passages: Sequence[QAPassage]) -> list[QAPassage]:
-    seen: set[str] = set()
-    out = []
-    for p in passages:
-        if p.id not in seen:
-            seen.add(p.id)
-            out.append(p)
-    return out
-
-
 def passage_pool(items: Sequence[QAItem]) -> list[QAPassage]:
     """Every distinct passage of a QA set, gold and distractor: where distractors are topped up from."""
-    return _unique([p for item in items for p in (*item.gold, *item.distractors)])
+    return unique_passages([p for item in items for p in (*item.gold, *item.distractors)])
 
 
 def distractor_stream(item: QAItem, pool: Sequence[QAPassage], seed: int) -> Iterator[QAPassage]:
@@ -98,7 +88,7 @@ def distractor_stream(item: QAItem, pool: Sequence[QAPassage], seed: int) -> Ite
         banned_ids.add(p.id)
         return True
 
-    own = _unique(item.distractors)
+    own = unique_passages(item.distractors)
     rng.shuffle(own)
     for p in own:
         if take(p):
@@ -123,7 +113,7 @@ def choose_passages(
     """The passages shown for ``item`` under a file-based condition (not ``live``), in prompt order."""
     if condition == "closed-book":
         return []
-    gold = _unique(item.gold) if condition in ("oracle", "distractors") else []
+    gold = unique_passages(item.gold) if condition in ("oracle", "distractors") else []
     distractors: list[QAPassage] = []
     if condition in ("distractors", "no-gold") and k:
         stream = distractor_stream(item, pool, seed)
@@ -187,6 +177,6 @@ def build_case(
         extra = {"retrieval_scores": [round(h.score, 6) for h in hits]}
     else:
         shown = choose_passages(item, condition, k, pool, seed)
-        gold_ids = [p.id for p in _unique(item.gold)]
+        gold_ids = [p.id for p in unique_passages(item.gold)]
     prompt = template.render([{"role": "user", "content": item.question}], shown)
     return EvalCase(item, shown, gold_ids, prompt, prompt_sha256(prompt), kb_version, extra)
