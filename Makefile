@@ -34,6 +34,9 @@ test-fast: $(STAMP)
 bench: install
 	$(PY) bench/retrieval.py
 	$(PY) bench/serving.py
+	$(PY) bench/train.py
+	$(PY) bench/curation.py
+	$(PY) bench/eval.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
