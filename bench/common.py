@@ -41,3 +41,18 @@ def write(name: str, text: str) -> None:
     OUT.mkdir(exist_ok=True)
     (OUT / name).write_text(text + "\n")
     print(text)
+
+
+def wait_healthy(port: int, tries: int = 600):  # type: ignore[no-untyped-def]
+    """An httpx client for the server on ``port`` once its /healthz answers (it loads models first)."""
+    import httpx
+
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600)
+    for _ in range(tries):
+        try:
+            if client.get("/healthz").status_code == 200:
+                return client
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"the server on port {port} did not become healthy")

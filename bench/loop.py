@@ -27,10 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DATA, table, write  # noqa: E402
+from common import DATA, table, wait_healthy, write  # noqa: E402
 
 RAGLOOP = str(Path(sys.executable).with_name("ragloop"))
 
@@ -104,13 +102,7 @@ def main() -> None:
     )
     ups = downs = 0
     try:
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600)
-        for _ in range(600):
-            try:
-                if client.get("/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        client = wait_healthy(port)
         t = time.perf_counter()
         for r in traffic:
             resp = client.post(

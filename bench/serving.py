@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import DATA, pct, sgemm_flops, table, write  # noqa: E402
+from common import DATA, pct, sgemm_flops, table, wait_healthy, write  # noqa: E402
 
 QUESTIONS = [
     "What is the right to erasure?",
@@ -136,13 +136,7 @@ def main() -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600)
-        for _ in range(600):
-            try:
-                if client.get("/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        client = wait_healthy(port)
         ask_stream(client, "warm up", 4)
         seq = [ask_stream(client, q, args.new_tokens) for q in questions]
         t0 = time.perf_counter()
