@@ -10,6 +10,7 @@ Both take the rendered chat messages, so what is recorded is what was sent which
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -90,6 +91,12 @@ class TransformersBackend:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.lock = threading.Lock()
+        # Every generation runs on this one long-lived thread. OpenMP keeps a team of worker threads per
+        # calling OS thread, and an idle team spins for a while: generating from a new thread per request
+        # made decoding ~1.5x slower on a 2-core CPU (measured: 3.4 s vs 5.2 s for 64 tokens).
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="ragloop-generate"
+        )
         self.adapters: dict[str, str] = {}  # adapter name -> path
         self._peft = None
 
@@ -173,7 +180,7 @@ class TransformersBackend:
         input_ids, attention_mask = self.encode(messages)
         start = time.perf_counter()
         try:
-            out = self._run(input_ids, attention_mask, params, adapter)
+            out = self._executor.submit(self._run, input_ids, attention_mask, params, adapter).result()
         except GenerationError:
             raise
         except Exception as exc:
@@ -198,8 +205,7 @@ class TransformersBackend:
                 streamer.end()
 
         start = time.perf_counter()
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
+        done = self._executor.submit(work)
         first: float | None = None
         pieces: list[str] = []
         for piece in streamer:
@@ -209,7 +215,7 @@ class TransformersBackend:
                 first = time.perf_counter() - start
             pieces.append(piece)
             yield piece
-        thread.join()
+        done.result()
         if "error" in box:
             raise GenerationError(f"Generation failed: {box['error']}") from box["error"]
         yield self._result(box["out"], input_ids, params, "".join(pieces), first, start)
