@@ -10,7 +10,6 @@ Both take the rendered chat messages, so what is recorded is what was sent which
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import json
 import os
@@ -23,6 +22,7 @@ from typing import Protocol
 
 import httpx
 
+from ragloop import torch_thread
 from ragloop.errors import GenerationError
 
 
@@ -91,12 +91,6 @@ class TransformersBackend:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.lock = threading.Lock()
-        # Every generation runs on this one long-lived thread. OpenMP keeps a team of worker threads per
-        # calling OS thread, and an idle team spins for a while: generating from a new thread per request
-        # made decoding ~1.5x slower on a 2-core CPU (measured: 3.4 s vs 5.2 s for 64 tokens).
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="ragloop-generate"
-        )
         self.adapters: dict[str, str] = {}  # adapter name -> path
         self._peft = None
 
@@ -180,7 +174,7 @@ class TransformersBackend:
         input_ids, attention_mask = self.encode(messages)
         start = time.perf_counter()
         try:
-            out = self._executor.submit(self._run, input_ids, attention_mask, params, adapter).result()
+            out = torch_thread.run(self._run, input_ids, attention_mask, params, adapter)
         except GenerationError:
             raise
         except Exception as exc:
@@ -205,7 +199,7 @@ class TransformersBackend:
                 streamer.end()
 
         start = time.perf_counter()
-        done = self._executor.submit(work)
+        done = torch_thread.submit(work)  # one thread for all torch work: see ragloop.torch_thread
         first: float | None = None
         pieces: list[str] = []
         for piece in streamer:

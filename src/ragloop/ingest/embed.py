@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ragloop import torch_thread
 from ragloop.config import EmbeddingSettings
 from ragloop.errors import ConfigError
 
@@ -72,7 +73,8 @@ class Embedder:
         """Unit-normalised float32 vectors, so cosine similarity is a dot product."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vectors = self.model.encode(
+        vectors = torch_thread.run(  # one thread for all torch work: see ragloop.torch_thread
+            self.model.encode,
             texts,
             batch_size=batch_size or self.settings.batch_size,
             normalize_embeddings=True,
