@@ -212,3 +212,25 @@ def test_thumbs_up_on_an_unfounded_answer_does_not_become_training_data():
     assert [c.answer[:8] for c in kept] == ["The data"]
     verify = next(r for r in reports if r.name == "verify_citations")
     assert verify.reasons == {"unsupported statement": 1}
+
+
+def test_imported_set_without_distractors_takes_them_from_its_own_split(home, tmp_path):
+    """PubMedQA-like items carry only their gold: RAFT distractors come from the other items of the same
+    split (never from another split, which would show a test question's gold in training)."""
+    qa = tmp_path / "qa.jsonl"
+    rows = [
+        {"id": f"q{i}", "question": f"Does treatment {i} work?", "answers": ["yes"],
+         "gold": [{"title": f"study {i}", "text": f"Study {i} found that treatment {i} works well."}]}
+        for i in range(40)
+    ]  # fmt: skip
+    qa.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    policy = Policy(pii={"enabled": False, "entities": None, "vault": False},
+                    raft={"n_passages": 3, "p_oracle": 1.0, "policy": "answer", "target": "plain"})  # fmt: skip
+    r = build_dataset(home, policy, from_interactions=False, imports=[("generic", qa)])
+    examples = load_examples(home, r.dataset_id)
+    for split, rows_ in examples.items():
+        own = {p["id"] for ex in rows_ for p in ex["passages"] if p["id"] in ex["oracle_ids"]}
+        for ex in rows_:
+            assert len(ex["passages"]) == 3
+            others = [p["id"] for p in ex["passages"] if p["id"] not in ex["oracle_ids"]]
+            assert len(others) == 2 and set(others) <= own, split

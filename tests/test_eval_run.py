@@ -259,6 +259,27 @@ def test_cli_eval_show_list_compare(kb_home: Settings, qa_file: Path) -> None:
     assert compared.exit_code == 0 and "95% CI" in compared.stdout and "common questions" in compared.stdout
     missing = runner.invoke(app, ["eval", "--data", "no-such-file.jsonl", *home])
     assert missing.exit_code == 1 and "neither a QA file nor a dataset version" in missing.output
+    oracle = [
+        "eval",
+        "--data",
+        str(qa_file),
+        "--condition",
+        "oracle",
+        "--max-new-tokens",
+        "4",
+        "--json",
+        *home,
+    ]
+    reused = runner.invoke(app, [*oracle, "--reuse"])
+    assert reused.exit_code == 0 and "reusing stored run" in reused.output
+    assert json.loads(reused.stdout[reused.stdout.index("{") :])["run_id"] == ids[0]
+    fresh = runner.invoke(app, oracle)  # without --reuse a run is generated again
+    assert json.loads(fresh.stdout[fresh.stdout.index("{") :])["run_id"] not in ids
+    other = runner.invoke(app, [*oracle[:-4], "5", "--json", *home, "--reuse"])  # other settings: a new run
+    assert (
+        "reusing" not in other.output
+        and json.loads(other.stdout[other.stdout.index("{") :])["run_id"] not in ids
+    )
 
 
 def test_eval_answers_show_in_their_review_queue_and_never_become_training_data(

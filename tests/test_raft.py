@@ -249,8 +249,17 @@ def test_many_gold_passages_leave_room_for_a_distractor():
     assert e.passages[0].section or e.passages[1].section  # PubMedQA labels travel as sections
 
 
+@pytest.mark.parametrize("policy", ["answer", "abstain"])
+def test_zero_passages_builds_closed_book_dsf_examples(policy):
+    """n_passages=0 is the RAFT paper's DSF baseline: the question alone, the plain answer as target."""
+    for e in build_raft_examples(ITEMS[:40], RaftConfig(n_passages=0, policy=policy, target="reasoning")):
+        assert e.passages == [] and not e.has_oracle
+        assert e.target == "plain" and e.completion == e.meta["answers"][0]
+        assert e.prompt == get_template("cited-answer").render([{"role": "user", "content": e.question}], [])
+
+
 def test_config_is_validated():
-    for bad in ({"n_passages": 0}, {"p_oracle": 1.5}, {"policy": "refuse"}, {"target": "cot"}):
+    for bad in ({"n_passages": -1}, {"p_oracle": 1.5}, {"policy": "refuse"}, {"target": "cot"}):
         with pytest.raises(ConfigError):
             RaftConfig(**bad)
     with pytest.raises(ConfigError):

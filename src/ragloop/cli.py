@@ -1165,6 +1165,9 @@ def eval_command(
         int | None, typer.Option(help="Default: the generator.max_new_tokens setting.")
     ] = None,
     split: Annotated[str, typer.Option(help="Split of a dataset version.")] = "test",
+    reuse: Annotated[
+        bool, typer.Option(help="Print a stored run with identical settings instead of generating again.")
+    ] = False,
     as_json: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
@@ -1180,13 +1183,22 @@ def eval_command(
                         condition=condition, n_distractors=distractors, top_k=top_k, seed=seed,
                         max_new_tokens=max_new_tokens, batch_size=batch_size)  # fmt: skip
     try:
-        with _eval_progress() as bar:
-            task = bar.add_task(f"eval {condition}", total=None)
-            run = run_eval(
-                _settings(home),
-                config,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
-            )
+        run = None
+        if reuse and condition != "live":  # a live run depends on the KB as it is now: always generate it
+            from ragloop.evaluation.run import find_reusable_run, planned_key
+
+            settings = _settings(home)
+            run = find_reusable_run(settings, planned_key(settings, config))
+            if run is not None:
+                err.print(f"reusing stored run {run.id} (identical settings)")
+        if run is None:
+            with _eval_progress() as bar:
+                task = bar.add_task(f"eval {condition}", total=None)
+                run = run_eval(
+                    _settings(home),
+                    config,
+                    progress=lambda done, total: bar.update(task, completed=done, total=total),
+                )
     except RagloopError as exc:
         raise _fail(exc) from None
     if as_json:

@@ -20,7 +20,7 @@ from ragloop.curation.dedupe import near_duplicate_of
 from ragloop.curation.pipeline import apply_filters, load_candidates
 from ragloop.curation.policy import Policy
 from ragloop.datasets.importers import read_qa_file
-from ragloop.datasets.qa import QAItem, QAPassage
+from ragloop.datasets.qa import QAItem, QAPassage, unique_passages
 from ragloop.datasets.raft import RaftConfig, RaftExample, build_raft_examples, misled_answer
 from ragloop.errors import NotFound, RagloopError
 from ragloop.generation.citations import CITE
@@ -186,6 +186,10 @@ def content_hash(splits: dict[str, list[RaftExample]]) -> str:
     return digest.hexdigest()
 
 
+def _split_passages(items: list[QAItem]) -> list[QAPassage]:
+    return unique_passages([p for item in items for p in (*item.gold, *item.distractors)])
+
+
 def build_dataset(
     settings: Settings,
     policy: Policy,
@@ -245,7 +249,11 @@ def build_dataset(
         for r in (kb.random_chunks(200, seed) if kb.count() else [])
     ]
     config = RaftConfig(**policy.raft, seed=seed)
-    examples = {s: build_raft_examples(split[s], config, random_pool=pool) for s in SPLITS}
+    # Distractors are topped up from the knowledge base and from the split's own passages (an imported set
+    # like PubMedQA has no distractors of its own); never from another split, which would leak its gold.
+    examples = {
+        s: build_raft_examples(split[s], config, random_pool=pool + _split_passages(split[s])) for s in SPLITS
+    }
     counts["examples"] = {s: len(v) for s, v in examples.items()}
     digest = content_hash(examples)
     dataset_id = f"ds-{digest[:12]}"

@@ -31,7 +31,9 @@ class RaftConfig:
     """How RAFT examples are built.
 
     Context:
-        n_passages: passages shown per question, oracle(s) and distractors together (k).
+        n_passages: passages shown per question, oracle(s) and distractors together (k). 0 builds
+            closed-book examples (question -> plain answer, no passages): the "domain-specific fine-tuning"
+            (DSF) baseline of the RAFT paper, which learns the answers' form and the domain but not reading.
         p_oracle: probability that the oracle passages are shown; otherwise they are replaced by further
             distractors, which teaches the model to answer when retrieval missed (RAFT's P).
     Target:
@@ -54,8 +56,8 @@ class RaftConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.n_passages < 1:
-            raise ConfigError(f"RAFT n_passages must be at least 1, got {self.n_passages}.")
+        if self.n_passages < 0:
+            raise ConfigError(f"RAFT n_passages must be 0 (closed book) or more, got {self.n_passages}.")
         if not 0.0 <= self.p_oracle <= 1.0:
             raise ConfigError(f"RAFT p_oracle must be between 0 and 1, got {self.p_oracle}.")
         if self.policy not in POLICIES:
@@ -107,13 +109,17 @@ def _build(item: QAItem, config: RaftConfig, template: PromptTemplate, pool: lis
     rng = _rng(config.seed, item.id, "context")
     gold = unique_passages(item.gold)
     k = config.n_passages
+    if k == 0:  # closed book (DSF): nothing shown, so nothing to cite, quote or abstain from
+        keep_oracle = False
     oracles = _oracles_to_show(item, gold, limit=max(1, k - 1)) if keep_oracle else []
     passages = oracles + _distractors(item, gold, k - len(oracles), pool, rng)
     rng.shuffle(passages)
 
     shown_oracles = [(n, p) for n, p in enumerate(passages, start=1) if p in oracles]
     raw = " ".join(item.answers[0].split()) if item.answers else ""
-    if not raw or (not keep_oracle and config.policy == "abstain"):
+    if k == 0 and raw:
+        kind, completion = "plain", raw
+    elif not raw or (not keep_oracle and config.policy == "abstain"):
         kind = "abstain"
         completion = ABSTAIN_ANSWER if config.target == "plain" else f"Answer: {ABSTAIN_ANSWER}"
     elif config.target == "plain":

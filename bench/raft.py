@@ -1,0 +1,422 @@
+"""The RAFT comparison at our scale (issue 5, item 5): base + RAG, DSF, DSF + RAG, RAFT and RAFT without
+reasoning on HotpotQA, PubMedQA, PolicyQA and APIBench TorchHub, each under `distractors` and `no-gold`.
+
+Everything goes through the CLI a user has (`ragloop dataset build`, `ragloop train sft`, `ragloop eval`),
+in one project home, so every model version, dataset version and eval run stays inspectable afterwards
+(`ragloop models list`, `ragloop eval list`, `ragloop eval compare A B`).
+
+The plan is a list of steps in priority order (the numbers that answer the issue's targets first). Each step
+is skipped when its result is already stored: a finished model version with the step's name, an eval run
+with the same settings (`ragloop eval --reuse`). A training job that was interrupted (session over, crash,
+kill -9) is resumed from its last checkpoint. So the same command, run again in a later working session,
+continues where the last one stopped:
+
+    python bench/raft.py [--home DIR] [--only hotpotqa,pubmedqa] [--until-minutes 120]
+    python bench/raft.py --report          # only write the tables and the plot from what is stored
+
+Budget (2-core CPU): 100 evaluation questions per set (seeded sample), at most 2 epochs, distractor counts
+{0, 2, 4, 8} for the robustness curves. Each set's training questions are disjoint from its evaluation
+questions: HotpotQA train -> dev; PubMedQA 400 / 100 by question; PolicyQA's dev split divided by policy
+(website); APIBench TorchHub's train split divided by instruction (as Gorilla's own train/eval are: the same
+APIs, other requests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import DATA, OUT, table  # noqa: E402
+
+RAGLOOP = str(Path(sys.executable).with_name("ragloop"))
+LIMIT = 100  # evaluation questions per set
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+@dataclass
+class SetSpec:
+    """One benchmark set: where its train/eval questions come from and how it is scored and budgeted."""
+
+    name: str
+    fmt: str
+    k: int  # distractors shown under `distractors` and `no-gold`
+    n_train: int  # training questions (a seeded sample of the train side)
+    train_passages: int  # RAFT n_passages when training (oracle + distractors)
+    new_plain: int  # max new tokens for plain answers (base, DSF, RAFT without reasoning)
+    new_reasoning: int  # max new tokens for quoted-evidence answers
+    metric: str  # headline metric
+    epochs: float = 1.0
+    lr: float = 5e-4
+    robustness: bool = False  # distractors 0, 2, 4, 8 for the robustness plot
+    abstain: bool = False  # also train an abstain-policy RAFT model
+
+
+SETS = {
+    "hotpotqa": SetSpec("hotpotqa", "hotpotqa", 8, 300, 4, 48, 160, "f1", robustness=True, abstain=True),
+    "pubmedqa": SetSpec("pubmedqa", "pubmedqa", 4, 240, 4, 32, 192, "accuracy"),
+    "policyqa": SetSpec("policyqa", "squad", 4, 240, 4, 64, 128, "f1"),
+    "apibench": SetSpec("apibench", "apibench", 4, 160, 3, 96, 160, "api_match"),
+}
+
+
+# --- the data: train / eval files, written once, deterministically --------------------------------------------
+
+
+def prepare_data(spec: SetSpec, work: Path) -> tuple[Path, Path]:
+    """(train file, eval file) for a set, in the set's own format, so `ragloop` reads them like any user file."""
+    out = work / "data"
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    if spec.name == "hotpotqa":
+        src = DATA / "hotpotqa_distractor"
+        rows = (src / "train.jsonl").read_text().splitlines()
+        rng.shuffle(rows)
+        train = out / "hotpotqa-train.jsonl"
+        _write_once(train, "\n".join(rows[: spec.n_train]) + "\n")
+        return train, src / "dev.jsonl"
+    if spec.name == "pubmedqa":
+        data = json.loads((DATA / "pubmedqa" / "pqal_train.json").read_text())
+        ids = sorted(data)
+        rng.shuffle(ids)
+        train_ids, eval_ids = ids[:400][: spec.n_train], ids[400:500]
+        train, evalf = out / "pubmedqa-train.json", out / "pubmedqa-eval.json"
+        _write_once(train, json.dumps({i: data[i] for i in train_ids}))
+        _write_once(evalf, json.dumps({i: data[i] for i in eval_ids}))
+        return train, evalf
+    if spec.name == "policyqa":
+        data = json.loads((DATA / "policyqa" / "dev.json").read_text())
+        docs = sorted(data["data"], key=lambda d: d["title"])
+        rng.shuffle(docs)
+        cut = int(len(docs) * 0.7)
+        train_docs, eval_docs = docs[:cut], docs[cut:]
+        # A sample of the training questions, kept in their documents (the importer reads SQuAD's nesting).
+        qids = [qa["id"] for d in train_docs for p in d["paragraphs"] for qa in p["qas"]]
+        keep = set(random.Random(1).sample(qids, min(spec.n_train, len(qids))))
+        sampled = []
+        for d in train_docs:
+            paras = [{**p, "qas": [qa for qa in p["qas"] if qa["id"] in keep]} for p in d["paragraphs"]]
+            sampled.append({**d, "paragraphs": paras})
+        train, evalf = out / "policyqa-train.json", out / "policyqa-eval.json"
+        _write_once(train, json.dumps({"version": data.get("version", ""), "data": sampled}))
+        _write_once(evalf, json.dumps({"version": data.get("version", ""), "data": eval_docs}))
+        return train, evalf
+    if spec.name == "apibench":
+        rows = (DATA / "apibench_torchhub" / "torchhub_train.json").read_text().splitlines()
+        rows = [r for r in rows if r.strip()]
+        rng.shuffle(rows)
+        cut = int(len(rows) * 0.8)
+        train, evalf = out / "apibench-train.json", out / "apibench-eval.json"
+        _write_once(train, "\n".join(rows[:cut][: spec.n_train]) + "\n")
+        _write_once(evalf, "\n".join(rows[cut:]) + "\n")
+        return train, evalf
+    raise SystemExit(f"unknown set {spec.name}")
+
+
+def _write_once(path: Path, text: str) -> None:
+    if not path.exists():
+        path.write_text(text)
+
+
+# --- the plan ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Variant:
+    """A model of the comparison: how its training data is built (None: the base model, untrained)."""
+
+    key: str  # base | dsf | raft | raft-plain | raft-abstain
+    label: str
+    n_passages: int | None = None
+    target: str = "reasoning"
+    policy: str = "answer"
+
+    def model_name(self, spec: SetSpec) -> str:
+        return "base" if self.key == "base" else f"{self.key}-{spec.name}"
+
+    def max_new(self, spec: SetSpec) -> int:
+        return spec.new_reasoning if self.n_passages and self.target == "reasoning" else spec.new_plain
+
+
+def variants(spec: SetSpec) -> dict[str, Variant]:
+    out = {
+        "base": Variant("base", "base + RAG"),
+        "dsf": Variant("dsf", "DSF", n_passages=0, target="plain"),
+        "raft": Variant("raft", "RAFT", n_passages=spec.train_passages),
+        "raft-plain": Variant(
+            "raft-plain", "RAFT w/o reasoning", n_passages=spec.train_passages, target="plain"
+        ),
+    }
+    if spec.abstain:
+        out["raft-abstain"] = Variant("raft-abstain", "RAFT (abstain policy)", n_passages=spec.train_passages,
+                                      policy="abstain")  # fmt: skip
+    return out
+
+
+@dataclass
+class Step:
+    kind: str  # train | eval
+    spec: SetSpec
+    variant: Variant
+    condition: str = ""
+    k: int = 0
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        if self.kind == "train":
+            return f"train {self.variant.model_name(self.spec)}"
+        return f"eval {self.variant.model_name(self.spec)} on {self.spec.name} {self.condition} k={self.k}"
+
+
+def plan(specs: list[SetSpec]) -> list[Step]:
+    """Steps in priority order: first what the issue's targets need, then the rest of the matrix."""
+    tiers: list[list[Step]] = [[], [], [], []]
+    for spec in specs:
+        v = variants(spec)
+
+        def ev(name: str, condition: str, k: int, spec: SetSpec = spec, v: dict = v) -> Step:
+            return Step("eval", spec, v[name], condition, k)
+
+        tiers[0] += [ev("base", "distractors", spec.k), Step("train", spec, v["raft"]),
+                     ev("raft", "distractors", spec.k)]  # fmt: skip
+        tiers[1] += [ev("raft", "oracle", 0), ev("raft", "no-gold", spec.k), ev("base", "no-gold", spec.k)]
+        tiers[2] += [Step("train", spec, v["dsf"]), ev("dsf", "closed-book", 0), ev("dsf", "distractors", spec.k),
+                     ev("dsf", "no-gold", spec.k), Step("train", spec, v["raft-plain"]),
+                     ev("raft-plain", "distractors", spec.k), ev("raft-plain", "no-gold", spec.k)]  # fmt: skip
+        if spec.abstain:
+            tiers[2] += [Step("train", spec, v["raft-abstain"]), ev("raft-abstain", "distractors", spec.k),
+                         ev("raft-abstain", "no-gold", spec.k)]  # fmt: skip
+        if spec.robustness:  # k = 0 is the oracle condition (gold only)
+            tiers[3] += [ev(m, "distractors", k) for m in ("raft", "base", "raft-plain") for k in (2, 4)]
+            tiers[3] += [ev("base", "oracle", 0), ev("raft-plain", "oracle", 0)]
+    return [s for tier in tiers for s in tier]
+
+
+# --- running a step --------------------------------------------------------------------------------------------
+
+
+def sh(args: list[str], home: Path, log: Path) -> str:
+    cmd = [RAGLOOP, *args, "--home", str(home)]
+    print("$ ragloop " + " ".join(args), flush=True)
+    with log.open("a") as fh:
+        fh.write("$ ragloop " + " ".join(args) + "\n")
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    with log.open("a") as fh:
+        fh.write(out.stdout[-4000:] + out.stderr[-4000:] + "\n")
+    if out.returncode != 0:
+        raise RuntimeError(f"ragloop {' '.join(args)} failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+    return out.stdout
+
+
+def model_version(home: Path, name: str) -> str | None:
+    """The newest finished version trained under ``name`` (versions are named NAME-vN)."""
+    from ragloop.config import load_settings
+    from ragloop.store.db import session_scope
+    from ragloop.store.registry import list_models
+
+    settings = load_settings(home)
+    with session_scope(settings.db_url) as s:
+        for mv, _ in list_models(s):
+            if mv.id.startswith(f"{name}-v") and mv.id[len(name) + 2 :].isdigit():
+                return mv.id
+    return None
+
+
+def run_train(step: Step, home: Path, work: Path, log: Path) -> None:
+    from ragloop.config import load_settings
+    from ragloop.training import jobs
+
+    spec, var = step.spec, step.variant
+    name = var.model_name(spec)
+    if model_version(home, name):
+        return
+    settings = load_settings(home)
+    # A job of this name from an earlier session: resume it from its checkpoint rather than start over.
+    for job in jobs.list_jobs(settings, limit=200):
+        if (job.config or {}).get("name") == name and job.status in ("interrupted", "failed", "cancelled"):
+            sh(["jobs", "resume", job.id], home, log)
+            jobs.ensure_worker(settings)
+            _wait_job(settings, job.id)
+            return
+        if (job.config or {}).get("name") == name and job.status in ("queued", "running"):
+            jobs.ensure_worker(settings)
+            _wait_job(settings, job.id)
+            return
+    train_file, eval_file = prepare_data(spec, work)
+    policy = work / f"policy-{name}.json"
+    policy.write_text(json.dumps({
+        "name": name, "version": 1,
+        "description": f"{var.label} on {spec.name}: public benchmark data, nothing to anonymise or filter",
+        "filters": [{"length": {}}, {"dedupe": {"threshold": 0.95}}],
+        "pii": {"enabled": False},
+        "split": {"train": 0.95, "val": 0.05, "test": 0.0},
+        "raft": {"n_passages": var.n_passages, "p_oracle": 0.8, "policy": var.policy, "target": var.target},
+    }, indent=1))  # fmt: skip
+    out = sh(["dataset", "build", "--no-interactions", "--import", f"{spec.fmt}:{train_file}",
+              "--eval-set", str(eval_file), "--policy", str(policy), "--name", name], home, log)  # fmt: skip
+    dataset = next(w for w in out.replace("\n", " ").split() if w.startswith("ds-")).strip(".,:;'\"")
+    sh(["train", "sft", "--dataset", dataset, "--name", name, "--set", f"epochs={spec.epochs}",
+        "--set", f"learning_rate={spec.lr}"], home, log)  # fmt: skip
+    job = next(j for j in jobs.list_jobs(settings, limit=20) if (j.config or {}).get("name") == name)
+    _wait_job(settings, job.id)
+
+
+def _wait_job(settings, job_id: str) -> None:  # type: ignore[no-untyped-def]
+    from ragloop.training import jobs
+
+    while True:
+        job = jobs.get_job(settings, job_id)
+        if job.status == "succeeded":
+            return
+        if job.status in ("failed", "cancelled", "interrupted"):
+            raise RuntimeError(f"training job {job_id} {job.status}: {job.error}")
+        time.sleep(10)
+
+
+def eval_args(step: Step, home: Path, work: Path) -> list[str] | None:
+    spec, var = step.spec, step.variant
+    name = var.model_name(spec)
+    model = name if name == "base" else model_version(home, name)
+    if model is None:
+        return None
+    _, eval_file = prepare_data(spec, work)
+    return ["eval", "--model", model, "--data", str(eval_file), "--condition", step.condition,
+            "--distractors", str(step.k), "--limit", str(LIMIT), "--max-new-tokens", str(var.max_new(spec)),
+            "--reuse", "--json"]  # fmt: skip
+
+
+def run_eval(step: Step, home: Path, work: Path, log: Path) -> None:
+    args = eval_args(step, home, work)
+    if args is None:
+        print(f"  skipped: {step.variant.model_name(step.spec)} is not trained yet", flush=True)
+        return
+    sh(args, home, log)
+
+
+# --- the report ----------------------------------------------------------------------------------------------
+
+
+def stored_run(step: Step, home: Path, work: Path):  # type: ignore[no-untyped-def]
+    from ragloop.config import load_settings
+    from ragloop.evaluation.run import EvalConfig, find_reusable_run, planned_key
+
+    args = eval_args(step, home, work)
+    if args is None:
+        return None
+    settings = load_settings(home)
+    cfg = EvalConfig(data=args[args.index("--data") + 1], model=args[2],
+                     condition=step.condition, n_distractors=step.k, limit=LIMIT,
+                     max_new_tokens=step.variant.max_new(step.spec))  # fmt: skip
+    return find_reusable_run(settings, planned_key(settings, cfg))
+
+
+def report(specs: list[SetSpec], home: Path, work: Path, wall: dict[str, float]) -> str:
+    cols = {"f1": "F1", "em": "EM", "accuracy": "acc", "macro_f1": "macro-F1", "api_match": "AST match",
+            "abstain_rate": "abstains", "citation_recall": "cite recall", "grounded": "grounded"}  # fmt: skip
+    parts = []
+    for spec in specs:
+        v = variants(spec)
+        rows = []
+        cells = [("base", "distractors"), ("base", "no-gold"), ("dsf", "closed-book"), ("dsf", "distractors"),
+                 ("dsf", "no-gold"), ("raft", "oracle"), ("raft", "distractors"), ("raft", "no-gold"),
+                 ("raft-plain", "distractors"), ("raft-plain", "no-gold"), ("raft-abstain", "distractors"),
+                 ("raft-abstain", "no-gold")]  # fmt: skip
+        metrics = [spec.metric, *(["em"] if spec.metric == "f1" else []),
+                   *(["macro_f1"] if spec.metric == "accuracy" else []), "abstain_rate", "citation_recall"]  # fmt: skip
+        for key, condition in cells:
+            if key not in v:
+                continue
+            var = v[key]
+            k = 0 if condition in ("oracle", "closed-book") else spec.k
+            run = stored_run(Step("eval", spec, var, condition, k), home, work)
+            policy = "—" if key in ("base",) else ("answer" if key == "dsf" else var.policy)
+            if run is None:
+                rows.append([var.label, condition, k, policy, *["not run yet"] + [""] * len(metrics), ""])
+                continue
+            m = run.metrics or {}
+            vals = [_pct(m.get(x)) for x in metrics]
+            rows.append([var.label, condition, k, policy, *vals, run.n_examples,
+                         f"{run.id[:8]} ({run.model_version})"])  # fmt: skip
+        headers = [
+            "model",
+            "condition",
+            "k",
+            "policy",
+            *[cols.get(x, x) for x in metrics],
+            "n",
+            "run (version)",
+        ]
+        parts.append(f"### {spec.name}\n\n" + table(headers, rows))
+    if wall:
+        parts.append(
+            "Wall time of this invocation: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in wall.items())
+        )
+    return "\n\n".join(parts)
+
+
+def _pct(x: object) -> object:
+    return round(100 * x, 1) if isinstance(x, float) else ("–" if x is None else x)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--home", type=Path, default=Path(os.environ.get("RAGLOOP_RAFT_HOME", "/work/raft/home"))
+    )
+    parser.add_argument("--only", default=",".join(SETS), help="comma-separated sets")
+    parser.add_argument(
+        "--until-minutes", type=float, default=None, help="start no step after this many minutes"
+    )
+    parser.add_argument("--report", action="store_true", help="only write the report from stored results")
+    parser.add_argument("--list", action="store_true", help="print the plan and what is done")
+    args = parser.parse_args()
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    home: Path = args.home
+    work = home.parent
+    if not (home / "ragloop.toml").exists():
+        subprocess.run([RAGLOOP, "init", str(home)], check=True, capture_output=True)
+    specs = [SETS[s] for s in args.only.split(",")]
+    log = work / "raft-steps.log"
+    started = time.perf_counter()
+    wall: dict[str, float] = {}
+    if not args.report:
+        for step in plan(specs):
+            done = (model_version(home, step.variant.model_name(step.spec)) is not None if step.kind == "train"
+                    else stored_run(step, home, work) is not None)  # fmt: skip
+            if args.list:
+                print(("done   " if done else "to do  ") + step.title)
+                continue
+            if done:
+                continue
+            if args.until_minutes and time.perf_counter() - started > args.until_minutes * 60:
+                print(f"time is up; left: {step.title} and after", flush=True)
+                break
+            t0 = time.perf_counter()
+            print(f"== {step.title}", flush=True)
+            try:
+                (run_train if step.kind == "train" else run_eval)(step, home, work, log)
+            except RuntimeError as exc:  # one failed step must not stop the rest of the matrix
+                print(f"  FAILED: {exc}", flush=True)
+            wall[step.title] = time.perf_counter() - t0
+            with (work / "raft-wall.jsonl").open("a") as fh:
+                fh.write(json.dumps({"step": step.title, "wall_s": wall[step.title]}) + "\n")
+        if args.list:
+            return
+    text = report(specs, home, work, {})
+    OUT.mkdir(exist_ok=True)
+    (OUT / "raft.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
