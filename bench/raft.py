@@ -57,13 +57,26 @@ class SetSpec:
     lr: float = 5e-4
     robustness: bool = False  # distractors 0, 2, 4, 8 for the robustness plot
     abstain: bool = False  # also train an abstain-policy RAFT model
+    lead: tuple[str, ...] = ("raft",)  # variants trained and evaluated first (the likely best model)
 
 
 SETS = {
-    "hotpotqa": SetSpec("hotpotqa", "hotpotqa", 8, 300, 4, 48, 160, "f1", robustness=True, abstain=True),
+    "hotpotqa": SetSpec(
+        "hotpotqa",
+        "hotpotqa",
+        8,
+        300,
+        4,
+        48,
+        160,
+        "f1",
+        robustness=True,
+        abstain=True,
+        lead=("raft", "raft-plain"),
+    ),
     "pubmedqa": SetSpec("pubmedqa", "pubmedqa", 4, 240, 4, 32, 192, "accuracy"),
-    "policyqa": SetSpec("policyqa", "squad", 4, 240, 4, 64, 128, "f1"),
-    "apibench": SetSpec("apibench", "apibench", 4, 160, 3, 96, 160, "api_match"),
+    "policyqa": SetSpec("policyqa", "squad", 4, 240, 4, 64, 128, "f1", lead=("raft-plain",)),
+    "apibench": SetSpec("apibench", "apibench", 4, 160, 3, 96, 160, "api_match", lead=("raft-plain",)),
 }
 
 
@@ -177,27 +190,41 @@ class Step:
 
 
 def plan(specs: list[SetSpec]) -> list[Step]:
-    """Steps in priority order: first what the issue's targets need, then the rest of the matrix."""
-    tiers: list[list[Step]] = [[], [], [], []]
+    """Steps in priority order: each set's base and RAFT first (the issue's targets), then the whole matrix
+    of the set with the most to show (the first), then the matrices of the others, robustness points last."""
+    first: list[Step] = []
+    matrix: list[list[Step]] = []
+    extra: list[Step] = []
     for spec in specs:
         v = variants(spec)
 
         def ev(name: str, condition: str, k: int, spec: SetSpec = spec, v: dict = v) -> Step:
             return Step("eval", spec, v[name], condition, k)
 
-        tiers[0] += [ev("base", "distractors", spec.k), Step("train", spec, v["raft"]),
-                     ev("raft", "distractors", spec.k)]  # fmt: skip
-        tiers[1] += [ev("raft", "oracle", 0), ev("raft", "no-gold", spec.k), ev("base", "no-gold", spec.k)]
-        tiers[2] += [Step("train", spec, v["dsf"]), ev("dsf", "closed-book", 0), ev("dsf", "distractors", spec.k),
-                     ev("dsf", "no-gold", spec.k), Step("train", spec, v["raft-plain"]),
-                     ev("raft-plain", "distractors", spec.k), ev("raft-plain", "no-gold", spec.k)]  # fmt: skip
+        first.append(ev("base", "distractors", spec.k))
+        for lead in spec.lead:
+            first += [Step("train", spec, v[lead]), ev(lead, "distractors", spec.k)]
+        rest = [e for lead in spec.lead for e in (ev(lead, "oracle", 0), ev(lead, "no-gold", spec.k))]
+        rest += [ev("base", "no-gold", spec.k), Step("train", spec, v["dsf"]), ev("dsf", "closed-book", 0),
+                Step("train", spec, v["raft-plain"]), ev("raft-plain", "distractors", spec.k),
+                Step("train", spec, v["raft"]), ev("raft", "distractors", spec.k),
+                ev("dsf", "distractors", spec.k)]  # fmt: skip
+        rest = [s for s in rest if not (s.variant.key in spec.lead and s.condition in ("", "distractors"))]
         if spec.abstain:
-            tiers[2] += [Step("train", spec, v["raft-abstain"]), ev("raft-abstain", "distractors", spec.k),
-                         ev("raft-abstain", "no-gold", spec.k)]  # fmt: skip
+            rest += [Step("train", spec, v["raft-abstain"]), ev("raft-abstain", "distractors", spec.k),
+                     ev("raft-abstain", "no-gold", spec.k)]  # fmt: skip
+        rest += [
+            ev("raft", "oracle", 0),
+            ev("raft", "no-gold", spec.k),
+            ev("raft-plain", "no-gold", spec.k),
+            ev("dsf", "no-gold", spec.k),
+        ]
+        rest = list({s.title: s for s in rest}.values())  # each step once, at its first place
+        matrix.append(rest)
         if spec.robustness:  # k = 0 is the oracle condition (gold only)
-            tiers[3] += [ev(m, "distractors", k) for m in ("raft", "base", "raft-plain") for k in (2, 4)]
-            tiers[3] += [ev("base", "oracle", 0), ev("raft-plain", "oracle", 0)]
-    return [s for tier in tiers for s in tier]
+            extra += [ev(m, "distractors", k) for m in ("raft", "base", "raft-plain") for k in (2, 4)]
+            extra += [ev("base", "oracle", 0), ev("raft-plain", "oracle", 0)]
+    return first + [s for steps in matrix for s in steps] + extra
 
 
 # --- running a step --------------------------------------------------------------------------------------------
@@ -366,6 +393,119 @@ def _pct(x: object) -> object:
     return round(100 * x, 1) if isinstance(x, float) else ("–" if x is None else x)
 
 
+def _cell(spec: SetSpec, home: Path, work: Path, key: str, condition: str):  # type: ignore[no-untyped-def]
+    var = variants(spec).get(key)
+    if var is None:
+        return None
+    k = 0 if condition in ("oracle", "closed-book") else spec.k
+    return stored_run(Step("eval", spec, var, condition, k), home, work)
+
+
+def comparisons(specs: list[SetSpec], home: Path, work: Path) -> str:
+    """Paired bootstrap 95% intervals of the headline metric (B − A on the same questions) for the pairs
+    the issue asks about, and the majority-class baseline for label sets."""
+    from ragloop.config import load_settings
+    from ragloop.evaluation.compare import compare_runs
+    from ragloop.evaluation.metrics import paired_bootstrap
+    from ragloop.evaluation.run import run_examples
+
+    settings = load_settings(home)
+    pairs = [(("base", "distractors"), ("raft", "distractors")), (("dsf", "distractors"), ("raft", "distractors")),
+             (("raft-plain", "distractors"), ("raft", "distractors")), (("base", "no-gold"), ("raft", "no-gold")),
+             (("raft", "oracle"), ("raft", "distractors")), (("raft", "distractors"), ("raft-abstain", "distractors"))]  # fmt: skip
+    rows = []
+    for spec in specs:
+        metric = {"accuracy": "correct"}.get(spec.metric, spec.metric)
+        for (ka, ca), (kb, cb) in pairs:
+            a, b = _cell(spec, home, work, ka, ca), _cell(spec, home, work, kb, cb)
+            if a is None or b is None:
+                continue
+            c = compare_runs(settings, a.id, b.id)
+            diff = next((m for m in c.metrics if m.name == metric), None)
+            if diff is None or diff.interval is None:
+                continue
+            i = diff.interval
+            rows.append([spec.name, f"{variants(spec)[ka].label} ({ca})", f"{variants(spec)[kb].label} ({cb})",
+                         spec.metric, _pct(diff.a), _pct(diff.b), f"{100 * i.diff:+.1f}",
+                         f"[{100 * i.low:+.1f}, {100 * i.high:+.1f}]", "yes" if i.excludes_zero else "no",
+                         f"{len(c.improvements)}/{len(c.regressions)}"])  # fmt: skip
+        if spec.metric == "accuracy":  # the majority class of the training side, always answered
+            train_file, _ = prepare_data(spec, work)
+            from ragloop.datasets.importers import read_qa_file
+
+            labels = [i.answers[0] for i in read_qa_file(train_file, spec.fmt) if i.answers]
+            majority = max(set(labels), key=labels.count)
+            for key in ("raft", "raft-plain", "base"):
+                run = _cell(spec, home, work, key, "distractors")
+                if run is None:
+                    continue
+                ex = run_examples(settings, run.id)
+                maj = [float(majority in e.answers) for e in ex]
+                got = [float(bool((e.scores or {}).get("correct"))) for e in ex]
+                i = paired_bootstrap(maj, got, resamples=2000)
+                rows.append([spec.name, f"always '{majority}' (train majority)", f"{variants(spec)[key].label} "
+                             "(distractors)", spec.metric, _pct(sum(maj) / len(maj)), _pct(sum(got) / len(got)),
+                             f"{100 * i.diff:+.1f}", f"[{100 * i.low:+.1f}, {100 * i.high:+.1f}]",
+                             "yes" if i.excludes_zero else "no", ""])  # fmt: skip
+    headers = [
+        "set",
+        "A",
+        "B",
+        "metric",
+        "A",
+        "B",
+        "B − A",
+        "95% CI",
+        "CI excludes 0",
+        "wrong→right / right→wrong",
+    ]
+    return table(headers, rows)
+
+
+def robustness(spec: SetSpec, home: Path, work: Path) -> str:
+    """The robustness plot of one set from the stored runs (the oracle run is the k = 0 point)."""
+    from ragloop.evaluation.robustness import RobustnessRow, plot
+
+    rows = []
+    for key in ("base", "raft", "raft-plain", "raft-abstain", "dsf"):
+        var = variants(spec).get(key)
+        if var is None:
+            continue
+        for condition, k in [("oracle", 0), *[("distractors", k) for k in (2, 4, 8)], ("no-gold", spec.k)]:
+            k = spec.k if k == 8 else k
+            run = stored_run(Step("eval", spec, var, condition, k), home, work)
+            if run is not None:
+                shown = "distractors" if condition == "oracle" else condition
+                rows.append(RobustnessRow(var.label, run.model_version, shown, k, run.id, True, run.metrics))
+    if not rows:
+        return ""
+    OUT.mkdir(exist_ok=True)
+    metric = {"accuracy": "accuracy"}.get(spec.metric, spec.metric)
+    png, svg = plot(rows, metric, DOCS / f"raft-robustness-{spec.name}")
+    lines = [f"{r.model} {r.condition} k={r.k}: {_pct(r.metrics.get(metric))}" for r in rows]
+    return f"Robustness plot: `docs/{png.name}` / `docs/{svg.name}` ({'; '.join(lines)})"
+
+
+def best_aliases(specs: list[SetSpec], home: Path, work: Path, log: Path) -> list[str]:
+    """Point best-<set> at the trained version with the highest headline metric under `distractors`."""
+    out = []
+    for spec in specs:
+        best = None
+        for key, var in variants(spec).items():
+            if key == "base":
+                continue
+            run = _cell(spec, home, work, key, "distractors")
+            value = (run.metrics or {}).get(spec.metric) if run else None
+            if value is not None and (best is None or value > best[0]):
+                best = (value, run.model_version, var.label)
+        if best:
+            sh(["models", "alias", f"best-{spec.name}", best[1]], home, log)
+            out.append(
+                f"best-{spec.name} → {best[1]} ({best[2]}, {spec.metric} {_pct(best[0])} under distractors)"
+            )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -413,6 +553,11 @@ def main() -> None:
         if args.list:
             return
     text = report(specs, home, work, {})
+    text += "\n\n### Paired comparisons\n\n" + comparisons(specs, home, work)
+    for spec in specs:
+        if spec.robustness:
+            text += "\n\n" + robustness(spec, home, work)
+    text += "\n\n" + "\n".join(f"- {line}" for line in best_aliases(specs, home, work, log))
     OUT.mkdir(exist_ok=True)
     (OUT / "raft.md").write_text(text + "\n")
     print(text)

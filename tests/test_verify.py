@@ -109,6 +109,7 @@ def test_numbers_compare_by_value_not_by_spelling():
     )
     assert quantities("on 25 May 2018 at 9:00") == {"2018-05-25", "9:00"}
     assert quantities("within three weeks") == {"3"}
+    assert quantities("zero tolerance, the third report") == {"0", "3"}  # 0 is falsy: once a KeyError
 
 
 def test_negation_mismatch_is_a_hard_failure_but_bounds_are_not_negations():

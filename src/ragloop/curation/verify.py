@@ -151,7 +151,8 @@ def quantities(text: str) -> set[str]:
     text = _TIME.sub(lambda m: take(f"{int(m.group(1))}:{m.group(2)}"), text)
     text = _NUMBER.sub(lambda m: take(_number_key(m)), text)
     for m in _WORD_NUMBER.finditer(text):
-        found.add(str(_NUMBER_WORDS.get(m.group(1)) or _ORDINALS[m.group(1)]))
+        word = m.group(1)  # "zero" is 0, which is falsy: look the word up, do not `or` the values
+        found.add(str(_NUMBER_WORDS[word] if word in _NUMBER_WORDS else _ORDINALS[word]))
     return found
 
 
