@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -367,3 +368,15 @@ def test_contract_on_real_files(config):
         check_contract(examples)
         if pool:
             assert all(len(e.passages) == config.n_passages for e in examples)
+
+
+def test_label_questions_say_which_answers_they_take_in_training_and_evaluation():
+    from ragloop.datasets.qa import LABEL_HINT
+    from ragloop.evaluation.conditions import build_case, passage_pool
+
+    item = replace(ITEMS[0], answers=["yes"], answer_type="label")
+    (example,) = build_raft_examples([item], RaftConfig())
+    case = build_case(item, "distractors", 2, passage_pool(ITEMS[:5]), 0, get_template("cited-answer"))
+    for prompt in (example.prompt, case.prompt):
+        assert prompt[-1]["content"].count(LABEL_HINT) == 1
+    assert example.question == item.question  # stored as asked; the hint is part of the rendering

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ragloop.datasets.answers import ABSTAIN_ANSWER, LABELS, extract_answer
-from ragloop.datasets.qa import QAItem, QAPassage, unique_passages
+from ragloop.datasets.qa import QAItem, QAPassage, prompt_question, unique_passages
 from ragloop.errors import ConfigError, RagloopError
 from ragloop.generation.citations import CITE, WORD, split_sentences
 from ragloop.generation.prompts import PromptTemplate, get_template
@@ -140,7 +140,7 @@ def _build(item: QAItem, config: RaftConfig, template: PromptTemplate, pool: lis
         # completion around it (quotes, citations, reasoning) must not change what that rule reads.
         answer=extract_answer(f"Answer: {ABSTAIN_ANSWER if kind == 'abstain' else raw}", item.answer_type),
         target=kind,
-        prompt=template.render([{"role": "user", "content": item.question}], passages),
+        prompt=template.render([{"role": "user", "content": prompt_question(item)}], passages),
         completion=completion,
         source=str(item.meta.get("source", "")),
         group=item.group,

@@ -23,7 +23,7 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from ragloop.datasets.qa import QAItem, QAPassage, unique_passages
+from ragloop.datasets.qa import QAItem, QAPassage, prompt_question, unique_passages
 from ragloop.errors import RagloopError
 from ragloop.generation.prompts import PromptTemplate, prompt_sha256
 from ragloop.retrieval.search import Hit, Retriever
@@ -178,5 +178,5 @@ def build_case(
     else:
         shown = choose_passages(item, condition, k, pool, seed)
         gold_ids = [p.id for p in unique_passages(item.gold)]
-    prompt = template.render([{"role": "user", "content": item.question}], shown)
+    prompt = template.render([{"role": "user", "content": prompt_question(item)}], shown)
     return EvalCase(item, shown, gold_ids, prompt, prompt_sha256(prompt), kb_version, extra)
