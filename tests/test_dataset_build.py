@@ -234,3 +234,28 @@ def test_imported_set_without_distractors_takes_them_from_its_own_split(home, tm
             assert len(ex["passages"]) == 3
             others = [p["id"] for p in ex["passages"] if p["id"] not in ex["oracle_ids"]]
             assert len(others) == 2 and set(others) <= own, split
+
+
+def test_decontamination_keeps_a_templated_question_about_another_document():
+    """PolicyQA asks the same questions of every website: only the same question with the same answer leaks."""
+    from ragloop.datasets.build import decontaminate
+    from ragloop.datasets.qa import QAItem, QAPassage
+
+    def item(i: str, q: str, a: str, text: str) -> QAItem:
+        return QAItem(id=i, question=q, answers=[a], gold=[QAPassage(id=i, title=i, text=text)], distractors=[],
+                      answer_type="span")  # fmt: skip
+
+    q = "Does the website share user details with advertisers?"
+    evals = [item("e1", q, "email addresses", "Site A shares email addresses with advertisers.")]
+    train = [
+        item("t1", q, "purchase history", "Site B shares purchase history with its advertisers."),
+        item("t2", q + " ", "Email addresses.", "Another copy of site A's policy, reworded."),
+        item("t3", "Who runs site C?", "Acme", "Site A shares email addresses with advertisers."),
+    ]
+    kept, counts = decontaminate(train, evals)
+    assert [i.id for i in kept] == ["t1"]
+    assert counts == {
+        "near_duplicate_question": 1,
+        "shared_gold_passage": 1,
+        "kept_same_question_other_answer": 1,
+    }

@@ -19,6 +19,8 @@ from ragloop.config import Settings
 from ragloop.curation.dedupe import near_duplicate_of
 from ragloop.curation.pipeline import apply_filters, load_candidates
 from ragloop.curation.policy import Policy
+from ragloop.curation.verify import quantities
+from ragloop.datasets.answers import normalize_answer, token_f1
 from ragloop.datasets.importers import read_qa_file
 from ragloop.datasets.qa import QAItem, QAPassage, unique_passages
 from ragloop.datasets.raft import RaftConfig, RaftExample, build_raft_examples, misled_answer
@@ -113,23 +115,40 @@ def anonymise_items(
 def decontaminate(
     items: list[QAItem], eval_items: list[QAItem], threshold: float = 0.8
 ) -> tuple[list[QAItem], dict]:
-    """Drop items whose question nearly duplicates an evaluation question or whose gold passage is an
-    evaluation gold passage (by normalised text hash)."""
+    """Drop items that would leak an evaluation answer: the same question (nearly) with the same answer,
+    or an evaluation gold passage (by normalised text hash).
+
+    A near-duplicate question with another answer is kept and counted: sets with templated questions
+    (PolicyQA asks "what data is collected?" of every website) would otherwise lose almost everything
+    (211 of 240 PolicyQA training questions) though each is about another document with another answer."""
 
     def key(text: str) -> str:
         return hashlib.sha256(" ".join(text.lower().split()).encode()).hexdigest()
 
+    def same_answer(a: str, b: str) -> bool:
+        na, nb = normalize_answer(a), normalize_answer(b)
+        if not (na and nb):
+            return False
+        return na in nb or nb in na or token_f1(a, b) >= 0.5 or bool(quantities(a) & quantities(b))
+
     eval_gold = {key(p.text) for e in eval_items for p in e.gold}
     near = near_duplicate_of([i.question for i in items], [e.question for e in eval_items], threshold)
-    kept, by_question, by_gold = [], 0, 0
+    kept, by_question, by_gold, other_answer = [], 0, 0, 0
     for item, dup in zip(items, near, strict=True):
+        if dup:
+            answered = [e.question for e in eval_items
+                        if any(same_answer(a, b) for a in item.answers for b in e.answers)]  # fmt: skip
+            dup = bool(answered) and near_duplicate_of([item.question], answered, threshold)[0]
+            other_answer += not dup
         if dup:
             by_question += 1
         elif any(key(p.text) in eval_gold for p in item.gold):
             by_gold += 1
         else:
             kept.append(item)
-    return kept, {"near_duplicate_question": by_question, "shared_gold_passage": by_gold}
+    counts = {"near_duplicate_question": by_question, "shared_gold_passage": by_gold,
+              "kept_same_question_other_answer": other_answer}  # fmt: skip
+    return kept, counts
 
 
 def document_key(p: QAPassage) -> str:
