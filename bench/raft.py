@@ -58,6 +58,7 @@ class SetSpec:
     robustness: bool = False  # distractors 0, 2, 4, 8 for the robustness plot
     abstain: bool = False  # also train an abstain-policy RAFT model
     lead: tuple[str, ...] = ("raft",)  # variants trained and evaluated first (the likely best model)
+    shared_documents: bool = False  # eval questions use the training documents (APIBench: the same APIs)
 
 
 SETS = {
@@ -76,7 +77,9 @@ SETS = {
     ),
     "pubmedqa": SetSpec("pubmedqa", "pubmedqa", 4, 240, 4, 32, 192, "accuracy"),
     "policyqa": SetSpec("policyqa", "squad", 4, 240, 4, 64, 128, "f1", lead=("raft-plain",)),
-    "apibench": SetSpec("apibench", "apibench", 4, 160, 3, 96, 160, "api_match", lead=("raft-plain",)),
+    "apibench": SetSpec(
+        "apibench", "apibench", 4, 160, 3, 96, 160, "api_match", lead=("raft-plain",), shared_documents=True
+    ),
 }
 
 
@@ -288,7 +291,8 @@ def run_train(step: Step, home: Path, work: Path, log: Path) -> None:
         "raft": {"n_passages": var.n_passages, "p_oracle": 0.8, "policy": var.policy, "target": var.target},
     }, indent=1))  # fmt: skip
     out = sh(["dataset", "build", "--no-interactions", "--import", f"{spec.fmt}:{train_file}",
-              "--eval-set", str(eval_file), "--policy", str(policy), "--name", name], home, log)  # fmt: skip
+              "--eval-set", str(eval_file), "--policy", str(policy), "--name", name,
+              *(["--shared-documents"] if spec.shared_documents else [])], home, log)  # fmt: skip
     dataset = next(w for w in out.replace("\n", " ").split() if w.startswith("ds-")).strip(".,:;'\"")
     sh(["train", "sft", "--dataset", dataset, "--name", name, "--set", f"epochs={spec.epochs}",
         "--set", f"learning_rate={spec.lr}"], home, log)  # fmt: skip

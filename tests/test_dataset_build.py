@@ -258,4 +258,8 @@ def test_decontamination_keeps_a_templated_question_about_another_document():
         "near_duplicate_question": 1,
         "shared_gold_passage": 1,
         "kept_same_question_other_answer": 1,
+        "shared_documents_kept": False,
     }
+    # The RAFT setting: other questions on the very documents of the evaluation (Gorilla's API split).
+    kept, counts = decontaminate(train, evals, shared_documents=True)
+    assert [i.id for i in kept] == ["t1", "t3"] and counts["shared_gold_passage"] == 0

@@ -548,6 +548,14 @@ def dataset_build(
     eval_set: Annotated[
         list[Path] | None, typer.Option(help="Evaluation set to decontaminate against (repeat).")
     ] = None,
+    shared_documents: Annotated[
+        bool,
+        typer.Option(
+            help="Keep training questions whose gold passage an --eval-set question also uses (RAFT's open "
+            "book: new questions on the same documents, as Gorilla's API split). Same question + same "
+            "answer is still dropped."
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option()] = 0,
     min_examples: Annotated[int, typer.Option(help="Fail if fewer examples pass.")] = 0,
     home: HomeOpt = None,
@@ -573,6 +581,7 @@ def dataset_build(
         from_interactions=interactions,
         imports=imports,
         eval_sets=list(eval_set or []),
+        shared_documents=shared_documents,
         seed=seed,
         min_examples=min_examples,
         command=command,

@@ -113,14 +113,16 @@ def anonymise_items(
 
 
 def decontaminate(
-    items: list[QAItem], eval_items: list[QAItem], threshold: float = 0.8
+    items: list[QAItem], eval_items: list[QAItem], threshold: float = 0.8, *, shared_documents: bool = False
 ) -> tuple[list[QAItem], dict]:
     """Drop items that would leak an evaluation answer: the same question (nearly) with the same answer,
     or an evaluation gold passage (by normalised text hash).
 
     A near-duplicate question with another answer is kept and counted: sets with templated questions
     (PolicyQA asks "what data is collected?" of every website) would otherwise lose almost everything
-    (211 of 240 PolicyQA training questions) though each is about another document with another answer."""
+    (211 of 240 PolicyQA training questions) though each is about another document with another answer.
+    ``shared_documents`` keeps items that share a gold passage with the evaluation: the RAFT setting itself
+    (new questions on the documents the model will be examined on; APIBench's split by request)."""
 
     def key(text: str) -> str:
         return hashlib.sha256(" ".join(text.lower().split()).encode()).hexdigest()
@@ -142,12 +144,12 @@ def decontaminate(
             other_answer += not dup
         if dup:
             by_question += 1
-        elif any(key(p.text) in eval_gold for p in item.gold):
+        elif not shared_documents and any(key(p.text) in eval_gold for p in item.gold):
             by_gold += 1
         else:
             kept.append(item)
     counts = {"near_duplicate_question": by_question, "shared_gold_passage": by_gold,
-              "kept_same_question_other_answer": other_answer}  # fmt: skip
+              "kept_same_question_other_answer": other_answer, "shared_documents_kept": shared_documents}  # fmt: skip
     return kept, counts
 
 
@@ -217,6 +219,7 @@ def build_dataset(
     from_interactions: bool = True,
     imports: list[tuple[str, Path]] = (),  # type: ignore[assignment]
     eval_sets: list[Path] = (),  # type: ignore[assignment]
+    shared_documents: bool = False,
     seed: int = 0,
     min_examples: int = 0,
     command: str = "",
@@ -251,7 +254,7 @@ def build_dataset(
         )
     if eval_sets:
         eval_items = [e for path in eval_sets for e in read_qa_file(Path(path))]
-        items, counts["decontamination"] = decontaminate(items, eval_items)
+        items, counts["decontamination"] = decontaminate(items, eval_items, shared_documents=shared_documents)
     secret = _home_secret(settings)
     vault = settings.data_dir / "pii-vault.json"
     items, counts["pii"] = anonymise_items(items, policy, vault, secret)
