@@ -73,7 +73,7 @@ SETS = {
         "f1",
         robustness=True,
         abstain=True,
-        lead=("raft", "raft-plain"),
+        lead=("raft-plain", "raft"),
     ),
     "pubmedqa": SetSpec("pubmedqa", "pubmedqa", 4, 240, 4, 32, 192, "accuracy"),
     "policyqa": SetSpec("policyqa", "squad", 4, 240, 4, 64, 128, "f1", lead=("raft-plain",)),
@@ -207,8 +207,9 @@ def plan(specs: list[SetSpec]) -> list[Step]:
         first.append(ev("base", "distractors", spec.k))
         for lead in spec.lead:
             first += [Step("train", spec, v[lead]), ev(lead, "distractors", spec.k)]
-        rest = [e for lead in spec.lead for e in (ev(lead, "oracle", 0), ev(lead, "no-gold", spec.k))]
-        rest += [ev("base", "no-gold", spec.k), Step("train", spec, v["dsf"]), ev("dsf", "closed-book", 0),
+        rest = [e for lead in spec.lead[:1] for e in (ev(lead, "oracle", 0), ev(lead, "no-gold", spec.k))]
+        rest += [Step("train", spec, v["dsf"]), ev("dsf", "closed-book", 0), ev("base", "no-gold", spec.k),
+                 *[e for lead in spec.lead[1:] for e in (ev(lead, "oracle", 0), ev(lead, "no-gold", spec.k))],
                 Step("train", spec, v["raft-plain"]), ev("raft-plain", "distractors", spec.k),
                 Step("train", spec, v["raft"]), ev("raft", "distractors", spec.k),
                 ev("dsf", "distractors", spec.k)]  # fmt: skip
