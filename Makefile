@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 DEMO_HOME ?= demo-home
 
-.PHONY: install demo test test-fast bench lint format clean browser
+.PHONY: install demo test test-fast bench raft lint format clean browser
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -37,6 +37,9 @@ bench: install
 	$(PY) bench/train.py
 	$(PY) bench/curation.py
 	$(PY) bench/eval.py
+
+raft: install  # the RAFT comparison of docs/results.md: hours on a CPU; run it again to continue
+	$(PY) bench/raft.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
