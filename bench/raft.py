@@ -11,7 +11,7 @@ with the same settings (`ragloop eval --reuse`). A training job that was interru
 kill -9) is resumed from its last checkpoint. So the same command, run again in a later working session,
 continues where the last one stopped:
 
-    python bench/raft.py [--home DIR] [--only hotpotqa,pubmedqa] [--until-minutes 120]
+    python bench/raft.py [--home DIR] [--only hotpotqa,pubmedqa] [--until-minutes 120]   # or: make raft
     python bench/raft.py --report          # only write the tables and the plot from what is stored
 
 Budget (2-core CPU): 100 evaluation questions per set (seeded sample), at most 2 epochs, distractor counts
@@ -516,7 +516,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--home", type=Path, default=Path(os.environ.get("RAGLOOP_RAFT_HOME", "/work/raft/home"))
+        "--home", type=Path, default=Path(os.environ.get("RAGLOOP_RAFT_HOME", OUT / "raft" / "home"))
     )
     parser.add_argument("--only", default=",".join(SETS), help="comma-separated sets")
     parser.add_argument(
