@@ -358,7 +358,7 @@ def report(specs: list[SetSpec], home: Path, work: Path, wall: dict[str, float])
         v = variants(spec)
         rows = []
         cells = [("base", "distractors"), ("base", "no-gold"), ("dsf", "closed-book"), ("dsf", "distractors"),
-                 ("dsf", "no-gold"), ("raft", "oracle"), ("raft", "distractors"), ("raft", "no-gold"),
+                 ("dsf", "no-gold"), ("raft", "oracle"), ("raft", "distractors"), ("raft", "no-gold"), ("raft-plain", "oracle"),
                  ("raft-plain", "distractors"), ("raft-plain", "no-gold"), ("raft-abstain", "distractors"),
                  ("raft-abstain", "no-gold")]  # fmt: skip
         metrics = [spec.metric, *(["em"] if spec.metric == "f1" else []),
@@ -415,9 +415,18 @@ def comparisons(specs: list[SetSpec], home: Path, work: Path) -> str:
     from ragloop.evaluation.run import run_examples
 
     settings = load_settings(home)
-    pairs = [(("base", "distractors"), ("raft", "distractors")), (("dsf", "distractors"), ("raft", "distractors")),
-             (("raft-plain", "distractors"), ("raft", "distractors")), (("base", "no-gold"), ("raft", "no-gold")),
-             (("raft", "oracle"), ("raft", "distractors")), (("raft", "distractors"), ("raft-abstain", "distractors"))]  # fmt: skip
+    pairs = [
+        (("base", "distractors"), ("raft-plain", "distractors")),
+        (("base", "distractors"), ("raft", "distractors")),
+        (("dsf", "distractors"), ("raft", "distractors")),
+        (("dsf", "closed-book"), ("raft-plain", "distractors")),
+        (("raft-plain", "distractors"), ("raft", "distractors")),
+        (("base", "no-gold"), ("raft", "no-gold")),
+        (("base", "no-gold"), ("raft-plain", "no-gold")),
+        (("raft-plain", "oracle"), ("raft-plain", "distractors")),
+        (("raft", "oracle"), ("raft", "distractors")),
+        (("raft", "distractors"), ("raft-abstain", "distractors")),
+    ]
     rows = []
     for spec in specs:
         metric = {"accuracy": "correct"}.get(spec.metric, spec.metric)
