@@ -234,17 +234,10 @@ class TransformersBackend:
         for row, ids in enumerate(encoded):
             input_ids[row, width - ids.shape[0] :] = ids
             attention_mask[row, width - ids.shape[0] :] = 1
-        kwargs = self._gen_kwargs(GenParams(max_new_tokens=params.max_new_tokens, temperature=0.0))
+        greedy = GenParams(max_new_tokens=params.max_new_tokens, temperature=0.0)
         start = time.perf_counter()
-        try:
-            with self.lock:
-                model, ctx = self._model_for(adapter)
-                with torch.inference_mode():
-                    if ctx is not None:
-                        with ctx:
-                            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-                    else:
-                        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        try:  # on the torch thread like every other generation: see ragloop.torch_thread
+            out = torch_thread.run(self._run, input_ids, attention_mask, greedy, adapter)
         except Exception as exc:
             raise GenerationError(f"Batched generation failed: {exc}") from exc
         elapsed = time.perf_counter() - start
