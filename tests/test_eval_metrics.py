@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from ragloop.datasets.answers import ABSTAIN_ANSWER
-from ragloop.datasets.qa import QAItem, QAPassage
+from ragloop.datasets.qa import QAItem, QAPassage, passage_pool
 from ragloop.evaluation.compare import compare_examples
-from ragloop.evaluation.conditions import choose_passages, distractor_stream, live_gold_ids, passage_pool
+from ragloop.evaluation.conditions import choose_passages, distractor_stream, live_gold_ids
 from ragloop.evaluation.metrics import (
     aggregate,
     citation_scores,

@@ -371,8 +371,8 @@ def test_contract_on_real_files(config):
 
 
 def test_label_questions_say_which_answers_they_take_in_training_and_evaluation():
-    from ragloop.datasets.qa import LABEL_HINT
-    from ragloop.evaluation.conditions import build_case, passage_pool
+    from ragloop.datasets.qa import LABEL_HINT, passage_pool
+    from ragloop.evaluation.conditions import build_case
 
     item = replace(ITEMS[0], answers=["yes"], answer_type="label")
     (example,) = build_raft_examples([item], RaftConfig())

@@ -22,7 +22,7 @@ from ragloop.curation.policy import Policy
 from ragloop.curation.verify import quantities
 from ragloop.datasets.answers import normalize_answer, token_f1
 from ragloop.datasets.importers import read_qa_file
-from ragloop.datasets.qa import QAItem, QAPassage, unique_passages
+from ragloop.datasets.qa import QAItem, QAPassage, passage_pool
 from ragloop.datasets.raft import RaftConfig, RaftExample, build_raft_examples, misled_answer
 from ragloop.errors import NotFound, RagloopError
 from ragloop.generation.citations import CITE
@@ -207,10 +207,6 @@ def content_hash(splits: dict[str, list[RaftExample]]) -> str:
     return digest.hexdigest()
 
 
-def _split_passages(items: list[QAItem]) -> list[QAPassage]:
-    return unique_passages([p for item in items for p in (*item.gold, *item.distractors)])
-
-
 def build_dataset(
     settings: Settings,
     policy: Policy,
@@ -274,7 +270,7 @@ def build_dataset(
     # Distractors are topped up from the knowledge base and from the split's own passages (an imported set
     # like PubMedQA has no distractors of its own); never from another split, which would leak its gold.
     examples = {
-        s: build_raft_examples(split[s], config, random_pool=pool + _split_passages(split[s])) for s in SPLITS
+        s: build_raft_examples(split[s], config, random_pool=pool + passage_pool(split[s])) for s in SPLITS
     }
     counts["examples"] = {s: len(v) for s, v in examples.items()}
     digest = content_hash(examples)

@@ -64,6 +64,12 @@ def unique_passages(passages: Sequence[QAPassage]) -> list[QAPassage]:
     return out
 
 
+def passage_pool(items: Sequence[QAItem]) -> list[QAPassage]:
+    """Every distinct passage of a QA set, gold and distractor: where distractors are topped up from (by
+    the RAFT builder within one split, by evaluation within the evaluated set)."""
+    return unique_passages([p for item in items for p in (*item.gold, *item.distractors)])
+
+
 LABEL_HINT = "Answer yes, no or maybe."
 
 

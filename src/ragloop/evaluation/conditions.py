@@ -69,11 +69,6 @@ def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def passage_pool(items: Sequence[QAItem]) -> list[QAPassage]:
-    """Every distinct passage of a QA set, gold and distractor: where distractors are topped up from."""
-    return unique_passages([p for item in items for p in (*item.gold, *item.distractors)])
-
-
 def distractor_stream(item: QAItem, pool: Sequence[QAPassage], seed: int) -> Iterator[QAPassage]:
     """The item's distractors in their seeded order: its own first, then random passages of the pool.
     Never a gold passage (by id, or by text under another id). Taking the first k gives the k

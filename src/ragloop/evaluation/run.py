@@ -22,14 +22,13 @@ from sqlalchemy import select
 
 from ragloop.config import Settings
 from ragloop.datasets.importers import read_qa_file
-from ragloop.datasets.qa import QAItem, QAPassage
+from ragloop.datasets.qa import QAItem, QAPassage, passage_pool
 from ragloop.errors import NotFound, RagloopError
 from ragloop.evaluation.conditions import (
     CONDITIONS,
     EvalCase,
     build_case,
     default_k,
-    passage_pool,
     skip_reason,
 )
 from ragloop.evaluation.metrics import aggregate, score_answer
@@ -381,6 +380,14 @@ def find_reusable_run(settings: Settings, key: str) -> EvalRun | None:
                 s.expunge(run)
                 return run
     return None
+
+
+def reusable_run(settings: Settings, config: EvalConfig) -> EvalRun | None:
+    """A finished run that ``config`` would reproduce, found without generating; never for ``live``,
+    whose prompts depend on the knowledge base as it is at run time."""
+    if config.condition == "live":
+        return None
+    return find_reusable_run(settings, planned_key(settings, config))
 
 
 def planned_key(settings: Settings, config: EvalConfig, kb_version: int | None = None) -> str:
