@@ -1186,25 +1186,21 @@ def eval_command(
     if data is None:
         console.print(ctx.get_help())
         raise typer.Exit(code=2)
-    from ragloop.evaluation.run import EvalConfig, run_eval
+    from ragloop.evaluation.run import EvalConfig, reusable_run, run_eval
 
     config = EvalConfig(data=data, model=model, format=fmt, split=split, limit=limit, sample_seed=sample_seed,
                         condition=condition, n_distractors=distractors, top_k=top_k, seed=seed,
                         max_new_tokens=max_new_tokens, batch_size=batch_size)  # fmt: skip
     try:
-        run = None
-        if reuse and condition != "live":  # a live run depends on the KB as it is now: always generate it
-            from ragloop.evaluation.run import find_reusable_run, planned_key
-
-            settings = _settings(home)
-            run = find_reusable_run(settings, planned_key(settings, config))
-            if run is not None:
-                err.print(f"reusing stored run {run.id} (identical settings)")
-        if run is None:
+        settings = _settings(home)
+        run = reusable_run(settings, config) if reuse else None
+        if run is not None:
+            err.print(f"reusing stored run {run.id} (identical settings)")
+        else:
             with _eval_progress() as bar:
                 task = bar.add_task(f"eval {condition}", total=None)
                 run = run_eval(
-                    _settings(home),
+                    settings,
                     config,
                     progress=lambda done, total: bar.update(task, completed=done, total=total),
                 )

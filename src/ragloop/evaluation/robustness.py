@@ -17,7 +17,7 @@ from typing import Any
 from ragloop.config import Settings
 from ragloop.errors import RagloopError
 from ragloop.evaluation.metrics import primary_metric
-from ragloop.evaluation.run import EvalConfig, find_reusable_run, planned_key, run_eval
+from ragloop.evaluation.run import EvalConfig, reusable_run, run_eval
 
 
 @dataclass
@@ -77,7 +77,7 @@ def run_robustness(
     for model in models:
         for condition, k in plan(distractors, no_gold):
             config = replace(base, model=model, condition=condition, n_distractors=k)
-            run = find_reusable_run(settings, planned_key(settings, config)) if reuse else None
+            run = reusable_run(settings, config) if reuse else None
             if on_step:
                 on_step(model, condition, k, run is not None)
             reused = run is not None
