@@ -24,6 +24,7 @@ APIs, other requests).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -41,7 +42,7 @@ LIMIT = 100  # evaluation questions per set
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
-@dataclass
+@dataclass(frozen=True)
 class SetSpec:
     """One benchmark set: where its train/eval questions come from and how it is scored and budgeted."""
 
@@ -86,6 +87,7 @@ SETS = {
 # --- the data: train / eval files, written once, deterministically --------------------------------------------
 
 
+@functools.cache  # every plan and report step asks; the files are read and split once per process
 def prepare_data(spec: SetSpec, work: Path) -> tuple[Path, Path]:
     """(train file, eval file) for a set, in the set's own format, so `ragloop` reads them like any user file."""
     out = work / "data"
@@ -313,44 +315,43 @@ def _wait_job(settings, job_id: str) -> None:  # type: ignore[no-untyped-def]
         time.sleep(10)
 
 
-def eval_args(step: Step, home: Path, work: Path) -> list[str] | None:
+def eval_config(step: Step, home: Path, work: Path):  # type: ignore[no-untyped-def]
+    """The step's evaluation as `ragloop eval` takes it; None while its model is not trained yet."""
+    from ragloop.evaluation.run import EvalConfig
+
     spec, var = step.spec, step.variant
     name = var.model_name(spec)
     model = name if name == "base" else model_version(home, name)
     if model is None:
         return None
     _, eval_file = prepare_data(spec, work)
-    return ["eval", "--model", model, "--data", str(eval_file), "--condition", step.condition,
-            "--distractors", str(step.k), "--limit", str(LIMIT), "--max-new-tokens", str(var.max_new(spec)),
-            "--reuse", "--json"]  # fmt: skip
+    return EvalConfig(data=str(eval_file), model=model, condition=step.condition, n_distractors=step.k,
+                      limit=LIMIT, max_new_tokens=var.max_new(spec))  # fmt: skip
 
 
 def run_eval(step: Step, home: Path, work: Path, log: Path) -> None:
-    args = eval_args(step, home, work)
-    if args is None:
+    cfg = eval_config(step, home, work)
+    if cfg is None:
         print(f"  skipped: {step.variant.model_name(step.spec)} is not trained yet", flush=True)
         return
-    sh(args, home, log)
+    sh(["eval", "--model", cfg.model, "--data", cfg.data, "--condition", cfg.condition,
+        "--distractors", str(cfg.n_distractors), "--limit", str(cfg.limit),
+        "--max-new-tokens", str(cfg.max_new_tokens), "--reuse", "--json"], home, log)  # fmt: skip
 
 
 # --- the report ----------------------------------------------------------------------------------------------
 
 
 def stored_run(step: Step, home: Path, work: Path):  # type: ignore[no-untyped-def]
+    """The stored run of an eval step (what `ragloop eval --reuse` would print), or None."""
     from ragloop.config import load_settings
-    from ragloop.evaluation.run import EvalConfig, find_reusable_run, planned_key
+    from ragloop.evaluation.run import reusable_run
 
-    args = eval_args(step, home, work)
-    if args is None:
-        return None
-    settings = load_settings(home)
-    cfg = EvalConfig(data=args[args.index("--data") + 1], model=args[2],
-                     condition=step.condition, n_distractors=step.k, limit=LIMIT,
-                     max_new_tokens=step.variant.max_new(step.spec))  # fmt: skip
-    return find_reusable_run(settings, planned_key(settings, cfg))
+    cfg = eval_config(step, home, work)
+    return None if cfg is None else reusable_run(load_settings(home), cfg)
 
 
-def report(specs: list[SetSpec], home: Path, work: Path, wall: dict[str, float]) -> str:
+def report(specs: list[SetSpec], home: Path, work: Path) -> str:
     cols = {"f1": "F1", "em": "EM", "accuracy": "acc", "macro_f1": "macro-F1", "api_match": "AST match",
             "abstain_rate": "abstains", "citation_recall": "cite recall", "grounded": "grounded"}  # fmt: skip
     parts = []
@@ -366,9 +367,8 @@ def report(specs: list[SetSpec], home: Path, work: Path, wall: dict[str, float])
         for key, condition in cells:
             if key not in v:
                 continue
-            var = v[key]
-            k = 0 if condition in ("oracle", "closed-book") else spec.k
-            run = stored_run(Step("eval", spec, var, condition, k), home, work)
+            var, k = v[key], _k(spec, condition)
+            run = _cell(spec, home, work, key, condition)
             policy = "—" if key in ("base",) else ("answer" if key == "dsf" else var.policy)
             if run is None:
                 rows.append([var.label, condition, k, policy, *["not run yet"] + [""] * len(metrics), ""])
@@ -387,10 +387,6 @@ def report(specs: list[SetSpec], home: Path, work: Path, wall: dict[str, float])
             "run (version)",
         ]
         parts.append(f"### {spec.name}\n\n" + table(headers, rows))
-    if wall:
-        parts.append(
-            "Wall time of this invocation: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in wall.items())
-        )
     return "\n\n".join(parts)
 
 
@@ -402,8 +398,12 @@ def _cell(spec: SetSpec, home: Path, work: Path, key: str, condition: str):  # t
     var = variants(spec).get(key)
     if var is None:
         return None
-    k = 0 if condition in ("oracle", "closed-book") else spec.k
-    return stored_run(Step("eval", spec, var, condition, k), home, work)
+    return stored_run(Step("eval", spec, var, condition, _k(spec, condition)), home, work)
+
+
+def _k(spec: SetSpec, condition: str) -> int:
+    """Distractors shown in a table cell: none with the gold alone or with nothing, else the set's k."""
+    return 0 if condition in ("oracle", "closed-book") else spec.k
 
 
 def comparisons(specs: list[SetSpec], home: Path, work: Path) -> str:
@@ -542,7 +542,6 @@ def main() -> None:
     specs = [SETS[s] for s in args.only.split(",")]
     log = work / "raft-steps.log"
     started = time.perf_counter()
-    wall: dict[str, float] = {}
     if not args.report:
         for step in plan(specs):
             done = (model_version(home, step.variant.model_name(step.spec)) is not None if step.kind == "train"
@@ -561,12 +560,11 @@ def main() -> None:
                 (run_train if step.kind == "train" else run_eval)(step, home, work, log)
             except RuntimeError as exc:  # one failed step must not stop the rest of the matrix
                 print(f"  FAILED: {exc}", flush=True)
-            wall[step.title] = time.perf_counter() - t0
-            with (work / "raft-wall.jsonl").open("a") as fh:
-                fh.write(json.dumps({"step": step.title, "wall_s": wall[step.title]}) + "\n")
+            with (work / "raft-wall.jsonl").open("a") as fh:  # the wall time of every step, across sessions
+                fh.write(json.dumps({"step": step.title, "wall_s": time.perf_counter() - t0}) + "\n")
         if args.list:
             return
-    text = report(specs, home, work, {})
+    text = report(specs, home, work)
     text += "\n\n### Paired comparisons\n\n" + comparisons(specs, home, work)
     for spec in specs:
         if spec.robustness:
