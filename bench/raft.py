@@ -58,6 +58,7 @@ class SetSpec:
     lr: float = 5e-4
     robustness: bool = False  # distractors 0, 2, 4, 8 for the robustness plot
     abstain: bool = False  # also train an abstain-policy RAFT model
+    at_k: int = 0  # >0: also train RAFT w/o reasoning on contexts of this many passages (the eval's own size)
     lead: tuple[str, ...] = ("raft",)  # variants trained and evaluated first (the likely best model)
     shared_documents: bool = False  # eval questions use the training documents (APIBench: the same APIs)
 
@@ -74,6 +75,7 @@ SETS = {
         "f1",
         robustness=True,
         abstain=True,
+        at_k=10,  # 2 gold paragraphs + the 8 distractors of the evaluation
         lead=("raft-plain", "raft"),
     ),
     "pubmedqa": SetSpec("pubmedqa", "pubmedqa", 4, 240, 4, 32, 192, "accuracy"),
@@ -150,11 +152,12 @@ def _write_once(path: Path, text: str) -> None:
 class Variant:
     """A model of the comparison: how its training data is built (None: the base model, untrained)."""
 
-    key: str  # base | dsf | raft | raft-plain | raft-abstain
+    key: str  # base | dsf | raft | raft-plain | raft-abstain | raft-plain-k
     label: str
     n_passages: int | None = None
     target: str = "reasoning"
     policy: str = "answer"
+    train_sets: tuple[str, ...] = ()  # extra `ragloop train sft --set` options
 
     def model_name(self, spec: SetSpec) -> str:
         return "base" if self.key == "base" else f"{self.key}-{spec.name}"
@@ -172,9 +175,15 @@ def variants(spec: SetSpec) -> dict[str, Variant]:
             "raft-plain", "RAFT w/o reasoning", n_passages=spec.train_passages, target="plain"
         ),
     }
-    if spec.abstain:
-        out["raft-abstain"] = Variant("raft-abstain", "RAFT (abstain policy)", n_passages=spec.train_passages,
-                                      policy="abstain")  # fmt: skip
+    if spec.abstain:  # plain targets: at 135M they beat quoted reasoning (docs/results.md)
+        out["raft-abstain"] = Variant("raft-abstain", "RAFT w/o reasoning (abstain policy)",
+                                      n_passages=spec.train_passages, target="plain", policy="abstain")  # fmt: skip
+    if spec.at_k:
+        out["raft-plain-k"] = Variant("raft-plain-k", f"RAFT w/o reasoning, trained on {spec.at_k} passages",
+                                      n_passages=spec.at_k, target="plain",
+                                      # room for the whole context (~1,100-1,600 tokens), and about as many
+                                      # examples per optimizer step as the 4-passage models had
+                                      train_sets=("max_length=2048", "gradient_accumulation_steps=2"))  # fmt: skip
     return out
 
 
@@ -209,6 +218,13 @@ def plan(specs: list[SetSpec]) -> list[Step]:
         first.append(ev("base", "distractors", spec.k))
         for lead in spec.lead:
             first += [Step("train", spec, v[lead]), ev(lead, "distractors", spec.k)]
+        # The targets still open after the first session: abstention, then training at the eval's k.
+        if spec.abstain:
+            first += [Step("train", spec, v["raft-abstain"]), ev("raft-abstain", "distractors", spec.k),
+                      ev("raft-abstain", "no-gold", spec.k)]  # fmt: skip
+        if spec.at_k:
+            first += [Step("train", spec, v["raft-plain-k"]), ev("raft-plain-k", "distractors", spec.k),
+                      ev("raft-plain-k", "oracle", 0), ev("raft-plain-k", "no-gold", spec.k)]  # fmt: skip
         rest = [e for lead in spec.lead[:1] for e in (ev(lead, "oracle", 0), ev(lead, "no-gold", spec.k))]
         rest += [Step("train", spec, v["dsf"]), ev("dsf", "closed-book", 0), ev("base", "no-gold", spec.k),
                  *[e for lead in spec.lead[1:] for e in (ev(lead, "oracle", 0), ev(lead, "no-gold", spec.k))],
@@ -216,16 +232,14 @@ def plan(specs: list[SetSpec]) -> list[Step]:
                 Step("train", spec, v["raft"]), ev("raft", "distractors", spec.k),
                 ev("dsf", "distractors", spec.k)]  # fmt: skip
         rest = [s for s in rest if not (s.variant.key in spec.lead and s.condition in ("", "distractors"))]
-        if spec.abstain:
-            rest += [Step("train", spec, v["raft-abstain"]), ev("raft-abstain", "distractors", spec.k),
-                     ev("raft-abstain", "no-gold", spec.k)]  # fmt: skip
         rest += [
             ev("raft", "oracle", 0),
             ev("raft", "no-gold", spec.k),
             ev("raft-plain", "no-gold", spec.k),
             ev("dsf", "no-gold", spec.k),
         ]
-        rest = list({s.title: s for s in rest}.values())  # each step once, at its first place
+        rest = [s for s in {s.title: s for s in rest}.values() if s.title not in {f.title for f in first}]
+        # (each step once, at its first place)
         matrix.append(rest)
         if spec.robustness:  # k = 0 is the oracle condition (gold only)
             extra += [ev(m, "distractors", k) for m in ("raft", "base", "raft-plain") for k in (2, 4)]
@@ -298,7 +312,7 @@ def run_train(step: Step, home: Path, work: Path, log: Path) -> None:
               *(["--shared-documents"] if spec.shared_documents else [])], home, log)  # fmt: skip
     dataset = next(w for w in out.replace("\n", " ").split() if w.startswith("ds-")).strip(".,:;'\"")
     sh(["train", "sft", "--dataset", dataset, "--name", name, "--set", f"epochs={spec.epochs}",
-        "--set", f"learning_rate={spec.lr}"], home, log)  # fmt: skip
+        "--set", f"learning_rate={spec.lr}", *[a for x in var.train_sets for a in ("--set", x)]], home, log)  # fmt: skip
     job = next(j for j in jobs.list_jobs(settings, limit=20) if (j.config or {}).get("name") == name)
     _wait_job(settings, job.id)
 
@@ -361,7 +375,8 @@ def report(specs: list[SetSpec], home: Path, work: Path) -> str:
         cells = [("base", "distractors"), ("base", "no-gold"), ("dsf", "closed-book"), ("dsf", "distractors"),
                  ("dsf", "no-gold"), ("raft", "oracle"), ("raft", "distractors"), ("raft", "no-gold"), ("raft-plain", "oracle"),
                  ("raft-plain", "distractors"), ("raft-plain", "no-gold"), ("raft-abstain", "distractors"),
-                 ("raft-abstain", "no-gold")]  # fmt: skip
+                 ("raft-abstain", "no-gold"), ("raft-plain-k", "oracle"), ("raft-plain-k", "distractors"),
+                 ("raft-plain-k", "no-gold")]  # fmt: skip
         metrics = [spec.metric, *(["em"] if spec.metric == "f1" else []),
                    *(["macro_f1"] if spec.metric == "accuracy" else []), "abstain_rate", "citation_recall"]  # fmt: skip
         for key, condition in cells:
@@ -425,7 +440,11 @@ def comparisons(specs: list[SetSpec], home: Path, work: Path) -> str:
         (("base", "no-gold"), ("raft-plain", "no-gold")),
         (("raft-plain", "oracle"), ("raft-plain", "distractors")),
         (("raft", "oracle"), ("raft", "distractors")),
-        (("raft", "distractors"), ("raft-abstain", "distractors")),
+        (("raft-plain", "distractors"), ("raft-abstain", "distractors")),
+        (("raft-plain", "no-gold"), ("raft-abstain", "no-gold")),
+        (("base", "distractors"), ("raft-plain-k", "distractors")),
+        (("raft-plain", "distractors"), ("raft-plain-k", "distractors")),
+        (("raft-plain-k", "oracle"), ("raft-plain-k", "distractors")),
     ]
     rows = []
     for spec in specs:
@@ -481,7 +500,7 @@ def robustness(spec: SetSpec, home: Path, work: Path) -> str:
     from ragloop.evaluation.robustness import RobustnessRow, plot
 
     rows = []
-    for key in ("base", "raft", "raft-plain", "raft-abstain", "dsf"):
+    for key in ("base", "raft", "raft-plain", "raft-plain-k", "raft-abstain", "dsf"):
         var = variants(spec).get(key)
         if var is None:
             continue

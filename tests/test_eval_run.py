@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -304,3 +307,43 @@ def test_eval_answers_show_in_their_review_queue_and_never_become_training_data(
     with session_scope(kb_home.db_url) as s:
         assert sample_queue(s, 10).total == 0  # the traffic queue never samples eval answers
     assert [c.interaction_id for c in load_candidates(kb_home)] == []
+
+
+def test_eval_killed_with_sigkill_is_interrupted_and_continued(kb_home: Settings, qa_file: Path) -> None:
+    """A real crash: the eval process SIGKILLs itself once two answers are stored (one per batch). The run
+    shows as interrupted, and the same evaluation again continues it, generating only the missing answers;
+    its result equals an uninterrupted run's."""
+    script = (
+        "import os, signal, sys; from pathlib import Path; from ragloop.config import load_settings; "
+        "from ragloop.evaluation.run import EvalConfig, run_eval\n"
+        "def progress(done, total):\n"
+        "    if done >= 2: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "run_eval(load_settings(Path(sys.argv[1])), EvalConfig(data=sys.argv[2], condition='oracle', "
+        "max_new_tokens=6, batch_size=1), progress=progress)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(kb_home.home), str(qa_file)], capture_output=True, timeout=300
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+
+    [killed] = list_runs(kb_home)
+    assert killed.status == "interrupted"  # its process is gone: not "running" forever
+    assert len(run_examples(kb_home, killed.id)) == 2
+    with session_scope(kb_home.db_url) as s:
+        kept = {ex.example_id: (ex.id, ex.output) for ex in s.scalars(select(EvalExample))}
+
+    config = EvalConfig(data=str(qa_file), condition="oracle", max_new_tokens=6, batch_size=1)
+    seen: list[int] = []
+    resumed = run_eval(kb_home, config, progress=lambda done, total: seen.append(done))
+    assert resumed.id == killed.id and resumed.status == "done" and resumed.config["resumed"] == 1
+    assert seen[0] == 2 and seen[-1] == len(ITEMS)  # started from the two stored answers
+    examples = run_examples(kb_home, resumed.id)
+    assert len(examples) == len(ITEMS)
+    assert {ex.example_id: (ex.id, ex.output) for ex in examples if ex.example_id in kept} == kept
+
+    fresh = run_eval(kb_home, dataclasses.replace(config, resume=False))
+    assert fresh.id != resumed.id
+    assert {k: v for k, v in fresh.metrics.items() if k != "examples_per_s" and "latency" not in k} == {
+        k: v for k, v in resumed.metrics.items() if k != "examples_per_s" and "latency" not in k
+    }
+    assert run_eval(kb_home, config).id not in (resumed.id, fresh.id)  # a finished run is not continued

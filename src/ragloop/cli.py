@@ -1177,6 +1177,14 @@ def eval_command(
     reuse: Annotated[
         bool, typer.Option(help="Print a stored run with identical settings instead of generating again.")
     ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume/--restart",
+            help="Continue an interrupted or failed run with identical settings (keep its answers), "
+            "or start a new one.",
+        ),
+    ] = True,
     as_json: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
@@ -1190,7 +1198,7 @@ def eval_command(
 
     config = EvalConfig(data=data, model=model, format=fmt, split=split, limit=limit, sample_seed=sample_seed,
                         condition=condition, n_distractors=distractors, top_k=top_k, seed=seed,
-                        max_new_tokens=max_new_tokens, batch_size=batch_size)  # fmt: skip
+                        max_new_tokens=max_new_tokens, batch_size=batch_size, resume=resume)  # fmt: skip
     try:
         settings = _settings(home)
         run = reusable_run(settings, config) if reuse else None
@@ -1213,6 +1221,8 @@ def eval_command(
             )
         )
         return
+    if (run.config or {}).get("resumed"):
+        err.print(f"continued interrupted run {run.id} (its stored answers kept; --restart starts afresh)")
     k = f", k={run.n_distractors}" if run.n_distractors is not None else ""
     console.print(
         _metrics_table(run.metrics, f"{run.model_version} · {run.condition}{k} · {run.n_examples} questions")

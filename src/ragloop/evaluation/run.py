@@ -1,5 +1,8 @@
 """Evaluation runs (stage 8 of the loop): a model version answers a QA set under one retrieval condition;
 every answer is scored and stored, so a run can be reopened, compared and sent to expert review.
+A run records the process running it; one whose process died (kill -9, OOM, a closed laptop) shows as
+``interrupted``, and running the same evaluation again continues it: the stored answers are kept (scored
+again by the current scorer) and only the missing questions are generated.
 
 The QA set is any file the importers read (HotpotQA, SQuAD/PolicyQA, PubMedQA, APIBench, generic JSONL) or
 the test split of a dataset version. Generation is greedy and batched (left-padded) on the in-process
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +38,7 @@ from ragloop.evaluation.conditions import (
 from ragloop.evaluation.metrics import aggregate, score_answer
 from ragloop.generation.backends import Generation, GenParams
 from ragloop.generation.prompts import get_template
+from ragloop.proc import machine, owner_gone
 from ragloop.store import registry
 from ragloop.store.db import session_scope
 from ragloop.store.models import DatasetVersion, EvalExample, EvalRun, ModelVersion
@@ -65,6 +70,9 @@ class EvalConfig:
     Generation (always greedy):
         max_new_tokens: default ``[generator] max_new_tokens``.
         batch_size: prompts generated together; 1 gives each answer its own unpadded forward passes.
+    Resuming:
+        resume: continue an interrupted or failed run with the same settings (its answers are kept, the
+            missing ones generated) instead of starting a new run.
     """
 
     data: str
@@ -79,6 +87,7 @@ class EvalConfig:
     seed: int = 0
     max_new_tokens: int | None = None
     batch_size: int = 8
+    resume: bool = True
 
 
 # --- loading the questions ----------------------------------------------------------------------------
@@ -313,12 +322,30 @@ def run_eval(
         "skipped": prep.skipped,
         "key": run_key(key_fields),
     }
-    with session_scope(settings.db_url) as s:
-        run = EvalRun(model_version=version.id, dataset=prep.data.label, dataset_hash=prep.data.hash,
-                      condition=config.condition, n_distractors=prep.k, config=run_config,
-                      n_examples=len(prep.cases), status="running")  # fmt: skip
-        s.add(run)
+    run_config["owner"] = {**machine(), "pid": os.getpid()}
     rows: list[dict] = []
+    todo = list(range(len(prep.cases)))
+    earlier = 0.0
+    unfinished = _unfinished_run(settings, run_config["key"]) if config.resume else None
+    if unfinished is not None:  # keep what it answered; generate only the rest
+        run, kept = _take_over(settings, unfinished, prep.cases, run_config)
+        for i, ex in kept.items():
+            case = prep.cases[i]
+            scored = score_answer(ex.output, case.item.answers, case.item.answer_type,
+                                  [p.id for p in case.passages], [p.text for p in case.passages], case.gold_ids)  # fmt: skip
+            scores = {**(ex.scores or {}), **scored.scores}
+            rows.append({"scores": scores, "prediction": scored.prediction, "answers": case.item.answers,
+                         "latency_ms": ex.latency_ms})  # fmt: skip
+        todo = [i for i in todo if i not in kept]
+        earlier = unfinished.wall_s or 0.0
+        if progress:
+            progress(len(rows), len(prep.cases))
+    else:
+        with session_scope(settings.db_url) as s:
+            run = EvalRun(model_version=version.id, dataset=prep.data.label, dataset_hash=prep.data.hash,
+                          condition=config.condition, n_distractors=prep.k, config=run_config,
+                          n_examples=len(prep.cases), status="running")  # fmt: skip
+            s.add(run)
     started = time.perf_counter()
 
     def on_batch(indices: list[int], gens: list[Generation]) -> None:
@@ -344,15 +371,19 @@ def run_eval(
             progress(len(rows), len(prep.cases))
 
     try:
-        generate_all(backend, [c.prompt for c in prep.cases], params, adapter, config.batch_size, on_batch)
+        prompts = [prep.cases[i].prompt for i in todo]
+        generate_all(backend, prompts, params, adapter, config.batch_size,
+                     lambda idx, gens: on_batch([todo[i] for i in idx], gens))  # fmt: skip
     except BaseException as exc:
         with session_scope(settings.db_url) as s:
             failed = s.get(EvalRun, run.id)
-            failed.status = "failed"
+            # Ctrl-C / SIGTERM: the work is fine, only stopped; anything else is a failure to look at.
+            stopped = isinstance(exc, KeyboardInterrupt | SystemExit)
+            failed.status = "interrupted" if stopped else "failed"
             failed.config = {**failed.config, "error": f"{type(exc).__name__}: {exc}"[:2000]}
-            failed.wall_s = time.perf_counter() - started
+            failed.wall_s = earlier + time.perf_counter() - started
         raise
-    wall = time.perf_counter() - started
+    wall = earlier + time.perf_counter() - started
     metrics = aggregate(rows)
     metrics["examples_per_s"] = len(rows) / wall if wall > 0 else None
     with session_scope(settings.db_url) as s:
@@ -368,6 +399,57 @@ def run_eval(
         s.flush()
         s.expunge(done)
     return done
+
+
+def _unfinished_run(settings: Settings, key: str) -> EvalRun | None:
+    """The newest run with this key that stopped before the end and nobody is running now."""
+    mark_interrupted(settings)
+    with session_scope(settings.db_url) as s:
+        for run in s.scalars(
+            select(EvalRun)
+            .where(EvalRun.status.in_(("interrupted", "failed")))
+            .order_by(EvalRun.created_at.desc())
+        ):
+            if (run.config or {}).get("key") == key:
+                s.expunge(run)
+                return run
+    return None
+
+
+def _take_over(
+    settings: Settings, run: EvalRun, cases: Sequence[EvalCase], run_config: dict
+) -> tuple[EvalRun, dict[int, EvalExample]]:
+    """Claim an unfinished run for this process; return it and its stored answers by case index. An answer
+    is kept only if its prompt is byte for byte the prompt this run would show (same key makes that the
+    rule; the hash check makes it certain); any other stored answer is deleted and asked again."""
+    index = {c.item.id: i for i, c in enumerate(cases)}
+    kept: dict[int, EvalExample] = {}
+    with session_scope(settings.db_url) as s:
+        row = s.get(EvalRun, run.id)
+        for ex in s.scalars(select(EvalExample).where(EvalExample.run_id == run.id)):
+            i = index.get(ex.example_id)
+            if i is not None and ex.prompt_sha256 == cases[i].prompt_sha256 and i not in kept:
+                kept[i] = ex
+            else:
+                s.delete(ex)
+        resumed = (row.config or {}).get("resumed", 0) + 1
+        row.config = {**run_config, "resumed": resumed}
+        row.status = "running"
+        s.flush()
+        s.expunge_all()
+    return row, kept
+
+
+def mark_interrupted(settings: Settings) -> int:
+    """Mark ``interrupted`` every ``running`` run whose process is certainly gone (same host, dead pid or a
+    reboot since); runs on another host are left alone. Returns how many were marked."""
+    marked = 0
+    with session_scope(settings.db_url) as s:
+        for run in s.scalars(select(EvalRun).where(EvalRun.status == "running")):
+            if owner_gone((run.config or {}).get("owner")):
+                run.status = "interrupted"
+                marked += 1
+    return marked
 
 
 def find_reusable_run(settings: Settings, key: str) -> EvalRun | None:
@@ -413,6 +495,7 @@ def planned_key(settings: Settings, config: EvalConfig, kb_version: int | None =
 
 def get_run(settings: Settings, run_id: str) -> EvalRun:
     """A stored run by id or unique id prefix."""
+    mark_interrupted(settings)
     with session_scope(settings.db_url) as s:
         run = s.get(EvalRun, run_id)
         if run is None:
@@ -427,6 +510,7 @@ def get_run(settings: Settings, run_id: str) -> EvalRun:
 
 def list_runs(settings: Settings, model: str | None = None, limit: int = 50) -> list[EvalRun]:
     """Runs, newest first; ``model`` (a version or alias) keeps only that version's."""
+    mark_interrupted(settings)
     with session_scope(settings.db_url) as s:
         q = select(EvalRun).order_by(EvalRun.created_at.desc()).limit(limit)
         if model:

@@ -23,7 +23,6 @@ import fcntl
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -39,6 +38,7 @@ from sqlalchemy import select, update
 from ragloop.config import Settings
 from ragloop.errors import ConfigError, NotFound, RagloopError
 from ragloop.generation.models import resolve_model
+from ragloop.proc import machine, pid_alive
 from ragloop.store.db import session_scope
 from ragloop.store.models import DatasetVersion, Job, utcnow
 
@@ -72,32 +72,6 @@ class JobError(RagloopError):
 
 def jobs_dir(settings: Settings) -> Path:
     return settings.data_dir / "jobs"
-
-
-def _machine() -> dict[str, str]:
-    """Host name and boot id: a pid means something only on the same machine since the same boot."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot = ""
-    return {"host": socket.gethostname(), "boot_id": boot}
-
-
-def pid_alive(pid: int | None) -> bool:
-    """Whether a process exists and is not a zombie (a killed child nobody has reaped yet is dead)."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 # Submitting --------------------------------------------------------------------------------------------
@@ -252,7 +226,7 @@ def submit(settings: Settings, kind: str, config: dict[str, Any], *, foreground:
         if foreground:
             job.status, job.pid, job.started_at = "running", os.getpid(), utcnow()
             job.heartbeat_at = job.started_at
-            job.progress = {"worker": {**_machine(), "pid": os.getpid()}}
+            job.progress = {"worker": {**machine(), "pid": os.getpid()}}
     folder.mkdir(parents=True, exist_ok=True)
     _log(job, f"submitted {kind} job {job.id}: {json.dumps(full, default=str)}")
     return job
@@ -344,7 +318,7 @@ def recover(settings: Settings, *, stale_after_s: float = STALE_S) -> list[str]:
     """Mark ``interrupted`` every running job whose process is gone: heartbeat older than
     ``stale_after_s`` and a dead pid (same machine, same boot), or a heartbeat silent for
     ``REMOTE_STALE_S`` from another machine. Returns their ids. Safe to call anywhere, any time."""
-    here = _machine()
+    here = machine()
     now = utcnow()
     found = []
     with session_scope(settings.db_url) as s:
@@ -479,7 +453,7 @@ def run_job(
         assert row is not None
         row.pid = os.getpid()
         row.heartbeat_at = utcnow()
-        row.progress = {"worker": {**_machine(), "pid": os.getpid()}}
+        row.progress = {"worker": {**machine(), "pid": os.getpid()}}
     cfg = job.config
     heartbeat = _Heartbeat(settings, job.id)
     heartbeat.start()
@@ -632,7 +606,7 @@ def claim_next(settings: Settings) -> Job | None:
     """Atomically take the oldest queued job for this process. ``FOR UPDATE SKIP LOCKED`` on PostgreSQL
     (ignored on SQLite) plus a conditional update: two workers sharing a database never take the same
     job."""
-    here = _machine()
+    here = machine()
     with session_scope(settings.db_url) as s:
         for _ in range(5):
             job = s.scalars(
