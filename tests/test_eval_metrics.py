@@ -16,6 +16,7 @@ from ragloop.evaluation.metrics import (
     cohens_kappa,
     macro_f1,
     paired_bootstrap,
+    primary_metric,
     score_answer,
 )
 from ragloop.evaluation.review import agreement_stats, pick_for_review
@@ -128,6 +129,28 @@ def test_aggregate_keys_and_values() -> None:
     assert m["abstain_rate"] == 0.5 and m["abstention_accuracy"] == 1.0 and m["false_abstention_rate"] == 0.0
     assert m["citation_precision"] == 1.0 and m["latency_ms_p50"] == 10.0
     assert "accuracy" not in m and "api_match" not in m  # no label / API questions in this set
+
+
+def test_headline_metric_follows_the_kind_most_answers_are() -> None:
+    def run(kinds: list[tuple[str, str, str]]) -> dict:
+        rows = []
+        for output, answer, kind in kinds:
+            s = score(output, [answer], kind)
+            rows.append(
+                {"scores": s.scores, "prediction": s.prediction, "answers": [answer], "latency_ms": 1.0}
+            )
+        return aggregate(rows)
+
+    # HotpotQA: mostly spans, a few yes/no comparisons; scored by F1, not by the accuracy of the few labels.
+    hotpot = run([("Answer: Paris", "Paris", "span")] * 3 + [("Answer: yes", "yes", "label")])
+    assert hotpot["n_label"] == 1 and hotpot["accuracy"] == 1.0 and primary_metric(hotpot) == "f1"
+    pubmed = run([("Answer: no", "yes", "label")] * 3 + [("Answer: Paris", "Paris", "span")])
+    assert primary_metric(pubmed) == "accuracy"
+    api = run([("Answer: torch.hub.load('a', 'b')", "torch.hub.load('a', 'b')", "api_call")] * 2)
+    assert primary_metric(api) == "api_match"
+    assert (
+        primary_metric({"n": 4, "accuracy": 0.5, "f1": 0.2}) == "accuracy"
+    )  # a run stored before the counts
 
 
 # --- conditions -------------------------------------------------------------------------------------
