@@ -347,3 +347,18 @@ def test_eval_killed_with_sigkill_is_interrupted_and_continued(kb_home: Settings
         k: v for k, v in resumed.metrics.items() if k != "examples_per_s" and "latency" not in k
     }
     assert run_eval(kb_home, config).id not in (resumed.id, fresh.id)  # a finished run is not continued
+
+
+def test_reuse_needs_the_same_prompts_not_only_the_same_settings(kb_home: Settings, qa_file: Path) -> None:
+    """The key covers settings, not code: a stored run whose prompts were built differently (here: its
+    recorded digest says so, as after a change in how prompts are worded) is not reused."""
+    from ragloop.evaluation.run import reusable_run
+
+    config = EvalConfig(data=str(qa_file), condition="oracle", max_new_tokens=4, batch_size=4)
+    run = run_eval(kb_home, config)
+    assert len(run.config["prompts_sha256"]) == 64
+    assert reusable_run(kb_home, config).id == run.id
+    with session_scope(kb_home.db_url) as s:
+        stored = s.get(type(run), run.id)
+        stored.config = {**stored.config, "prompts_sha256": "0" * 64}
+    assert reusable_run(kb_home, config) is None

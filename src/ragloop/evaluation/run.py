@@ -321,6 +321,7 @@ def run_eval(
         "n_sampled": prep.n_items,
         "skipped": prep.skipped,
         "key": run_key(key_fields),
+        "prompts_sha256": prompts_digest(prep.cases),
     }
     run_config["owner"] = {**machine(), "pid": os.getpid()}
     rows: list[dict] = []
@@ -452,27 +453,43 @@ def mark_interrupted(settings: Settings) -> int:
     return marked
 
 
-def find_reusable_run(settings: Settings, key: str) -> EvalRun | None:
-    """The newest finished run with this key, if any."""
+def prompts_digest(cases: Sequence[EvalCase]) -> str:
+    """One hash of every prompt a run shows, in order: two runs with the same digest asked the same
+    questions in the same words with the same passages, whatever code built the prompts."""
+    return hashlib.sha256("".join(c.prompt_sha256 for c in cases).encode()).hexdigest()
+
+
+def find_reusable_run(settings: Settings, key: str, prompts_sha256: str | None = None) -> EvalRun | None:
+    """The newest finished run with this key (and, when given, these prompts), if any. A run stored before
+    runs recorded their prompts' digest is matched on the key alone."""
     with session_scope(settings.db_url) as s:
         for run in s.scalars(
             select(EvalRun).where(EvalRun.status == "done").order_by(EvalRun.created_at.desc())
         ):
-            if (run.config or {}).get("key") == key:
-                s.expunge(run)
-                return run
+            stored = run.config or {}
+            if stored.get("key") != key:
+                continue
+            if prompts_sha256 and stored.get("prompts_sha256") not in (None, prompts_sha256):
+                continue
+            s.expunge(run)
+            return run
     return None
 
 
 def reusable_run(settings: Settings, config: EvalConfig) -> EvalRun | None:
     """A finished run that ``config`` would reproduce, found without generating; never for ``live``,
-    whose prompts depend on the knowledge base as it is at run time."""
+    whose prompts depend on the knowledge base as it is at run time. The prompts are built (cheap, no
+    model) and must be the ones the stored run showed, so a change in how prompts are built (template,
+    question wording, distractor choice) is never answered by a stale run."""
     if config.condition == "live":
         return None
-    return find_reusable_run(settings, planned_key(settings, config))
+    prep = prepare(settings, config)
+    return find_reusable_run(settings, planned_key(settings, config, prep=prep), prompts_digest(prep.cases))
 
 
-def planned_key(settings: Settings, config: EvalConfig, kb_version: int | None = None) -> str:
+def planned_key(
+    settings: Settings, config: EvalConfig, kb_version: int | None = None, prep: Prepared | None = None
+) -> str:
     """The key a run of ``config`` would get, computed without generating (for reuse). ``live`` runs are
     keyed by the KB version, so they are only reused while the knowledge base is unchanged."""
     with session_scope(settings.db_url) as s:
@@ -480,12 +497,12 @@ def planned_key(settings: Settings, config: EvalConfig, kb_version: int | None =
         s.expunge(version)
     k = default_k(config.condition, config.n_distractors)
     top_k = (config.top_k or settings.retrieval.top_k) if config.condition == "live" else None
-    data = load_eval_data(settings, config.data, config.format, config.split)
+    data = prep.data if prep else load_eval_data(settings, config.data, config.format, config.split)
     template = get_template(settings.prompt.template)
-    prep = Prepared([], {}, 0, data, k, top_k)
     fields = _key_fields(
-        config, version, prep, template, config.max_new_tokens or settings.generator.max_new_tokens
-    )
+        config, version, Prepared([], {}, 0, data, k, top_k), template,
+        config.max_new_tokens or settings.generator.max_new_tokens,
+    )  # fmt: skip
     fields["kb_version"] = kb_version if config.condition == "live" else None
     return run_key(fields)
 
