@@ -103,7 +103,15 @@ def main() -> None:
     wall["synth"] = time.perf_counter() - t
     groups = sorted({r["group"] for r in records})
     random.Random(0).shuffle(groups)
-    held_groups = set(groups[: max(1, round(len(groups) * args.heldout))])
+    # Whole groups (a section: no leakage between its questions), taken until the share is reached: groups
+    # differ in size, and a share of groups could hold apart most questions.
+    sizes = {g: sum(1 for r in records if r["group"] == g) for g in groups}
+    held_groups: set[str] = set()
+    for g in groups:
+        if sum(sizes[h] for h in held_groups) >= args.heldout * len(records):
+            break
+        if sum(sizes[h] for h in held_groups) + sizes[g] <= 1.5 * args.heldout * len(records):
+            held_groups.add(g)
     heldout = [r for r in records if r["group"] in held_groups]
     traffic = [r for r in records if r["group"] not in held_groups]
     (home / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in heldout))

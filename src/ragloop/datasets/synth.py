@@ -45,13 +45,42 @@ def parse_qa(output: str) -> tuple[str, str] | None:
 
 
 def extractive_qa(row: dict) -> tuple[str, str] | None:
-    """Question from the heading path, answer = the chunk's longest sentence (deterministic)."""
-    heading = (row.get("section") or "").split(" > ")[-1].strip() or row.get("title") or ""
+    """Question from the heading path and the answer's topic, answer = the chunk's longest sentence
+    (deterministic). The topic keeps the questions of one section (or of a heading-less preamble, which
+    falls back to the document title) apart: "What does Article 70 say?" five times over, with five
+    different answers, would teach nothing and be deduplicated away."""
+    heading = (row.get("section") or "").split(" > ")[-1].strip() or _short(row.get("title") or "")
     spans = split_sentences(row["text"])
     if not heading or not spans:
         return None
     s, e = max(spans, key=lambda se: se[1] - se[0])
-    return f"What does {heading} say?", row["text"][s:e].strip()
+    answer = row["text"][s:e].strip()
+    topic = _topic(answer, heading)
+    return (f"What does {heading} say about {topic}?" if topic else f"What does {heading} say?"), answer
+
+
+def _short(title: str, words: int = 8) -> str:
+    parts = title.split()
+    return " ".join(parts[:words]) + (" …" if len(parts) > words else "")
+
+
+def _topic(sentence: str, heading: str, most: int = 5) -> str:
+    """The sentence's longest run of content words (a noun-phrase stand-in, no parser needed). A run ends
+    at punctuation, at a stop word (spaCy's English list, installed with Presidio, plus the modal verbs of
+    legal text) and at a word the heading already says."""
+    from spacy.lang.en.stop_words import STOP_WORDS
+
+    stop = STOP_WORDS | {"shall", "may", "must", "should"} | {w.lower() for w in re.findall(r"\w+", heading)}
+    best: list[str] = []
+    run: list[str] = []
+    for tok in [*re.findall(r"[A-Za-z][\w-]*|[^\w\s]", sentence), "."]:
+        if tok[0].isalpha() and len(tok) > 2 and tok.lower() not in stop:
+            run.append(tok)
+            continue
+        if len(run) > len(best):
+            best = run
+        run = []
+    return " ".join(best[:most])
 
 
 def synthesize(
