@@ -244,6 +244,13 @@ def main() -> None:
             f"- survived curation into dataset {dataset}: {n_kept} examples (decontaminated against {len(heldout)} held-apart questions)",
             f"- trained: `ragloop train sft` (LoRA r 8), {args.epochs:g} epochs, RAFT target `{args.target}`, "
             "default curation policy otherwise (PII anonymised, citations verified, deduplicated)",
+            "",
+            "Curation (`ragloop dataset build` output):",
+            "",
+            "```",
+            build.strip()[:2500],
+            "```",
+            "",
             f"- held-apart evaluation, `live` retrieval, {len(heldout)} questions:",
             "",
             table(["model", *keys], rows),
