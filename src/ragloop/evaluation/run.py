@@ -332,8 +332,7 @@ def run_eval(
         run, kept = _take_over(settings, unfinished, prep.cases, run_config)
         for i, ex in kept.items():
             case = prep.cases[i]
-            scored = score_answer(ex.output, case.item.answers, case.item.answer_type,
-                                  [p.id for p in case.passages], [p.text for p in case.passages], case.gold_ids)  # fmt: skip
+            scored = _score_case(case, ex.output)
             scores = {**(ex.scores or {}), **scored.scores}
             rows.append({"scores": scores, "prediction": scored.prediction, "answers": case.item.answers,
                          "latency_ms": ex.latency_ms})  # fmt: skip
@@ -353,8 +352,7 @@ def run_eval(
         records = []
         for i, gen in zip(indices, gens, strict=True):
             case = prep.cases[i]
-            scored = score_answer(gen.text, case.item.answers, case.item.answer_type,
-                                  [p.id for p in case.passages], [p.text for p in case.passages], case.gold_ids)  # fmt: skip
+            scored = _score_case(case, gen.text)
             scored.scores.update(prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens,
                                  finish_reason=gen.finish_reason, **case.scores)  # fmt: skip
             # A batch's answers arrive together: each is charged an equal share of the batch's time.
@@ -400,6 +398,12 @@ def run_eval(
         s.flush()
         s.expunge(done)
     return done
+
+
+def _score_case(case: EvalCase, output: str) -> Any:
+    """Every score of one output against its case (new answers and continued runs' stored ones alike)."""
+    return score_answer(output, case.item.answers, case.item.answer_type, [p.id for p in case.passages],
+                        [p.text for p in case.passages], case.gold_ids)  # fmt: skip
 
 
 def _unfinished_run(settings: Settings, key: str) -> EvalRun | None:
