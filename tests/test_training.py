@@ -25,7 +25,7 @@ from ragloop.store.models import DatasetVersion
 from ragloop.testing import build_tiny_model
 from ragloop.training.config import TrainConfig, load_train_config
 from ragloop.training.preflight import preflight
-from ragloop.training.sft import train_sft
+from ragloop.training.sft import run_fingerprint, train_sft
 
 FACTS = [
     ("What do employees receive?", "Employees receive paid vacation", "twenty-five days of paid vacation"),
@@ -145,6 +145,31 @@ def test_train_config_loads_yaml_and_rejects_typos(tmp_path: Path) -> None:
         load_train_config(path)
     with pytest.raises(RagloopError, match="truncation"):
         load_train_config(None, truncation="right")
+
+
+def test_device_setting_picks_a_gpu_only_when_there_is_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from ragloop.accel import resolve_device
+
+    has_gpu = torch.cuda.is_available()
+    assert resolve_device("auto").type == ("cuda" if has_gpu else "cpu")
+    assert resolve_device("cpu").type == "cpu"
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # `accelerate launch --cpu` wins over a GPU
+    assert resolve_device("auto").type == resolve_device("cuda").type == "cpu"
+    monkeypatch.delenv("ACCELERATE_USE_CPU")
+    if not has_gpu:  # asking for a GPU that is not there is an error, not hours of CPU training
+        with pytest.raises(RagloopError, match="no CUDA GPU"):
+            resolve_device("cuda")
+    with pytest.raises(RagloopError, match="not a device"):
+        resolve_device("gpu0")
+    with pytest.raises(RagloopError, match="device must be"):
+        load_train_config(None, device="tpu")
+    # Where a run computes is not part of its identity: a GPU checkpoint resumes on a CPU.
+    base = load_train_config(None)
+    assert run_fingerprint("sft", "ds", "h", base) == run_fingerprint(
+        "sft", "ds", "h", load_train_config(None, device="cpu")
+    )
 
 
 # Preflight ---------------------------------------------------------------------------------------------
@@ -354,6 +379,62 @@ def test_resume_after_sigkill_matches_uninterrupted_run(home: Settings, tmp_path
 
 
 # DPO ---------------------------------------------------------------------------------------------------
+
+
+def test_a_run_trained_elsewhere_registers_only_against_the_same_data(
+    home: Settings, tmp_path: Path, trainable_model_dir: Path
+) -> None:
+    """`ragloop train register`: a run from `accelerate launch` on another machine (here: another home with
+    a copy of the dataset) becomes a version with its lineage, and only if this home has the same data."""
+    from typer.testing import CliRunner
+
+    from ragloop.cli import app
+    from ragloop.training.registry import get_model
+
+    splits = dataset(8, 2)
+    register_dataset(home, splits)
+    run = tmp_path / "gpu-box-run"
+    trained = train_sft(home, "ds-test", run, tiny_config(epochs=1))
+
+    def other_home(name: str, rows: dict[str, list[dict]]) -> Settings:
+        root = init_home(tmp_path / name)
+        (root / "ragloop.toml").write_text(
+            f"model_cache = {json.dumps(str(tmp_path / 'model-cache'))}\n\n"
+            f"[generator]\nmodel = {json.dumps(str(trainable_model_dir))}\n"
+        )
+        settings = load_settings(root)
+        register_dataset(settings, rows)
+        return settings
+
+    here = other_home("here", splits)
+    r = CliRunner().invoke(
+        app, ["train", "register", str(run), "--name", "imported", "--home", str(here.home)]
+    )
+    assert r.exit_code == 0, r.output
+    with session_scope(here.db_url) as s:
+        mv = get_model(s, "imported-v1")
+        assert mv.dataset_id == "ds-test" and mv.meta["training"]["steps"] == trained.steps
+        assert mv.meta["hyperparameters"]["learning_rate"] == tiny_config().learning_rate
+        assert adapter_weights(Path(mv.adapter_path)).keys() == adapter_weights(trained.adapter_dir).keys()
+
+    # Same dataset id, other examples: refused, nothing registered.
+    elsewhere = other_home("elsewhere", {**splits, "train": splits["train"][:-1]})
+    r = CliRunner().invoke(app, ["train", "register", str(run), "--home", str(elsewhere.home)])
+    assert r.exit_code != 0 and "does not match dataset ds-test" in " ".join(r.output.split())
+    # Settings edited after training: the fingerprint no longer matches.
+    edited = tmp_path / "edited-run"
+    shutil.copytree(run, edited)
+    metrics = json.loads((edited / "metrics.json").read_text())
+    metrics["config"]["learning_rate"] = 1.0
+    (edited / "metrics.json").write_text(json.dumps(metrics))
+    r = CliRunner().invoke(app, ["train", "register", str(edited), "--home", str(here.home)])
+    assert r.exit_code != 0 and "does not match" in " ".join(r.output.split())
+    r = CliRunner().invoke(app, ["train", "register", str(tmp_path), "--home", str(here.home)])
+    assert r.exit_code != 0 and "not a finished training run" in " ".join(r.output.split())
+    with session_scope(elsewhere.db_url) as s:
+        from ragloop.store.models import ModelVersion
+
+        assert s.query(ModelVersion).count() == 0
 
 
 def test_dpo_reference_is_the_sft_merged_model(home: Settings, tmp_path: Path) -> None:

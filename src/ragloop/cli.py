@@ -859,6 +859,33 @@ def train_dpo_command(
            config_path=str(config) if config else None, train=_overrides(set_))  # fmt: skip
 
 
+@train_app.command("register")
+def train_register_command(
+    run: Annotated[Path, typer.Argument(help="Folder of a finished run (--out of ragloop.training.run).")],
+    base: BaseOpt = None,
+    name: NameOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Register an SFT run trained outside the job queue (`accelerate launch`, another machine with a GPU).
+
+    The run's dataset version must be in this home; its recorded fingerprint is checked against this home's
+    data, base model and the run's settings before anything is registered."""
+    from ragloop.training.registry import register_model
+    from ragloop.training.sft import completed_run
+
+    settings = _settings(home)
+    try:
+        result = completed_run(settings, run, base=base)
+        mv = register_model(settings, result, kind="sft", dataset_id=result.metrics["dataset"],
+                            train_config=result.metrics["config"], base=base, name=name)  # fmt: skip
+    except RagloopError as exc:
+        raise _fail(exc) from None
+    console.print(
+        f"registered model version [bold]{mv.id}[/] ({result.steps} steps on {result.metrics['dataset']})"
+    )
+    console.print(f"serve it: ragloop models promote {mv.id}")
+
+
 def _job_row(job) -> list[str]:  # type: ignore[no-untyped-def]
     p = job.progress or {}
     step = f"{p.get('step')}/{p.get('total')}" if p.get("step") is not None else ""

@@ -54,6 +54,7 @@ class GeneratorSettings(BaseModel):
     temperature: float = 0.0
     timeout_s: float = 120.0
     threads: int | None = None  # torch intra-op threads; None = torch's default
+    device: str = "auto"  # transformers backend: auto (a CUDA GPU if torch sees one) | cpu | cuda | cuda:N
 
 
 class RetrievalSettings(BaseModel):

@@ -174,7 +174,7 @@ class Assistant:
                         gen.base_url or "", gen.model, os.environ.get(gen.api_key_env), gen.timeout_s
                     )
                 else:
-                    backend = TransformersBackend(self.base_dir, threads=gen.threads)  # type: ignore[arg-type]
+                    backend = TransformersBackend(self.base_dir, threads=gen.threads, device=gen.device)  # type: ignore[arg-type]
                 self._backends[base_hash] = backend
             return backend
 

@@ -72,7 +72,7 @@ class TransformersBackend:
     two concurrent generations only thrash the cores, and a shared PEFT model must not switch adapters
     under a running generation."""
 
-    def __init__(self, model_dir: Path, threads: int | None = None):
+    def __init__(self, model_dir: Path, threads: int | None = None, device: str = "auto"):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -87,7 +87,10 @@ class TransformersBackend:
             self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
         except Exception as exc:
             raise GenerationError(f"Could not load the generator from {model_dir}: {exc}") from exc
-        self.model.eval()
+        from ragloop.accel import resolve_device
+
+        self.device = resolve_device(device)  # ConfigError (a RagloopError) for a GPU that is not there
+        self.model.to(self.device).eval()
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.lock = threading.Lock()
@@ -145,12 +148,13 @@ class TransformersBackend:
             if params.temperature > 0:
                 self.torch.manual_seed(params.seed)
             with self.torch.inference_mode(), ctx if ctx is not None else contextlib.nullcontext():
-                return model.generate(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
+                out = model.generate(
+                    input_ids=input_ids.to(self.device),
+                    attention_mask=attention_mask.to(self.device),
                     streamer=streamer,
                     **self._gen_kwargs(params),
                 )
+            return out.cpu()  # decoding and token counting read it element by element
 
     def _result(
         self, out, input_ids, params: GenParams, text: str, first: float | None, start: float

@@ -7,6 +7,7 @@ same file (and the same dataset version) retrains the same adapter.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,8 @@ class TrainConfig:
         lr_scheduler: ``cosine``, ``linear`` or ``constant`` after warm-up.
         seed: LoRA initialisation, dropout and data order; the same seed retrains the same adapter.
         threads: torch CPU threads; ``None`` uses every core.
+        device: ``auto`` (a CUDA GPU when torch sees one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+            Like ``threads`` it is not part of a run's identity: a run started on a GPU resumes on a CPU.
 
     > Bookkeeping
 
@@ -94,6 +97,7 @@ class TrainConfig:
     lr_scheduler: str = "cosine"
     seed: int = 0
     threads: int | None = None
+    device: str = "auto"
     # Bookkeeping
     eval_every: int = 50
     save_every: int = 50
@@ -123,6 +127,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not _positive_int(value):
                 problems.append(f"{name} must be a positive integer or null")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device).strip().lower()):
+            problems.append(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
         if not self.epochs > 0:
             problems.append("epochs must be > 0")
         if not self.learning_rate > 0:

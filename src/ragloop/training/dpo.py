@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
+from ragloop.accel import resolve_device
 from ragloop.config import Settings
 from ragloop.errors import RagloopError
 from ragloop.training.config import TrainConfig
@@ -170,7 +170,7 @@ def build_dpo_trainer(
         eval_steps=config.eval_every,
         report_to="none",
         disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=resolve_device(config.device).type == "cpu",  # a GPU when there is one (ragloop.accel)
         dataloader_num_workers=0,
     )
     trainer = _CountingDPOTrainer(

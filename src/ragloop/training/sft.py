@@ -139,7 +139,7 @@ def run_fingerprint(
 ) -> str:
     """Identity of a run: a checkpoint resumes only a run with the same data, base and hyperparameters."""
     settings = {k: v for k, v in config.to_dict().items()
-                if k not in ("eval_every", "save_every", "logging_every", "keep_checkpoints", "threads")}  # fmt: skip
+                if k not in ("eval_every", "save_every", "logging_every", "keep_checkpoints", "threads", "device")}  # fmt: skip
     blob = json.dumps([kind, dataset_id, base_hash, settings, extra], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -155,17 +155,20 @@ class DataParallel:
     ``r, r + N, …`` of each step; its loss is divided by the step's global trained-token count, and the
     LoRA gradients are summed across ranks (one flat all-reduce), so the update is the one a single
     process makes over the same micro-batches. A rank left without a micro-batch in a step contributes
-    zero gradients but still joins the all-reduce. Rank 0 alone writes the output folder."""
+    zero gradients but still joins the all-reduce. Rank 0 alone writes the output folder.
 
-    def __init__(self) -> None:
+    One process (``WORLD_SIZE`` 1) is the degenerate case: no communication, and the device is still
+    ``device`` (see ``ragloop.accel``), so a single GPU trains without a launcher."""
+
+    def __init__(self, device: str = "auto") -> None:
         import torch.distributed as dist
+
+        from ragloop.accel import resolve_device
 
         self.dist = dist
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        on_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-        self.device = torch.device("cpu")
-        if self.world > 1 and torch.cuda.is_available() and not on_cpu:
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        self.device = resolve_device(device)
+        if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
@@ -246,7 +249,7 @@ def train_sft(
     from ragloop.training.packing import collate, plan_epoch, plan_training, token_nll, use_packed_attention
 
     output_dir = Path(output_dir)
-    ddp = DataParallel()
+    ddp = DataParallel(config.device)
     set_threads(config)
     splits = load_splits(settings, dataset_id)
     model_dir, base_hash = resolve_base(settings, base)
@@ -287,8 +290,7 @@ def train_sft(
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     model = get_peft_model(model, lora_config(config))
-    if ddp.active:
-        model.to(ddp.device)
+    model.to(ddp.device)
     use_packed_attention(model)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -327,7 +329,7 @@ def train_sft(
         emit = _silent
     emit({"event": "start", "step": state["step"], "total": total, "examples": len(features),
           "truncated": len(report.truncated), "dropped": len(report.dropped), "resumed_from": resumed_from,
-          "processes": ddp.world})  # fmt: skip
+          "processes": ddp.world, "device": str(ddp.device)})  # fmt: skip
 
     window = {"loss": 0.0, "steps": 0, "tokens": 0, "seconds": 0.0}
     eval_loss = state.get("eval_loss")
@@ -419,6 +421,50 @@ def train_sft(
                        resumed_from=resumed_from)  # fmt: skip
 
 
+def completed_run(settings: Settings, output_dir: Path, base: str | None = None) -> TrainResult:
+    """A finished SFT run folder (``python -m ragloop.training.run`` or ``accelerate launch``, on this machine or
+    on a GPU box) checked against this home, for ``register_model``.
+
+    Its ``metrics.json`` names the dataset version, the base weights' hash and the hyperparameters. The run
+    fingerprint is recomputed here from this home's copy of that dataset, this home's base model and those
+    settings, and must equal the recorded one: a registered version's lineage then says what it was really
+    trained on, not what its folder claims. Raises RagloopError naming the first thing that differs."""
+    from ragloop.training.config import field_names
+
+    output_dir = Path(output_dir)
+    metrics = _read_json(output_dir / "metrics.json")
+    if not metrics.get("fingerprint") or not (output_dir / "adapter" / "adapter_config.json").is_file():
+        raise RagloopError(
+            f"{output_dir} is not a finished training run (it needs metrics.json and adapter/); "
+            "an unfinished one continues with `python -m ragloop.training.run … --out` on it."
+        )
+    if metrics.get("stopped"):
+        raise RagloopError(
+            f"{output_dir} holds a run that was stopped before its last step; finish it first."
+        )
+    recorded = metrics.get("config") or {}
+    # the recorded values as they were (load_train_config would turn an int epochs into a float and so
+    # change the fingerprint); a setting this version does not know is left out and shows as a mismatch
+    config = TrainConfig(**{k: recorded[k] for k in field_names() if k in recorded})
+    dataset_id = str(metrics.get("dataset") or "")
+    splits = load_splits(settings, dataset_id)
+    model_dir, base_hash = resolve_base(settings, base)
+    if base_hash != metrics.get("base_hash"):
+        raise RagloopError(
+            f"{output_dir} was trained on other base weights (hash {str(metrics.get('base_hash'))[:12]}, "
+            f"this home's base is {base_hash[:12]}); pass --base with the model it was trained on."
+        )
+    report = preflight(load_tokenizer(model_dir), splits["train"], config.max_length, config.truncation)
+    fingerprint = run_fingerprint("sft", dataset_id, base_hash, config, [f["id"] for f in report.features])
+    done = _completed(output_dir, fingerprint)
+    if done is None:
+        raise RagloopError(
+            f"{output_dir} does not match dataset {dataset_id} in this home (fingerprint "
+            f"{metrics.get('fingerprint')} recorded, {fingerprint} here): other examples or settings."
+        )
+    return done
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, features: list[dict], batch_tokens: int) -> float:
     """Mean loss per trained token over ``features`` (dropout off)."""
@@ -503,7 +549,9 @@ def restore_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -
     from safetensors.torch import load_file
 
     set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
-    saved = torch.load(path / "trainer_state.pt", weights_only=False)
+    # on the CPU first: optimizer.load_state_dict moves each state to its parameter's device, so a run
+    # checkpointed on a GPU resumes on a CPU and vice versa
+    saved = torch.load(path / "trainer_state.pt", weights_only=False, map_location="cpu")
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["torch_rng"])
