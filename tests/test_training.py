@@ -147,10 +147,13 @@ def test_train_config_loads_yaml_and_rejects_typos(tmp_path: Path) -> None:
         load_train_config(None, truncation="right")
 
 
-def test_device_setting_picks_a_gpu_only_when_there_is_one(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_device_setting_picks_a_gpu_only_when_there_is_one(
+    monkeypatch: pytest.MonkeyPatch, trainable_model_dir: Path
+) -> None:
     import torch
 
     from ragloop.accel import resolve_device
+    from ragloop.generation.backends import TransformersBackend
 
     has_gpu = torch.cuda.is_available()
     assert resolve_device("auto").type == ("cuda" if has_gpu else "cpu")
@@ -161,6 +164,9 @@ def test_device_setting_picks_a_gpu_only_when_there_is_one(monkeypatch: pytest.M
     if not has_gpu:  # asking for a GPU that is not there is an error, not hours of CPU training
         with pytest.raises(RagloopError, match="no CUDA GPU"):
             resolve_device("cuda")
+        with pytest.raises(RagloopError, match="no CUDA GPU"):  # [generator] device = "cuda"
+            TransformersBackend(trainable_model_dir, device="cuda")
+    assert TransformersBackend(trainable_model_dir).model.device.type == resolve_device("auto").type
     with pytest.raises(RagloopError, match="not a device"):
         resolve_device("gpu0")
     with pytest.raises(RagloopError, match="device must be"):

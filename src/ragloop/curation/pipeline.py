@@ -21,7 +21,6 @@ from ragloop.curation.verify import DEFAULT_THRESHOLD, verify_answer, verify_sta
 from ragloop.feedback.service import Judgement, judgement
 from ragloop.generation.citations import CITE, parse_citations, split_sentences
 from ragloop.generation.replay import ShownPassage, fetch_rows, shown_passages
-from ragloop.ingest.kb import KnowledgeBase
 from ragloop.store.db import session_scope
 from ragloop.store.models import Feedback, Interaction
 
@@ -61,6 +60,8 @@ class FilterReport:
 
 def load_candidates(settings: Settings, interaction_ids: list[str] | None = None) -> list[Candidate]:
     """Every recorded interaction (or the given ones) as a candidate, oldest first."""
+    from ragloop.ingest.kb import KnowledgeBase  # LanceDB: only when the knowledge base is read
+
     kb = KnowledgeBase(settings)
     out: list[Candidate] = []
     with session_scope(settings.db_url) as s:

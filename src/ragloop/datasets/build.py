@@ -26,7 +26,6 @@ from ragloop.datasets.qa import QAItem, QAPassage, passage_pool
 from ragloop.datasets.raft import RaftConfig, RaftExample, build_raft_examples, misled_answer
 from ragloop.errors import NotFound, RagloopError
 from ragloop.generation.citations import CITE
-from ragloop.ingest.kb import KnowledgeBase
 from ragloop.store.db import session_scope
 from ragloop.store.models import DatasetSource, DatasetVersion
 
@@ -255,6 +254,8 @@ def build_dataset(
     vault = settings.data_dir / "pii-vault.json"
     items, counts["pii"] = anonymise_items(items, policy, vault, secret)
     split = split_items(items, policy.split, seed)
+    from ragloop.ingest.kb import KnowledgeBase  # LanceDB: only when the knowledge base is read
+
     kb = KnowledgeBase(settings)
     pool = [
         QAPassage(

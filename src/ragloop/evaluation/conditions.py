@@ -22,11 +22,14 @@ import hashlib
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ragloop.datasets.qa import QAItem, QAPassage, prompt_question, unique_passages
 from ragloop.errors import RagloopError
 from ragloop.generation.prompts import PromptTemplate, prompt_sha256
-from ragloop.retrieval.search import Hit, Retriever
+
+if TYPE_CHECKING:  # LanceDB loads only for the live condition, which passes a Retriever in
+    from ragloop.retrieval.search import Hit, Retriever
 
 CONDITIONS = ("oracle", "distractors", "no-gold", "closed-book", "live")
 DEFAULT_DISTRACTORS = 4  # with one gold passage: the five passages the RAFT builder shows by default

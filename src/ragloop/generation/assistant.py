@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragloop.config import Settings
 from ragloop.errors import RagloopError
@@ -23,11 +23,13 @@ from ragloop.generation.backends import Backend, Generation, GenParams, OpenAIBa
 from ragloop.generation.citations import parse_citations
 from ragloop.generation.models import resolve_model
 from ragloop.generation.prompts import get_template, prompt_sha256
-from ragloop.ingest.kb import KnowledgeBase
-from ragloop.retrieval.search import Hit, Retriever
 from ragloop.store import registry
 from ragloop.store.db import session_scope
 from ragloop.store.models import Interaction, KBVersion, ModelVersion, Passage
+
+if TYPE_CHECKING:
+    from ragloop.ingest.kb import KnowledgeBase
+    from ragloop.retrieval.search import Hit, Retriever
 
 ROLES = {"system", "user", "assistant"}
 FOLLOW_UP = re.compile(
@@ -136,8 +138,8 @@ class Assistant:
         self, settings: Settings, kb: KnowledgeBase | None = None, retriever: Retriever | None = None
     ):
         self.settings = settings
-        self.kb = kb or KnowledgeBase(settings)
-        self.retriever = retriever or Retriever(settings, self.kb)
+        self._kb, self._retriever = kb, retriever
+        self._open_lock = threading.Lock()
         self.template = get_template(settings.prompt.template)
         self._lock = threading.Lock()
         self._backends: dict[str, Backend] = {}
@@ -158,6 +160,29 @@ class Assistant:
             self.base_version_id = registry.ensure_base_version(s, self.base_name, self.base_hash).id
 
     # Models ----------------------------------------------------------------------------------------
+    # The knowledge base opens on first use: an evaluation with its own passages (every condition but
+    # live) never reads it, and so runs where LanceDB has no index, or is not even installed.
+    @property
+    def kb(self) -> KnowledgeBase:
+        if self._kb is None:
+            with self._open_lock:
+                if self._kb is None:
+                    from ragloop.ingest.kb import KnowledgeBase
+
+                    self._kb = KnowledgeBase(self.settings)
+        return self._kb
+
+    @property
+    def retriever(self) -> Retriever:
+        if self._retriever is None:
+            kb = self.kb
+            with self._open_lock:
+                if self._retriever is None:
+                    from ragloop.retrieval.search import Retriever
+
+                    self._retriever = Retriever(self.settings, kb)
+        return self._retriever
+
     def _backend(self, base_hash: str) -> Backend:
         with self._lock:
             backend = self._backends.get(base_hash)

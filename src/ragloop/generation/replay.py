@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ragloop.config import Settings
 from ragloop.errors import NotFound
 from ragloop.generation.prompts import get_template, prompt_sha256
-from ragloop.ingest.kb import KnowledgeBase
 from ragloop.store.db import session_scope
 from ragloop.store.models import Interaction
+
+if TYPE_CHECKING:
+    from ragloop.ingest.kb import KnowledgeBase
 
 
 @dataclass
@@ -92,7 +95,11 @@ def shown_passages(
 def replay(settings: Settings, interaction_id: str, kb: KnowledgeBase | None = None) -> Replay:
     """Rebuild the prompt of ``interaction_id`` and say whether it is byte-identical to what was sent."""
     interaction = load_interaction(settings, interaction_id)
-    passages, problems = shown_passages(kb or KnowledgeBase(settings), interaction)
+    if kb is None:
+        from ragloop.ingest.kb import KnowledgeBase
+
+        kb = KnowledgeBase(settings)
+    passages, problems = shown_passages(kb, interaction)
     template = get_template(interaction.template_id, interaction.template_version)
     prompt = template.render(interaction.messages, passages)
     return Replay(
