@@ -519,6 +519,27 @@ def robustness(spec: SetSpec, home: Path, work: Path) -> str:
     return f"Robustness plot: `docs/{png.name}` / `docs/{svg.name}` ({'; '.join(lines)})"
 
 
+def sweep_versions(home: Path, spec: SetSpec) -> list[str]:
+    """Versions bench/sweep.py registered for a set (its grid of learning rates, epochs and data sizes)."""
+    from ragloop.config import load_settings
+    from ragloop.store.db import session_scope
+    from ragloop.store.registry import list_models
+
+    with session_scope(load_settings(home).db_url) as s:
+        return [mv.id for mv, _ in list_models(s) if mv.id.startswith(f"sweep-{spec.name}-")]
+
+
+def sweep_run(spec: SetSpec, home: Path, work: Path, version: str):  # type: ignore[no-untyped-def]
+    """A sweep version's stored run under distractors, with the evaluation settings of bench/sweep.py."""
+    from ragloop.config import load_settings
+    from ragloop.evaluation.run import EvalConfig, reusable_run
+
+    _, eval_file = prepare_data(spec, work)
+    cfg = EvalConfig(data=str(eval_file), model=version, condition="distractors", n_distractors=spec.k,
+                     limit=LIMIT, max_new_tokens=spec.new_plain)  # fmt: skip
+    return reusable_run(load_settings(home), cfg)
+
+
 def best_aliases(specs: list[SetSpec], home: Path, work: Path, log: Path) -> list[str]:
     """Point best-<set> at the trained version with the highest headline metric under `distractors`."""
     out = []
@@ -531,6 +552,11 @@ def best_aliases(specs: list[SetSpec], home: Path, work: Path, log: Path) -> lis
             value = (run.metrics or {}).get(spec.metric) if run else None
             if value is not None and (best is None or value > best[0]):
                 best = (value, run.model_version, var.label)
+        for version in sweep_versions(home, spec):  # bench/sweep.py's configs, scored on the same questions
+            run = sweep_run(spec, home, work, version)
+            value = (run.metrics or {}).get(spec.metric) if run else None
+            if value is not None and (best is None or value > best[0]):
+                best = (value, version, "RAFT w/o reasoning, bench/sweep.py")
         if best:
             sh(["models", "alias", f"best-{spec.name}", best[1]], home, log)
             out.append(

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import table  # noqa: E402
-from raft import LIMIT, SETS, SetSpec, model_version, prepare_data, variants  # noqa: E402
+from raft import LIMIT, SETS, SetSpec, model_version, prepare_data, sweep_run, variants  # noqa: E402
 
 CLI = [sys.executable, "-m", "ragloop"]
 # (data, learning rate, epochs): "bench" is bench/raft.py's own dataset version of the set (its
@@ -152,7 +152,6 @@ def run(
 
 def report(home: Path, work: Path, specs: list[SetSpec]) -> str:
     from ragloop.config import load_settings
-    from ragloop.evaluation.run import EvalConfig, reusable_run
     from ragloop.store.db import session_scope
     from ragloop.store.models import ModelVersion
 
@@ -167,10 +166,7 @@ def report(home: Path, work: Path, specs: list[SetSpec]) -> str:
         for label, version in models:
             if version is None:
                 continue
-            _, eval_file = prepare_data(spec, work)
-            cfg = EvalConfig(data=str(eval_file), model=version, condition="distractors", n_distractors=spec.k,
-                             limit=LIMIT, max_new_tokens=spec.new_plain)  # fmt: skip
-            found = reusable_run(settings, cfg)
+            found = sweep_run(spec, home, work, version)
             with session_scope(settings.db_url) as s:
                 meta = s.get(ModelVersion, version).meta or {}
             m = meta.get("metrics") or {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -347,6 +348,23 @@ def test_eval_killed_with_sigkill_is_interrupted_and_continued(kb_home: Settings
         k: v for k, v in resumed.metrics.items() if k != "examples_per_s" and "latency" not in k
     }
     assert run_eval(kb_home, config).id not in (resumed.id, fresh.id)  # a finished run is not continued
+
+
+def test_two_processes_cannot_both_continue_one_interrupted_run(kb_home: Settings, qa_file: Path) -> None:
+    """Continuing is a conditional claim: the first taker gets the run, a second one (another process at
+    the same moment) gets None and its evaluation starts a run of its own instead of writing into it."""
+    from ragloop.evaluation.run import _take_over, prepare
+
+    config = EvalConfig(data=str(qa_file), condition="oracle", max_new_tokens=4, batch_size=4)
+    run = run_eval(kb_home, config)
+    with session_scope(kb_home.db_url) as s:
+        s.get(type(run), run.id).status = "interrupted"
+    cases = prepare(kb_home, config).cases
+    first = _take_over(kb_home, run, cases, {**run.config, "owner": {"pid": os.getpid()}})
+    assert first is not None and first[0].status == "running" and len(first[1]) == len(ITEMS)
+    assert _take_over(kb_home, run, cases, run.config) is None
+    other = run_eval(kb_home, config)  # the run is claimed (running, by a live pid): not continued
+    assert other.id != run.id and other.status == "done"
 
 
 def test_reuse_needs_the_same_prompts_not_only_the_same_settings(kb_home: Settings, qa_file: Path) -> None:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from ragloop.config import Settings
 from ragloop.datasets.importers import read_qa_file
@@ -328,8 +328,9 @@ def run_eval(
     todo = list(range(len(prep.cases)))
     earlier = 0.0
     unfinished = _unfinished_run(settings, run_config["key"]) if config.resume else None
-    if unfinished is not None:  # keep what it answered; generate only the rest
-        run, kept = _take_over(settings, unfinished, prep.cases, run_config)
+    claimed = _take_over(settings, unfinished, prep.cases, run_config) if unfinished is not None else None
+    if claimed is not None:  # keep what it answered; generate only the rest
+        run, kept = claimed
         for i, ex in kept.items():
             case = prep.cases[i]
             scored = _score_case(case, ex.output)
@@ -423,10 +424,24 @@ def _unfinished_run(settings: Settings, key: str) -> EvalRun | None:
 
 def _take_over(
     settings: Settings, run: EvalRun, cases: Sequence[EvalCase], run_config: dict
-) -> tuple[EvalRun, dict[int, EvalExample]]:
-    """Claim an unfinished run for this process; return it and its stored answers by case index. An answer
-    is kept only if its prompt is byte for byte the prompt this run would show (same key makes that the
-    rule; the hash check makes it certain); any other stored answer is deleted and asked again."""
+) -> tuple[EvalRun, dict[int, EvalExample]] | None:
+    """Claim an unfinished run for this process; return it and its stored answers by case index, or None
+    when another process claimed it first (the caller then starts a run of its own).
+
+    The claim is one conditional UPDATE (``… WHERE status IN ('interrupted', 'failed')``), committed before
+    anything else: of two processes continuing the same run at once, exactly one sees its row change. An
+    answer is kept only if its prompt is byte for byte the prompt this run would show (same key makes that
+    the rule; the hash check makes it certain); any other stored answer is deleted and asked again."""
+    resumed = (run.config or {}).get("resumed", 0) + 1
+    with session_scope(settings.db_url) as s:
+        claim = s.execute(
+            update(EvalRun)
+            .where(EvalRun.id == run.id, EvalRun.status.in_(("interrupted", "failed")))
+            .values(status="running", config={**run_config, "resumed": resumed})
+            .execution_options(synchronize_session=False)
+        )
+        if claim.rowcount != 1:
+            return None
     index = {c.item.id: i for i, c in enumerate(cases)}
     kept: dict[int, EvalExample] = {}
     with session_scope(settings.db_url) as s:
@@ -437,9 +452,6 @@ def _take_over(
                 kept[i] = ex
             else:
                 s.delete(ex)
-        resumed = (row.config or {}).get("resumed", 0) + 1
-        row.config = {**run_config, "resumed": resumed}
-        row.status = "running"
         s.flush()
         s.expunge_all()
     return row, kept
