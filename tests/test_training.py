@@ -422,6 +422,12 @@ def test_a_run_trained_elsewhere_registers_only_against_the_same_data(
         assert mv.dataset_id == "ds-test" and mv.meta["training"]["steps"] == trained.steps
         assert mv.meta["hyperparameters"]["learning_rate"] == tiny_config().learning_rate
         assert adapter_weights(Path(mv.adapter_path)).keys() == adapter_weights(trained.adapter_dir).keys()
+    r = CliRunner().invoke(
+        app, ["train", "register", str(run), "--name", "imported", "--home", str(here.home)]
+    )
+    assert r.exit_code == 0 and "already registered as model version imported-v1" in " ".join(
+        r.output.split()
+    )
 
     # Same dataset id, other examples: refused, nothing registered.
     elsewhere = other_home("elsewhere", {**splits, "train": splits["train"][:-1]})

@@ -870,12 +870,18 @@ def train_register_command(
 
     The run's dataset version must be in this home; its recorded fingerprint is checked against this home's
     data, base model and the run's settings before anything is registered."""
-    from ragloop.training.registry import register_model
+    from ragloop.store.db import session_scope
+    from ragloop.training.registry import register_model, registered_as
     from ragloop.training.sft import completed_run
 
     settings = _settings(home)
     try:
         result = completed_run(settings, run, base=base)
+        with session_scope(settings.db_url) as s:
+            existing = registered_as(s, result.adapter_dir)
+        if existing:
+            console.print(f"already registered as model version [bold]{existing}[/]; nothing to do")
+            return
         mv = register_model(settings, result, kind="sft", dataset_id=result.metrics["dataset"],
                             train_config=result.metrics["config"], base=base, name=name)  # fmt: skip
     except RagloopError as exc:

@@ -88,6 +88,20 @@ def adapter_files(adapter_dir: Path) -> dict[str, str]:
     }
 
 
+def adapter_digest(files: dict[str, str]) -> str:
+    """One hash of an adapter's files (``adapter_files``): a version's ``adapter_sha256``."""
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def registered_as(session: Session, adapter_dir: Path) -> str | None:
+    """The version already holding exactly this adapter, if any (registering twice is then a no-op)."""
+    digest = adapter_digest(adapter_files(adapter_dir))
+    for mv in session.scalars(select(ModelVersion)):
+        if (mv.meta or {}).get("adapter_sha256") == digest:
+            return mv.id
+    return None
+
+
 def _as_dict(config: Any) -> dict[str, Any]:
     if config is None:
         return {}
@@ -210,7 +224,7 @@ def _register(
     raw_metrics = dict(field("metrics") or {})
     metrics = {k: v for k, v in raw_metrics.items() if v is None or isinstance(v, int | float | str | bool)}
     files = adapter_files(adapter_src)
-    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    digest = adapter_digest(files)
     now = utcnow()
     version_id = _version_id(s, kind, name, digest, now)
     meta = _jsonable(
