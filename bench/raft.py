@@ -540,27 +540,35 @@ def sweep_run(spec: SetSpec, home: Path, work: Path, version: str):  # type: ign
     return reusable_run(load_settings(home), cfg)
 
 
+def _rank(run, metric: str, second: str) -> tuple[float, float] | None:  # type: ignore[no-untyped-def]
+    m = (run.metrics or {}) if run is not None else {}
+    return None if m.get(metric) is None else (m[metric], m.get(second) or 0.0)
+
+
 def best_aliases(specs: list[SetSpec], home: Path, work: Path, log: Path) -> list[str]:
-    """Point best-<set> at the trained version with the highest headline metric under `distractors`."""
+    """Point best-<set> at the trained version with the highest headline metric under `distractors`; a tie
+    goes to the higher second metric (macro-F1 beside accuracy, where always-"yes" models tie at the
+    majority share; EM beside F1)."""
     out = []
     for spec in specs:
+        second = {"accuracy": "macro_f1", "f1": "em"}.get(spec.metric, spec.metric)
         best = None
         for key, var in variants(spec).items():
             if key == "base":
                 continue
             run = _cell(spec, home, work, key, "distractors")
-            value = (run.metrics or {}).get(spec.metric) if run else None
+            value = _rank(run, spec.metric, second)
             if value is not None and (best is None or value > best[0]):
                 best = (value, run.model_version, var.label)
         for version in sweep_versions(home, spec):  # bench/sweep.py's configs, scored on the same questions
             run = sweep_run(spec, home, work, version)
-            value = (run.metrics or {}).get(spec.metric) if run else None
+            value = _rank(run, spec.metric, second)
             if value is not None and (best is None or value > best[0]):
                 best = (value, version, "RAFT w/o reasoning, bench/sweep.py")
         if best:
             sh(["models", "alias", f"best-{spec.name}", best[1]], home, log)
             out.append(
-                f"best-{spec.name} → {best[1]} ({best[2]}, {spec.metric} {_pct(best[0])} under distractors)"
+                f"best-{spec.name} → {best[1]} ({best[2]}, {spec.metric} {_pct(best[0][0])}, {second} {_pct(best[0][1])} under distractors)"
             )
     return out
 
