@@ -107,11 +107,13 @@ def main() -> None:
     # differ in size, and a share of groups could hold apart most questions.
     sizes = {g: sum(1 for r in records if r["group"] == g) for g in groups}
     held_groups: set[str] = set()
+    held = 0
     for g in groups:
-        if sum(sizes[h] for h in held_groups) >= args.heldout * len(records):
+        if held >= args.heldout * len(records):
             break
-        if sum(sizes[h] for h in held_groups) + sizes[g] <= 1.5 * args.heldout * len(records):
+        if held + sizes[g] <= 1.5 * args.heldout * len(records):
             held_groups.add(g)
+            held += sizes[g]
     heldout = [r for r in records if r["group"] in held_groups]
     traffic = [r for r in records if r["group"] not in held_groups]
     (home / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in heldout))

@@ -552,19 +552,16 @@ def best_aliases(specs: list[SetSpec], home: Path, work: Path, log: Path) -> lis
     out = []
     for spec in specs:
         second = {"accuracy": "macro_f1", "f1": "em"}.get(spec.metric, spec.metric)
+        candidates = [(_cell(spec, home, work, key, "distractors"), var.label)
+                      for key, var in variants(spec).items() if key != "base"]  # fmt: skip
+        # bench/sweep.py's configs, scored on the same questions
+        candidates += [(sweep_run(spec, home, work, v), "RAFT w/o reasoning, bench/sweep.py")
+                       for v in sweep_versions(home, spec)]  # fmt: skip
         best = None
-        for key, var in variants(spec).items():
-            if key == "base":
-                continue
-            run = _cell(spec, home, work, key, "distractors")
+        for run, label in candidates:
             value = _rank(run, spec.metric, second)
             if value is not None and (best is None or value > best[0]):
-                best = (value, run.model_version, var.label)
-        for version in sweep_versions(home, spec):  # bench/sweep.py's configs, scored on the same questions
-            run = sweep_run(spec, home, work, version)
-            value = _rank(run, spec.metric, second)
-            if value is not None and (best is None or value > best[0]):
-                best = (value, version, "RAFT w/o reasoning, bench/sweep.py")
+                best = (value, run.model_version, label)
         if best:
             sh(["models", "alias", f"best-{spec.name}", best[1]], home, log)
             out.append(

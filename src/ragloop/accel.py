@@ -12,6 +12,7 @@ GPU, and fp32 makes a GPU-trained adapter the one the CPU would have trained, up
 from __future__ import annotations
 
 import os
+import re
 from typing import TYPE_CHECKING
 
 from ragloop.errors import ConfigError
@@ -20,6 +21,12 @@ if TYPE_CHECKING:
     import torch
 
 DEVICES = "auto, cpu, cuda or cuda:N"
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def valid_device(spec: str | None) -> bool:
+    """Whether a setting names a device at all (checked without torch, where a config is read)."""
+    return _DEVICE.fullmatch((spec or "auto").strip().lower()) is not None
 
 
 def resolve_device(spec: str | None = "auto") -> torch.device:
@@ -27,6 +34,8 @@ def resolve_device(spec: str | None = "auto") -> torch.device:
     import torch
 
     value = (spec or "auto").strip().lower()
+    if not valid_device(value):
+        raise ConfigError(f"Device {spec!r} is not a device: use {DEVICES}.")
     if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
         value = "cpu"
     local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
@@ -34,18 +43,11 @@ def resolve_device(spec: str | None = "auto") -> torch.device:
         return torch.device("cpu")
     if value == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    if value == "cuda" or value.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"Device {spec!r} was asked for, but torch sees no CUDA GPU here; use auto or cpu."
-            )
-        try:
-            device = torch.device(value)
-        except RuntimeError as exc:
-            raise ConfigError(f"Device {spec!r} is not a device: use {DEVICES}.") from exc
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        if device.index >= torch.cuda.device_count():
-            raise ConfigError(f"Device {spec!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s).")
-        return device
-    raise ConfigError(f"Device {spec!r} is not a device: use {DEVICES}.")
+    if not torch.cuda.is_available():  # cuda or cuda:N
+        raise ConfigError(f"Device {spec!r} was asked for, but torch sees no CUDA GPU here; use auto or cpu.")
+    device = torch.device(value)
+    if device.index is None:
+        device = torch.device("cuda", local_rank)
+    if device.index >= torch.cuda.device_count():
+        raise ConfigError(f"Device {spec!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s).")
+    return device

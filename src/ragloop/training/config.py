@@ -7,11 +7,11 @@ same file (and the same dataset version) retrains the same adapter.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ragloop.accel import valid_device
 from ragloop.errors import ConfigError
 
 TRUNCATION_POLICIES = ("left-context", "drop")
@@ -127,7 +127,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not _positive_int(value):
                 problems.append(f"{name} must be a positive integer or null")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device).strip().lower()):
+        if not valid_device(str(self.device)):
             problems.append(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
         if not self.epochs > 0:
             problems.append("epochs must be > 0")

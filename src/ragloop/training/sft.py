@@ -144,6 +144,12 @@ def run_fingerprint(
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def sft_fingerprint(dataset_id: str, base_hash: str, config: TrainConfig, report: Any) -> str:
+    """An SFT run's identity: ``run_fingerprint`` over the examples the preflight kept. One recipe for the
+    trainer (resume, completed run) and for ``completed_run`` (registering a run trained elsewhere)."""
+    return run_fingerprint("sft", dataset_id, base_hash, config, [f["id"] for f in report.features])
+
+
 # Data parallel -----------------------------------------------------------------------------------------
 
 
@@ -260,7 +266,7 @@ def train_sft(
     report.raise_for_problems()
     val_report = preflight(tokenizer, splits.get("val") or [], config.max_length, config.truncation)
     val = val_report.features if val_report.ok else []
-    fingerprint = run_fingerprint("sft", dataset_id, base_hash, config, [f["id"] for f in report.features])
+    fingerprint = sft_fingerprint(dataset_id, base_hash, config, report)
     checkpoints = output_dir / "checkpoints"
     done = _completed(output_dir, fingerprint) if resume else None
     if done is not None:
@@ -455,7 +461,7 @@ def completed_run(settings: Settings, output_dir: Path, base: str | None = None)
             f"this home's base is {base_hash[:12]}); pass --base with the model it was trained on."
         )
     report = preflight(load_tokenizer(model_dir), splits["train"], config.max_length, config.truncation)
-    fingerprint = run_fingerprint("sft", dataset_id, base_hash, config, [f["id"] for f in report.features])
+    fingerprint = sft_fingerprint(dataset_id, base_hash, config, report)
     done = _completed(output_dir, fingerprint)
     if done is None:
         raise RagloopError(
