@@ -27,6 +27,7 @@ from ragloop.evaluation.run import (
     example_to_item,
     get_run,
     list_runs,
+    mark_interrupted,
     prepare,
     run_eval,
     run_examples,
@@ -380,3 +381,75 @@ def test_reuse_needs_the_same_prompts_not_only_the_same_settings(kb_home: Settin
         stored = s.get(type(run), run.id)
         stored.config = {**stored.config, "prompts_sha256": "0" * 64}
     assert reusable_run(kb_home, config) is None
+
+
+def test_a_stale_interrupt_cannot_take_a_run_from_its_new_owner(kb_home: Settings, qa_file: Path) -> None:
+    """The race ``mark_interrupted`` used to lose: process A sees a dead owner; before A writes, process B
+    marks the run interrupted and claims it (a new heartbeat). A's mark, fenced on the heartbeat it saw,
+    changes nothing, so B keeps the run and no third process can claim it too."""
+    from ragloop.evaluation.run import _interrupt, _take_over, prepare
+
+    config = EvalConfig(data=str(qa_file), condition="oracle", max_new_tokens=4, batch_size=4)
+    run = run_eval(kb_home, config)
+    with session_scope(kb_home.db_url) as s:
+        row = s.get(type(run), run.id)
+        row.status = "running"
+        row.config = {**row.config, "owner": {"host": "elsewhere", "pid": 1}}
+        seen_by_a = row.heartbeat_at
+    assert seen_by_a is not None  # every run is created with a heartbeat
+    with session_scope(kb_home.db_url) as s:  # B: interrupt, then claim
+        assert _interrupt(s, run.id, seen_by_a) == 1
+    claimed = _take_over(
+        kb_home, run, prepare(kb_home, config).cases, {**run.config, "owner": {"pid": os.getpid()}}
+    )
+    assert claimed is not None
+    with session_scope(kb_home.db_url) as s:  # A, late, with what it saw before B
+        assert _interrupt(s, run.id, seen_by_a) == 0
+        assert s.get(type(run), run.id).status == "running"
+    assert _take_over(kb_home, run, prepare(kb_home, config).cases, run.config) is None
+
+
+def test_a_run_on_another_host_is_interrupted_only_after_a_long_silence(
+    kb_home: Settings, qa_file: Path
+) -> None:
+    """Several homes on one PostgreSQL: a pid on another machine cannot be checked from here, so its run is
+    marked interrupted only once its heartbeat has been silent longer than ``REMOTE_STALE_S``."""
+    from datetime import timedelta
+
+    from ragloop.proc import REMOTE_STALE_S
+    from ragloop.store.models import utcnow
+
+    run = run_eval(kb_home, EvalConfig(data=str(qa_file), condition="oracle", max_new_tokens=4, batch_size=4))
+    with session_scope(kb_home.db_url) as s:
+        row = s.get(type(run), run.id)
+        row.status = "running"
+        row.config = {**row.config, "owner": {"host": "another-machine", "boot_id": "x", "pid": 123}}
+        row.heartbeat_at = utcnow() - timedelta(seconds=REMOTE_STALE_S / 2)
+    assert mark_interrupted(kb_home) == 0
+    with session_scope(kb_home.db_url) as s:
+        s.get(type(run), run.id).heartbeat_at = utcnow() - timedelta(seconds=REMOTE_STALE_S + 60)
+    assert mark_interrupted(kb_home) == 1
+    assert get_run(kb_home, run.id).status == "interrupted"
+
+
+def test_a_running_eval_heartbeats(kb_home: Settings, qa_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heartbeat is written from its own thread while answers are generated (so a long batch does not
+    look like a dead run), and stops with the run."""
+    import time
+
+    import ragloop.evaluation.run as run_module
+
+    monkeypatch.setattr(run_module, "HEARTBEAT_S", 0.05)
+    beats = []
+
+    def progress(done: int, total: int) -> None:
+        time.sleep(0.2)
+        with session_scope(kb_home.db_url) as s:
+            beats.append(s.scalars(select(run_module.EvalRun.heartbeat_at)).one())
+
+    run = run_eval(kb_home, EvalConfig(data=str(qa_file), condition="oracle", max_new_tokens=4, batch_size=1),
+                   progress=progress)  # fmt: skip
+    assert len(beats) == len(ITEMS) and beats == sorted(beats) and beats[-1] > beats[0]
+    last = get_run(kb_home, run.id).heartbeat_at
+    time.sleep(0.3)
+    assert get_run(kb_home, run.id).heartbeat_at == last  # the thread stopped with the run

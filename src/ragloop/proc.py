@@ -34,14 +34,21 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
-def owner_gone(owner: dict | None) -> bool:
-    """Whether the process recorded in ``owner`` ({host, boot_id, pid}) is certainly dead: same host and it
-    rebooted since, or same boot and the pid is gone. On another host nothing is certain: False."""
-    if not owner or not owner.get("pid"):
+# A process recorded on another machine (several homes on one PostgreSQL) cannot have its pid checked from
+# here; only a heartbeat silent this long proves it dead.
+REMOTE_STALE_S = 300.0
+
+
+def owner_gone(owner: dict | None, silent_s: float | None = None) -> bool:
+    """Whether the process recorded in ``owner`` ({host, boot_id, pid}) is certainly dead: on this host, it
+    rebooted since or the pid is gone; on another host, its heartbeat has been silent for ``silent_s`` >
+    ``REMOTE_STALE_S`` seconds (without a heartbeat age nothing is certain there: False). One rule for
+    training jobs and eval runs alike."""
+    if not owner:
         return False
     here = machine()
-    if owner.get("host") != here["host"]:
-        return False
+    if owner.get("host", here["host"]) != here["host"]:
+        return silent_s is not None and silent_s > REMOTE_STALE_S
     if owner.get("boot_id") and here["boot_id"] and owner["boot_id"] != here["boot_id"]:
         return True
-    return not pid_alive(int(owner["pid"]))
+    return not pid_alive(int(owner["pid"]) if owner.get("pid") else None)

@@ -12,13 +12,16 @@ outputs (``key``), so the robustness report can reuse a run instead of generatin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import random
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,12 +44,13 @@ from ragloop.generation.prompts import get_template
 from ragloop.proc import machine, owner_gone
 from ragloop.store import registry
 from ragloop.store.db import session_scope
-from ragloop.store.models import DatasetVersion, EvalExample, EvalRun, ModelVersion
+from ragloop.store.models import DatasetVersion, EvalExample, EvalRun, ModelVersion, utcnow
 
 if TYPE_CHECKING:
     from ragloop.generation.assistant import Assistant
 
 MAX_ID = 128  # EvalExample.example_id
+HEARTBEAT_S = 5.0  # a running eval writes EvalRun.heartbeat_at this often, from a thread of its own
 
 
 @dataclass
@@ -345,7 +349,7 @@ def run_eval(
         with session_scope(settings.db_url) as s:
             run = EvalRun(model_version=version.id, dataset=prep.data.label, dataset_hash=prep.data.hash,
                           condition=config.condition, n_distractors=prep.k, config=run_config,
-                          n_examples=len(prep.cases), status="running")  # fmt: skip
+                          n_examples=len(prep.cases), status="running", heartbeat_at=utcnow())  # fmt: skip
             s.add(run)
     started = time.perf_counter()
 
@@ -372,8 +376,9 @@ def run_eval(
 
     try:
         prompts = [prep.cases[i].prompt for i in todo]
-        generate_all(backend, prompts, params, adapter, config.batch_size,
-                     lambda idx, gens: on_batch([todo[i] for i in idx], gens))  # fmt: skip
+        with _heartbeat(settings, run.id):
+            generate_all(backend, prompts, params, adapter, config.batch_size,
+                         lambda idx, gens: on_batch([todo[i] for i in idx], gens))  # fmt: skip
     except BaseException as exc:
         with session_scope(settings.db_url) as s:
             failed = s.get(EvalRun, run.id)
@@ -437,7 +442,7 @@ def _take_over(
         claim = s.execute(
             update(EvalRun)
             .where(EvalRun.id == run.id, EvalRun.status.in_(("interrupted", "failed")))
-            .values(status="running", config={**run_config, "resumed": resumed})
+            .values(status="running", config={**run_config, "resumed": resumed}, heartbeat_at=utcnow())
             .execution_options(synchronize_session=False)
         )
         if claim.rowcount != 1:
@@ -457,16 +462,58 @@ def _take_over(
     return row, kept
 
 
+@contextlib.contextmanager
+def _heartbeat(settings: Settings, run_id: str) -> Iterator[None]:
+    """Write the run's ``heartbeat_at`` every ``HEARTBEAT_S`` while the block runs. A thread of its own, so a
+    long batch never looks like a dead run; it writes only while the run is still ``running``, so it never
+    revives a run another process has marked interrupted."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            # a locked database must not kill the evaluation: the next beat tries again
+            with contextlib.suppress(Exception), session_scope(settings.db_url) as s:
+                s.execute(update(EvalRun).where(EvalRun.id == run_id, EvalRun.status == "running")
+                          .values(heartbeat_at=utcnow()).execution_options(synchronize_session=False))  # fmt: skip
+
+    thread = threading.Thread(target=beat, name=f"eval-heartbeat-{run_id[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def mark_interrupted(settings: Settings) -> int:
-    """Mark ``interrupted`` every ``running`` run whose process is certainly gone (same host, dead pid or a
-    reboot since); runs on another host are left alone. Returns how many were marked."""
+    """Mark ``interrupted`` every ``running`` run whose process is certainly gone (``proc.owner_gone``: on
+    this host a dead pid or a reboot since; on another host a heartbeat silent for ``REMOTE_STALE_S``).
+    Returns how many were marked.
+
+    Each mark is a conditional UPDATE on the heartbeat this call saw: if another process marked and claimed
+    the run in between (which writes a new heartbeat), the stale mark changes nothing instead of taking the
+    run from under its new owner."""
+    now = utcnow()
     marked = 0
     with session_scope(settings.db_url) as s:
-        for run in s.scalars(select(EvalRun).where(EvalRun.status == "running")):
-            if owner_gone((run.config or {}).get("owner")):
-                run.status = "interrupted"
-                marked += 1
+        for run in s.scalars(select(EvalRun).where(EvalRun.status == "running")).all():
+            seen = run.heartbeat_at
+            silent_s = (now - (seen or run.created_at)).total_seconds()
+            if not owner_gone((run.config or {}).get("owner"), silent_s=silent_s):
+                continue
+            marked += _interrupt(s, run.id, seen)
     return marked
+
+
+def _interrupt(s: Any, run_id: str, seen: datetime | None) -> int:
+    """``running`` → ``interrupted``, only if the heartbeat is still the one seen; returns rows changed."""
+    fence = EvalRun.heartbeat_at.is_(None) if seen is None else EvalRun.heartbeat_at == seen
+    return s.execute(
+        update(EvalRun)
+        .where(EvalRun.id == run_id, EvalRun.status == "running", fence)
+        .values(status="interrupted")
+        .execution_options(synchronize_session=False)
+    ).rowcount
 
 
 def prompts_digest(cases: Sequence[EvalCase]) -> str:

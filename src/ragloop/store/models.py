@@ -313,6 +313,8 @@ class EvalRun(Base):
     n_examples: Mapped[int] = mapped_column(Integer, default=0)
     status: Mapped[str] = mapped_column(String(16), default="running")
     wall_s: Mapped[float] = mapped_column(Float, default=0.0)
+    # written every few seconds while running: fences `interrupted` and proves a remote run dead (0002)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class EvalExample(Base):

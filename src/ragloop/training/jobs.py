@@ -38,7 +38,7 @@ from sqlalchemy import select, update
 from ragloop.config import Settings
 from ragloop.errors import ConfigError, NotFound, RagloopError
 from ragloop.generation.models import resolve_model
-from ragloop.proc import machine, pid_alive
+from ragloop.proc import machine, owner_gone
 from ragloop.store.db import session_scope
 from ragloop.store.models import DatasetVersion, Job, utcnow
 
@@ -50,9 +50,6 @@ HEARTBEAT_S = 2.0
 # A running job whose heartbeat is older than this and whose process is gone is interrupted. The margin
 # lets a process that just exited record its own outcome first.
 STALE_S = 10.0
-# A job heartbeating from another machine (several homes on one PostgreSQL) cannot have its pid checked
-# from here; only a long silence proves it dead.
-REMOTE_STALE_S = 300.0
 CANCEL_GRACE_S = 60.0  # a trainer that ignores should_stop this long after a cancel is killed
 WORKER_IDLE_EXIT_S = 300.0  # a worker started on demand exits after this long without work
 LOCK_NAME = "worker.lock"
@@ -318,7 +315,6 @@ def recover(settings: Settings, *, stale_after_s: float = STALE_S) -> list[str]:
     """Mark ``interrupted`` every running job whose process is gone: heartbeat older than
     ``stale_after_s`` and a dead pid (same machine, same boot), or a heartbeat silent for
     ``REMOTE_STALE_S`` from another machine. Returns their ids. Safe to call anywhere, any time."""
-    here = machine()
     now = utcnow()
     found = []
     with session_scope(settings.db_url) as s:
@@ -328,10 +324,7 @@ def recover(settings: Settings, *, stale_after_s: float = STALE_S) -> list[str]:
             if age < stale_after_s:
                 continue
             worker = (job.progress or {}).get("worker") or {}
-            same_host = worker.get("host", here["host"]) == here["host"]
-            rebooted = same_host and worker.get("boot_id", here["boot_id"]) != here["boot_id"]
-            dead = rebooted or (not pid_alive(job.pid) if same_host else age > REMOTE_STALE_S)
-            if not dead:
+            if not owner_gone({**worker, "pid": job.pid}, silent_s=age):
                 continue
             changed = s.execute(
                 update(Job)
