@@ -510,6 +510,13 @@ def robustness(spec: SetSpec, home: Path, work: Path) -> str:
             if run is not None:
                 shown = "distractors" if condition == "oracle" else condition
                 rows.append(RobustnessRow(var.label, run.model_version, shown, k, run.id, True, run.metrics))
+    for version in sweep_versions(home, spec):  # bench/sweep.py's models, where they were run at these k
+        for condition, k in [("oracle", 0), *[("distractors", k) for k in (2, 4, 8)], ("no-gold", spec.k)]:
+            run = sweep_run(spec, home, work, version, condition, spec.k if k == 8 else k)
+            if run is not None:
+                shown = "distractors" if condition == "oracle" else condition
+                rows.append(RobustnessRow(version.removesuffix("-v1"), run.model_version, shown, run.n_distractors
+                                          or 0, run.id, True, run.metrics))  # fmt: skip
     if not rows:
         return ""
     OUT.mkdir(exist_ok=True)
@@ -529,13 +536,17 @@ def sweep_versions(home: Path, spec: SetSpec) -> list[str]:
         return [mv.id for mv, _ in list_models(s) if mv.id.startswith(f"sweep-{spec.name}-")]
 
 
-def sweep_run(spec: SetSpec, home: Path, work: Path, version: str):  # type: ignore[no-untyped-def]
-    """A sweep version's stored run under distractors, with the evaluation settings of bench/sweep.py."""
+def sweep_run(  # type: ignore[no-untyped-def]
+    spec: SetSpec, home: Path, work: Path, version: str, condition: str = "distractors", k: int | None = None
+):
+    """A sweep version's stored run under ``condition`` (distractors at the set's k unless ``k`` is given),
+    with the evaluation settings of bench/sweep.py."""
     from ragloop.config import load_settings
     from ragloop.evaluation.run import EvalConfig, reusable_run
 
     _, eval_file = prepare_data(spec, work)
-    cfg = EvalConfig(data=str(eval_file), model=version, condition="distractors", n_distractors=spec.k,
+    n = 0 if condition == "oracle" else (spec.k if k is None else k)
+    cfg = EvalConfig(data=str(eval_file), model=version, condition=condition, n_distractors=n,
                      limit=LIMIT, max_new_tokens=spec.new_plain)  # fmt: skip
     return reusable_run(load_settings(home), cfg)
 

@@ -130,35 +130,50 @@ def markdown_report(rows: Sequence[RobustnessRow], metric: str, base: EvalConfig
 
 
 def plot(rows: Sequence[RobustnessRow], metric: str, stem: Path) -> tuple[Path, Path]:
-    """Two panels against k: the headline metric and the abstention rate; one colour per model, solid with
-    the gold shown, dashed without it. Written as PNG and SVG."""
+    """Two panels, the headline metric and the abstention rate, against the number of distractors; one
+    colour per model. With the gold shown the points are joined by a line (k = 0 is gold alone); with the gold
+    removed, a cross in a column of its own at the right ("gold removed"), so the two conditions never sit on
+    top of each other at the same k. Written as PNG and SVG."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: the report is written from a CLI or a job
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     models = list(dict.fromkeys(r.model for r in rows))
+    shown_ks = sorted({r.k for r in rows if r.condition == "distractors"}) or [0]
+    removed_ks = sorted({r.k for r in rows if r.condition == "no-gold"})
+    x_removed = shown_ks[-1] + max(2, (shown_ks[-1] - shown_ks[0]) / 4)
+    tops = {metric: 0.0, "abstain_rate": 0.0}
     for i, model in enumerate(models):
-        for condition, style in (("distractors", "-"), ("no-gold", "--")):
-            points = sorted((r.k, r.metrics) for r in rows if r.model == model and r.condition == condition)
-            if not points:
-                continue
-            label = f"{model} ({'gold shown' if condition == 'distractors' else 'gold removed'})"
-            ks = [k for k, _ in points]
-            for ax, name in ((axes[0], metric), (axes[1], "abstain_rate")):
-                ys = [m.get(name) if m.get(name) is not None else float("nan") for _, m in points]
-                ax.plot(ks, ys, style, marker="o", color=colours[i % len(colours)], label=label)
-    axes[0].set_ylabel(metric)
-    axes[1].set_ylabel("abstention rate")
-    for ax in axes:
-        ax.set_xlabel("distractors (k)")
-        ax.set_ylim(-0.02, 1.02)
+        colour = colours[i % len(colours)]
+        shown = sorted((r.k, r.metrics) for r in rows if r.model == model and r.condition == "distractors")
+        removed = [r.metrics for r in rows if r.model == model and r.condition == "no-gold"]
+        for ax, name in ((axes[0], metric), (axes[1], "abstain_rate")):
+            ys = [m.get(name) if m.get(name) is not None else float("nan") for _, m in shown]
+            if shown:
+                ax.plot([k for k, _ in shown], ys, "-o", color=colour)
+            ry = [m.get(name) if m.get(name) is not None else float("nan") for m in removed]
+            if removed:
+                ax.plot([x_removed] * len(ry), ry, "x", color=colour, markersize=9, markeredgewidth=2)
+            tops[name] = max([tops[name], *(y for y in ys + ry if y == y)])
+    for ax, name, label in ((axes[0], metric, metric), (axes[1], "abstain_rate", "abstention rate")):
+        ax.set_ylabel(label)
+        ax.set_xlabel("distractors shown with the gold (k; 0 = gold alone)")
+        ax.set_xticks([*shown_ks, x_removed])
+        removed_label = f"gold removed\n(k={removed_ks[0]})" if len(removed_ks) == 1 else "gold removed"
+        ax.set_xticklabels([*map(str, shown_ks), removed_label])
+        ax.axvline((shown_ks[-1] + x_removed) / 2, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_ylim(-0.02, min(1.02, max(0.1, tops[name] * 1.15 + 0.02)))
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle("Score vs number of distractors")
-    fig.tight_layout()
+    handles = [
+        Line2D([], [], color=colours[i % len(colours)], marker="o", label=m) for i, m in enumerate(models)
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=min(3, len(models)), fontsize=8, frameon=False)
+    fig.suptitle(f"{metric} against the number of distractors, and with the gold passage removed (×)")
+    fig.tight_layout(rect=(0, 0.06 * ((len(models) + 2) // 3), 1, 1))
     png, svg = stem.with_suffix(".png"), stem.with_suffix(".svg")
     fig.savefig(png, dpi=120)
     fig.savefig(svg)
