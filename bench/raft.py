@@ -28,6 +28,7 @@ import functools
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -497,7 +498,7 @@ def comparisons(specs: list[SetSpec], home: Path, work: Path) -> str:
 
 def robustness(spec: SetSpec, home: Path, work: Path) -> str:
     """The robustness plot of one set from the stored runs (the oracle run is the k = 0 point)."""
-    from ragloop.evaluation.robustness import RobustnessRow, plot
+    from ragloop.evaluation.robustness import RobustnessRow, pivot_table, plot
 
     rows = []
     for key in ("base", "raft", "raft-plain", "raft-plain-k", "raft-abstain", "dsf"):
@@ -515,15 +516,22 @@ def robustness(spec: SetSpec, home: Path, work: Path) -> str:
             run = sweep_run(spec, home, work, version, condition, spec.k if k == 8 else k)
             if run is not None:
                 shown = "distractors" if condition == "oracle" else condition
-                rows.append(RobustnessRow(version.removesuffix("-v1"), run.model_version, shown, run.n_distractors
-                                          or 0, run.id, True, run.metrics))  # fmt: skip
+                rows.append(RobustnessRow(_sweep_label(version), run.model_version, shown, run.n_distractors or 0,
+                                          run.id, True, run.metrics))  # fmt: skip
     if not rows:
         return ""
     OUT.mkdir(exist_ok=True)
     metric = {"accuracy": "accuracy"}.get(spec.metric, spec.metric)
     png, svg = plot(rows, metric, DOCS / f"raft-robustness-{spec.name}")
-    lines = [f"{r.model} {r.condition} k={r.k}: {_pct(r.metrics.get(metric))}" for r in rows]
-    return f"Robustness plot: `docs/{png.name}` / `docs/{svg.name}` ({'; '.join(lines)})"
+    return f"Robustness plot: `docs/{png.name}` / `docs/{svg.name}`\n\n" + pivot_table(
+        rows, metric, lambda v: str(_pct(v))
+    )
+
+
+def _sweep_label(version: str) -> str:
+    """``sweep-hotpotqa-all-lr1e-03-ep2-v1`` -> ``RAFT w/o reasoning, sweep: all questions, lr 1e-03, 2 ep``."""
+    m = re.fullmatch(r"sweep-[a-z]+-(\w+)-lr([\w.+-]+)-ep([\d.]+)-v\d+", version)
+    return f"RAFT w/o reasoning, sweep: {m[1]} questions, lr {m[2]}, {m[3]} ep" if m else version
 
 
 def sweep_versions(home: Path, spec: SetSpec) -> list[str]:

@@ -193,7 +193,11 @@ def test_robustness_report_writes_table_and_plot_and_reuses_runs(
         ("distractors", 0, False), ("distractors", 1, False), ("no-gold", 1, False)
     ]  # fmt: skip
     table = report.markdown.read_text()
-    assert "| base | " in table and table.count("\n| base") == 3
+    assert "| base | " in table and table.count("\n| base | base-") == 3  # one row per run
+    pivot = next(line for line in table.splitlines() if line.startswith("| model ("))
+    assert pivot.count("|") == 5 and "k = 0 (gold alone)" in pivot and "gold removed, k = 1" in pivot
+    [curve] = [line for line in table.splitlines() if line.startswith("| base | ") and "base-" not in line]
+    assert curve.count("|") == 5  # the model's three runs, read across
     assert report.png.stat().st_size > 1000 and report.svg.read_text().lstrip().startswith("<?xml")
     again = run_robustness(kb_home, ["base"], base, [0, 1], out, no_gold=True)
     assert all(r.reused for r in again.rows) and [r.run_id for r in again.rows] == [

@@ -96,6 +96,22 @@ def _fmt(v: Any) -> str:
     return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def pivot_table(rows: Sequence[RobustnessRow], metric: str, fmt: Callable[[Any], str] = _fmt) -> str:
+    """The headline metric as one line per model and one column per k (k = 0 is the gold alone), the
+    gold-removed runs in a last column: the curve of the plot, as numbers to read across."""
+    ks = sorted({r.k for r in rows if r.condition == "distractors"})
+    removed = sorted({r.k for r in rows if r.condition == "no-gold"})
+    cols = [("distractors", k) for k in ks] + [("no-gold", k) for k in removed]
+    names = [f"k = {k}" + (" (gold alone)" if k == 0 else "") for k in ks] + [
+        f"gold removed, k = {k}" for k in removed
+    ]
+    lines = [f"| model ({metric}) | " + " | ".join(names) + " |", "|" + "---|" * (len(cols) + 1)]
+    for model in dict.fromkeys(r.model for r in rows):
+        cell = {(r.condition, r.k): r.metrics.get(metric) for r in rows if r.model == model}
+        lines.append(f"| {model} | " + " | ".join(fmt(cell[c]) if c in cell else "" for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown_report(rows: Sequence[RobustnessRow], metric: str, base: EvalConfig) -> str:
     """The table of the report: one row per run, the headline metric first."""
     columns = [
@@ -117,6 +133,7 @@ def markdown_report(rows: Sequence[RobustnessRow], metric: str, base: EvalConfig
         + f"; passage seed {base.seed}. `distractors` shows the gold passage(s) with k distractors, `no-gold` "
         "k distractors only (the right answer is then an abstention).",
         "",
+        pivot_table(rows, metric),
         "| model | version | condition | k | n | " + " | ".join(columns) + " | run |",
         "|" + "---|" * (len(columns) + 6),
     ]
