@@ -500,28 +500,26 @@ def robustness(spec: SetSpec, home: Path, work: Path) -> str:
     """The robustness plot of one set from the stored runs (the oracle run is the k = 0 point)."""
     from ragloop.evaluation.robustness import RobustnessRow, pivot_table, plot
 
+    points = [("oracle", 0), *[("distractors", k) for k in (2, 4, spec.k)], ("no-gold", spec.k)]
     rows = []
+
+    def add(label: str, run, condition: str, k: int) -> None:  # type: ignore[no-untyped-def]
+        if run is not None:  # the oracle run is the k = 0 point of the gold-shown curve
+            shown = "distractors" if condition == "oracle" else condition
+            rows.append(RobustnessRow(label, run.model_version, shown, k, run.id, True, run.metrics))
+
     for key in ("base", "raft", "raft-plain", "raft-plain-k", "raft-abstain", "dsf"):
         var = variants(spec).get(key)
-        if var is None:
-            continue
-        for condition, k in [("oracle", 0), *[("distractors", k) for k in (2, 4, 8)], ("no-gold", spec.k)]:
-            k = spec.k if k == 8 else k
-            run = stored_run(Step("eval", spec, var, condition, k), home, work)
-            if run is not None:
-                shown = "distractors" if condition == "oracle" else condition
-                rows.append(RobustnessRow(var.label, run.model_version, shown, k, run.id, True, run.metrics))
+        if var is not None:
+            for condition, k in points:
+                add(var.label, stored_run(Step("eval", spec, var, condition, k), home, work), condition, k)
     for version in sweep_versions(home, spec):  # bench/sweep.py's models, where they were run at these k
-        for condition, k in [("oracle", 0), *[("distractors", k) for k in (2, 4, 8)], ("no-gold", spec.k)]:
-            run = sweep_run(spec, home, work, version, condition, spec.k if k == 8 else k)
-            if run is not None:
-                shown = "distractors" if condition == "oracle" else condition
-                rows.append(RobustnessRow(_sweep_label(version), run.model_version, shown, run.n_distractors or 0,
-                                          run.id, True, run.metrics))  # fmt: skip
+        for condition, k in points:
+            add(_sweep_label(version), sweep_run(spec, home, work, version, condition, k), condition, k)
     if not rows:
         return ""
     OUT.mkdir(exist_ok=True)
-    metric = {"accuracy": "accuracy"}.get(spec.metric, spec.metric)
+    metric = spec.metric
     png, svg = plot(rows, metric, DOCS / f"raft-robustness-{spec.name}")
     return f"Robustness plot: `docs/{png.name}` / `docs/{svg.name}`\n\n" + pivot_table(
         rows, metric, lambda v: str(_pct(v))

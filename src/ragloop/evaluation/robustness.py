@@ -146,6 +146,11 @@ def markdown_report(rows: Sequence[RobustnessRow], metric: str, base: EvalConfig
     return "\n".join(lines) + "\n"
 
 
+def _value(metrics: dict, name: str) -> float:
+    """A metric to plot; NaN (a gap, not a zero) where the run has none."""
+    return float("nan") if metrics.get(name) is None else metrics[name]
+
+
 def plot(rows: Sequence[RobustnessRow], metric: str, stem: Path) -> tuple[Path, Path]:
     """Two panels, the headline metric and the abstention rate, against the number of distractors; one
     colour per model. With the gold shown the points are joined by a line (k = 0 is gold alone); with the gold
@@ -169,10 +174,10 @@ def plot(rows: Sequence[RobustnessRow], metric: str, stem: Path) -> tuple[Path, 
         shown = sorted((r.k, r.metrics) for r in rows if r.model == model and r.condition == "distractors")
         removed = [r.metrics for r in rows if r.model == model and r.condition == "no-gold"]
         for ax, name in ((axes[0], metric), (axes[1], "abstain_rate")):
-            ys = [m.get(name) if m.get(name) is not None else float("nan") for _, m in shown]
+            ys = [_value(m, name) for _, m in shown]
             if shown:
                 ax.plot([k for k, _ in shown], ys, "-o", color=colour)
-            ry = [m.get(name) if m.get(name) is not None else float("nan") for m in removed]
+            ry = [_value(m, name) for m in removed]
             if removed:
                 ax.plot([x_removed] * len(ry), ry, "x", color=colour, markersize=9, markeredgewidth=2)
             tops[name] = max([tops[name], *(y for y in ys + ry if y == y)])
