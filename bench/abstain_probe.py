@@ -34,6 +34,7 @@ from common import OUT, table, write  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ragloop.config import load_settings  # noqa: E402
+from ragloop.errors import RagloopError  # noqa: E402
 from ragloop.evaluation.review import _config  # noqa: E402
 from ragloop.evaluation.run import get_run, prepare, run_examples  # noqa: E402
 from ragloop.generation.assistant import Assistant  # noqa: E402
@@ -102,8 +103,11 @@ def main() -> None:
     settings = load_settings(args.home)
     assistant = Assistant(settings)
     started = time.perf_counter()
-    shown = confidences(settings, assistant, args.with_gold, args.limit)
-    missing = confidences(settings, assistant, args.without_gold, args.limit)
+    try:
+        shown = confidences(settings, assistant, args.with_gold, args.limit)
+        missing = confidences(settings, assistant, args.without_gold, args.limit)
+    except RagloopError as exc:  # an unknown run id, a changed QA file: say so, without a traceback
+        raise SystemExit(f"abstain_probe: {exc}") from None
     wall = time.perf_counter() - started
     right = [r for r in shown if r["right"] is not None]
     out = []
