@@ -3,8 +3,11 @@ who runs them so that a crash (kill -9, OOM, power loss) is told apart from work
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -52,3 +55,36 @@ def owner_gone(owner: dict | None, silent_s: float | None = None) -> bool:
     if owner.get("boot_id") and here["boot_id"] and owner["boot_id"] != here["boot_id"]:
         return True
     return not pid_alive(int(owner["pid"]) if owner.get("pid") else None)
+
+
+class Periodic:
+    """Call ``fn`` every ``interval_s`` seconds from a daemon thread until ``stop()`` (or the end of a
+    ``with`` block). The heartbeat of training jobs and eval runs: a thread of its own, so a long step or
+    batch never looks like a dead owner. An exception from ``fn`` (a locked database) is swallowed, since it
+    must not kill the work it watches; the next tick tries again."""
+
+    def __init__(self, interval_s: float, fn: Callable[[], object], name: str):
+        self.interval_s = interval_s
+        self.fn = fn
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            with contextlib.suppress(Exception):
+                self.fn()
+
+    def start(self) -> Periodic:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def __enter__(self) -> Periodic:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -12,14 +12,12 @@ outputs (``key``), so the robustness report can reuse a run instead of generatin
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import random
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -41,7 +39,7 @@ from ragloop.evaluation.conditions import (
 from ragloop.evaluation.metrics import aggregate, score_answer
 from ragloop.generation.backends import Generation, GenParams
 from ragloop.generation.prompts import get_template
-from ragloop.proc import machine, owner_gone
+from ragloop.proc import Periodic, machine, owner_gone
 from ragloop.store import registry
 from ragloop.store.db import session_scope
 from ragloop.store.models import DatasetVersion, EvalExample, EvalRun, ModelVersion, utcnow
@@ -462,27 +460,16 @@ def _take_over(
     return row, kept
 
 
-@contextlib.contextmanager
-def _heartbeat(settings: Settings, run_id: str) -> Iterator[None]:
-    """Write the run's ``heartbeat_at`` every ``HEARTBEAT_S`` while the block runs. A thread of its own, so a
-    long batch never looks like a dead run; it writes only while the run is still ``running``, so it never
-    revives a run another process has marked interrupted."""
-    stop = threading.Event()
+def _heartbeat(settings: Settings, run_id: str) -> Periodic:
+    """Write the run's ``heartbeat_at`` every ``HEARTBEAT_S`` while the ``with`` block runs. It writes only
+    while the run is still ``running``, so it never revives a run another process has marked interrupted."""
 
     def beat() -> None:
-        while not stop.wait(HEARTBEAT_S):
-            # a locked database must not kill the evaluation: the next beat tries again
-            with contextlib.suppress(Exception), session_scope(settings.db_url) as s:
-                s.execute(update(EvalRun).where(EvalRun.id == run_id, EvalRun.status == "running")
-                          .values(heartbeat_at=utcnow()).execution_options(synchronize_session=False))  # fmt: skip
+        with session_scope(settings.db_url) as s:
+            s.execute(update(EvalRun).where(EvalRun.id == run_id, EvalRun.status == "running")
+                      .values(heartbeat_at=utcnow()).execution_options(synchronize_session=False))  # fmt: skip
 
-    thread = threading.Thread(target=beat, name=f"eval-heartbeat-{run_id[:8]}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+    return Periodic(HEARTBEAT_S, beat, name=f"eval-heartbeat-{run_id[:8]}")
 
 
 def mark_interrupted(settings: Settings) -> int:

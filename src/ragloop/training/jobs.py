@@ -38,7 +38,7 @@ from sqlalchemy import select, update
 from ragloop.config import Settings
 from ragloop.errors import ConfigError, NotFound, RagloopError
 from ragloop.generation.models import resolve_model
-from ragloop.proc import machine, owner_gone
+from ragloop.proc import Periodic, machine, owner_gone
 from ragloop.store.db import session_scope
 from ragloop.store.models import DatasetVersion, Job, utcnow
 
@@ -365,23 +365,17 @@ def resume(settings: Settings, job_id: str) -> Job:
 # Running one job ---------------------------------------------------------------------------------------
 
 
-class _Heartbeat(threading.Thread):
-    """Writes heartbeat and latest progress every ``HEARTBEAT_S`` and notices a cancel request, from a
-    thread of its own so a long step (loading, evaluation, saving) never looks like a dead worker."""
+class _Heartbeat:
+    """Writes heartbeat and latest progress, and notices a cancel request. ``proc.Periodic`` calls ``beat``
+    every ``HEARTBEAT_S`` from a thread of its own, so a long step (loading, evaluation, saving) never looks
+    like a dead worker; ``run_job`` also calls it at the end so a cancel during the last step counts."""
 
     def __init__(self, settings: Settings, job_id: str):
-        super().__init__(name=f"heartbeat-{job_id}", daemon=True)
         self.db_url = settings.db_url
         self.job_id = job_id
         self.latest: dict[str, Any] = {}
         self.cancelled = threading.Event()
-        self.done = threading.Event()
         self.lock = threading.Lock()
-
-    def run(self) -> None:
-        while not self.done.wait(HEARTBEAT_S):
-            with contextlib.suppress(Exception):  # a locked database must not kill the training
-                self.beat()
 
     def beat(self) -> None:
         with self.lock:
@@ -449,7 +443,7 @@ def run_job(
         row.progress = {"worker": {**machine(), "pid": os.getpid()}}
     cfg = job.config
     heartbeat = _Heartbeat(settings, job.id)
-    heartbeat.start()
+    ticker = Periodic(HEARTBEAT_S, heartbeat.beat, name=f"heartbeat-{job.id[:8]}").start()
     started = time.monotonic()
     first_step: list[int | None] = [None]
     last_logged = [0.0]
@@ -510,8 +504,7 @@ def run_job(
             return get_job(settings, job.id)
         raise
     finally:
-        heartbeat.done.set()
-        heartbeat.join(timeout=HEARTBEAT_S * 3)
+        ticker.stop(timeout=HEARTBEAT_S * 3)
 
 
 def _result_dict(result: Any) -> dict[str, Any]:
