@@ -4,8 +4,10 @@
    a held-apart share of them (grouped by article) is kept for evaluation.
 2. The other questions are asked through the running server (`/v1/chat/completions`).
 3. An automatic rater: token F1 of the answer against the synth reference >= THRESHOLD is a thumbs up;
-   otherwise a thumbs down with the reference as the correction (citing the reference passage when it was
-   shown, so curation can keep it).
+   otherwise a thumbs down with the reference as the correction, citing the reference passage when it was
+   shown and otherwise pinning it as evidence (the passage the retriever missed, as a reviewer who knows
+   where the answer is would: it becomes the example's gold passage). `--no-evidence`: corrections of
+   answers whose passage was not shown carry nothing, and curation drops them.
 4. `ragloop dataset build --eval-set heldout` (decontaminated) — how many answers survive curation.
 5. `ragloop train sft` on it, then `ragloop eval` of base and tuned on the held-apart questions under live
    retrieval, and `ragloop eval compare`.
@@ -53,6 +55,11 @@ def main() -> None:
         choices=["plain", "reasoning"],
         help="RAFT target of the training examples: the default curation policy with this target. Plain "
         "(answer + citation) is the one that gained at 135M in the RAFT comparison (docs/results.md)",
+    )
+    parser.add_argument(
+        "--no-evidence",
+        action="store_true",
+        help="the rater does not pin the reference passage when the retriever missed it",
     )
     parser.add_argument(
         "--llm-questions",
@@ -127,7 +134,7 @@ def main() -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    ups = downs = 0
+    ups = downs = pinned = 0
     try:
         client = wait_healthy(port)
         t = time.perf_counter()
@@ -158,6 +165,9 @@ def main() -> None:
                     n = shown.index(gold_id) + 1
                     fb["corrected_answer"] = f"{reference} [{n}]"
                     fb["gold"] = [n]
+                elif not args.no_evidence:
+                    fb["evidence"] = [gold_id]
+                    pinned += 1
                 downs += 1
             client.post(f"/api/interactions/{extra['interaction_id']}/feedback", json=fb).raise_for_status()
         wall["serve + rate"] = time.perf_counter() - t
@@ -242,7 +252,12 @@ def main() -> None:
             f"{len(records) - n_llm} extractive)",
             "",
             f"- traffic: {len(traffic)} questions served through the API; auto-rater (token F1 >= {args.threshold}): "
-            f"{ups} thumbs up, {downs} thumbs down with the reference as correction",
+            f"{ups} thumbs up, {downs} thumbs down with the reference as correction "
+            + (
+                "(evidence not pinned: `--no-evidence`)"
+                if args.no_evidence
+                else f"({pinned} of them pin the reference passage the retriever had not shown as evidence)"
+            ),
             f"- survived curation into dataset {dataset}: {n_kept} examples (decontaminated against {len(heldout)} held-apart questions)",
             f"- trained: `ragloop train sft` (LoRA r 8), {args.epochs:g} epochs, RAFT target `{args.target}`, "
             "default curation policy otherwise (PII anonymised, citations verified, deduplicated)",

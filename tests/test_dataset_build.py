@@ -263,3 +263,44 @@ def test_decontamination_keeps_a_templated_question_about_another_document():
     # The RAFT setting: other questions on the very documents of the evaluation (Gorilla's API split).
     kept, counts = decontaminate(train, evals, shared_documents=True)
     assert [i.id for i in kept] == ["t1", "t3"] and counts["shared_gold_passage"] == 0
+
+
+def test_a_correction_whose_evidence_the_retriever_missed_becomes_an_example(kb_home):
+    """Retrieval showed the wrong passage; the reviewer corrected the answer and pinned the passage that
+    supports it. Without evidence curation drops the record (nothing to cite); with it, the pinned passage
+    is the example's gold and the passage really shown is its hard negative."""
+    from ragloop.curation.pipeline import load_candidates
+    from ragloop.datasets.build import candidates_to_items
+    from ragloop.ingest.kb import KnowledgeBase
+
+    r = Assistant(kb_home).answer(
+        AnswerRequest(
+            messages=[{"role": "user", "content": "How often must passwords be rotated?"}],
+            max_tokens=4,
+            k=1,
+            collections=["handbook"],
+        )
+    )
+    shown = r.passages[0]
+    rows = KnowledgeBase(kb_home).table().search().select(["chunk_id", "collection"]).limit(None).to_list()
+    other = next(
+        x["chunk_id"] for x in rows if x["collection"] == "handbook" and x["chunk_id"] != shown.chunk_id
+    )
+    correction = {"reviewer_id": "rev", "thumbs": "down", "corrected_answer": "Every ninety days."}
+    with session_scope(kb_home.db_url) as s:
+        add_feedback(s, r.interaction_id, correction)
+    with pytest.raises(RagloopError, match="Nothing to build"):  # no passage to read the answer from
+        build_dataset(kb_home, Policy(), name="no-evidence", seed=1)
+    [candidate] = load_candidates(kb_home)
+    assert candidate.oracle_ranks == []
+
+    with session_scope(kb_home.db_url) as s:
+        add_feedback(s, r.interaction_id, {**correction, "evidence": [other]}, kb=KnowledgeBase(kb_home))
+    [candidate] = load_candidates(kb_home)
+    assert candidate.shown == 1 and candidate.oracle_ranks == [2]
+    [item] = candidates_to_items([candidate])
+    assert [p.id for p in item.gold] == [other] and [p.id for p in item.distractors] == [shown.chunk_id]
+    report = build_dataset(kb_home, Policy(), name="evidence", seed=1)
+    assert sum(f["dropped"] for f in report.counts["filters"]) == 0
+    examples = [ex for rows in load_examples(kb_home, report.dataset_id).values() for ex in rows]
+    assert len(examples) == 1 and examples[0]["answer"].startswith("Every ninety days")

@@ -100,3 +100,61 @@ def test_cli_feedback(kb_home, live_server):
     assert r.exit_code != 0
     with session_scope(kb_home.db_url) as s:
         assert [(f.reviewer_id, f.gold_ranks) for f in feedback_for(s, iid)] == [("cli1", [1])]
+
+
+def _chunk_id(settings, source_path: str) -> str:
+    from ragloop.ingest.kb import KnowledgeBase
+
+    rows = KnowledgeBase(settings).table().search().select(["chunk_id", "source_path"]).limit(None).to_list()
+    return next(r["chunk_id"] for r in rows if r["source_path"] == source_path)
+
+
+def test_evidence_pins_an_unshown_passage_in_scope_and_refuses_the_rest(live_server):
+    """A reviewer names the passage the retriever missed: it is pinned with its KB version and hash. An
+    unknown id, or a passage of a collection the answer was not scoped to, is refused with nothing written;
+    naming a shown passage counts as marking it gold."""
+    settings = live_server.settings
+    fines = _chunk_id(settings, "fines.txt")  # collection "finance"
+    with live_server.client() as c:
+        r = c.post(
+            "/v1/chat/completions",
+            json={
+                "messages": [{"role": "user", "content": "How many vacation days?"}],
+                "max_tokens": 4,
+                "ragloop": {"collections": ["handbook"], "k": 1},
+            },
+        )
+        assert r.status_code == 200, r.text
+        record = r.json()["ragloop"]
+        iid = record["interaction_id"]
+        shown = c.get(f"/api/interactions/{iid}").json()["passages"]
+        assert len(shown) == 1
+        unshown = _chunk_id(
+            settings, "security.txt" if shown[0]["source_path"] == "vacation.md" else "vacation.md"
+        )
+        for body in (
+            {"evidence": "abc"},
+            {"evidence": ["x" * 65]},
+            {"evidence": ["nope"]},  # not in the knowledge base
+            {"evidence": [fines]},  # another collection than the answer's scope
+        ):
+            r = c.post(f"/api/interactions/{iid}/feedback", json={"thumbs": "down", **body})
+            assert r.status_code == 400, (body, r.text)
+        with session_scope(settings.db_url) as s:
+            assert feedback_for(s, iid) == []
+        r = c.post(
+            f"/api/interactions/{iid}/feedback",
+            json={
+                "thumbs": "down",
+                "corrected_answer": "See the policy.",
+                "evidence": [unshown, shown[0]["chunk_id"]],
+            },
+        )
+        assert r.status_code == 201, r.text
+        saved = r.json()
+    assert [e["chunk_id"] for e in saved["evidence"]] == [unshown]
+    assert (
+        saved["evidence"][0]["kb_version"] == record["kb_version"]
+        and len(saved["evidence"][0]["text_sha256"]) == 64
+    )
+    assert saved["gold_ranks"] == [1]  # the shown passage named as evidence is simply gold

@@ -120,3 +120,61 @@ def test_review_ui_needs_an_admin_key_when_auth_is_on(kb_home, start_server, bro
     page.wait_for_selector("text=Review queue")
     assert admin_secret not in page.url
     page.close()
+
+
+def test_reviewer_finds_the_passage_the_retriever_missed(live_server, browser):
+    """The answer was made from the wrong passage. The reviewer opens the evidence search (`e`), finds the
+    right one by their own words, ticks it (it stays picked across searches), corrects and saves: the
+    feedback pins it as evidence. The search keeps to the answer's collections."""
+    with live_server.client() as c:
+        r = c.post(
+            "/v1/chat/completions",
+            json={
+                "messages": [{"role": "user", "content": "How often must passwords be rotated?"}],
+                "max_tokens": 4,
+                "ragloop": {"k": 1, "collections": ["handbook"]},
+            },
+        )
+        iid = r.json()["ragloop"]["interaction_id"]
+        shown = c.get(f"/api/interactions/{iid}").json()["passages"][0]["source_path"]
+    assert shown == "security.txt"
+
+    page = browser.new_page()
+    page.goto(f"{live_server.url}/review")
+    page.click("#sample")
+    page.wait_for_selector("#question")
+    assert page.locator(".passage").count() == 1
+    page.keyboard.press("e")
+    assert page.evaluate("document.activeElement.id") == "evidence-query"
+    page.keyboard.type("fines turnover")  # the finance collection is out of this answer's scope
+    page.wait_for_selector("#evidence-hits .evidence-hit")
+    assert "20 000 000 EUR" not in page.inner_text("#evidence-hits")
+    page.fill("#evidence-query", "paid vacation days per year")
+    page.wait_for_selector("#evidence-hits >> text=twenty-five days")
+    hit = page.locator("#evidence-hits .evidence-hit", has_text="twenty-five days")
+    hit.locator("input").check()
+    with page.expect_response(lambda resp: "/search?" in resp.url):
+        page.fill("#evidence-query", "annual leave")  # a new search must not wash the picked passage away
+    page.wait_for_timeout(300)
+    assert "twenty-five days" in page.inner_text("#evidence-picked")
+    assert "twenty-five days" not in page.inner_text("#evidence-hits")  # nor offer it twice
+    page.click("#thumbs-down")
+    page.fill("#correction", "Every ninety days.")
+    page.click("#save")
+    page.wait_for_selector("text=Nothing pending")
+    page.close()
+
+    from ragloop.ingest.kb import KnowledgeBase
+
+    rows = (
+        KnowledgeBase(live_server.settings)
+        .table()
+        .search()
+        .select(["chunk_id", "source_path"])
+        .limit(None)
+        .to_list()
+    )
+    vacation = next(x["chunk_id"] for x in rows if x["source_path"] == "vacation.md")
+    with session_scope(live_server.settings.db_url) as s:
+        (fb,) = feedback_for(s, iid)
+        assert fb.thumbs == -1 and [e["chunk_id"] for e in fb.evidence] == [vacation]

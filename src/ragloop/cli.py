@@ -151,6 +151,41 @@ def kb_versions(home: HomeOpt = None) -> None:
     console.print(table)
 
 
+@kb_app.command("search")
+def kb_search(
+    query: Annotated[str, typer.Argument()],
+    k: Annotated[int, typer.Option(help="How many passages.")] = 10,
+    collection: Annotated[list[str] | None, typer.Option(help="Only these collections (repeat).")] = None,
+    mode: Annotated[str, typer.Option(help="hybrid, dense or fulltext.")] = "hybrid",
+    version: Annotated[int | None, typer.Option(help="Search the KB as it was at this version.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the hits as JSON.")] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Search the knowledge base without answering: see what the retriever finds, and find the chunk id of
+    the passage that supports a correction (`ragloop feedback ID --evidence CHUNK_ID`)."""
+    from ragloop.retrieval.search import Retriever
+
+    hits = Retriever(_settings(home)).search(query, k, collections=collection, mode=mode, version=version)
+    if as_json:
+        keys = ("chunk_id", "collection", "source_path", "title", "section", "score", "text")
+        print(
+            json.dumps([{key: getattr(h, key) for key in keys} for h in hits], ensure_ascii=False, indent=2)
+        )
+        return
+    table = Table("rank", "chunk id", "score", "where", "text", show_lines=True)
+    for rank, h in enumerate(hits, 1):
+        where = h.source_path + (f" › {h.section}" if h.section else "")
+        snippet = " ".join(h.text.split())
+        table.add_row(
+            str(rank),
+            h.chunk_id,
+            f"{h.score:.4f}",
+            where,
+            snippet[:240] + ("…" if len(snippet) > 240 else ""),
+        )
+    console.print(table if hits else "no passage found")
+
+
 @kb_app.command("compact")
 def kb_compact(home: HomeOpt = None) -> None:
     """Compact the table and delete old versions, except those tagged because a record refers to them."""
@@ -449,12 +484,20 @@ def feedback(
     irrelevant: Annotated[
         list[int] | None, typer.Option(help="Shown passage number that is irrelevant (repeat).")
     ] = None,
+    evidence: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Chunk id of a knowledge-base passage the retriever did not show that supports the answer "
+            "(repeat; find ids with `ragloop search`). It becomes the gold passage of the training example."
+        ),
+    ] = None,
     tag: Annotated[list[str] | None, typer.Option(help="Tag (repeat).")] = None,
     reviewer: Annotated[str, typer.Option(help="Reviewer id; several reviewers are kept apart.")] = "cli",
     home: HomeOpt = None,
 ) -> None:
     """Rate, correct or mark the gold passages of a recorded answer."""
     from ragloop.feedback.service import add_feedback
+    from ragloop.ingest.kb import KnowledgeBase
     from ragloop.store.db import session_scope
 
     data = {
@@ -466,13 +509,15 @@ def feedback(
             corrected_answer=correction,
             gold=gold,
             irrelevant=irrelevant,
+            evidence=evidence,
             tags=tag,
             reviewer_id=reviewer,
         ).items()
         if v is not None
     }
-    with session_scope(_settings(home).db_url) as s:
-        fb = add_feedback(s, interaction_id, data)
+    settings = _settings(home)
+    with session_scope(settings.db_url) as s:
+        fb = add_feedback(s, interaction_id, data, kb=KnowledgeBase(settings) if evidence else None)
     console.print(f"feedback {fb.id} recorded for {interaction_id} by {fb.reviewer_id}")
 
 

@@ -1,12 +1,14 @@
 """Curation: recorded interactions + their feedback -> candidates that passed every filter of a policy.
 
 Each candidate carries the passages exactly as the model saw them (read back at the recorded KB version),
-the target answer (a reviewer's correction wins over the model's answer), which passages are the oracle
-(marked gold by a reviewer, else cited by an accepted answer) and, for preference data, the rejected answer.
+followed by any evidence a reviewer pinned that the retriever had missed, the target answer (a reviewer's
+correction wins over the model's answer), which passages are the oracle (marked gold or pinned as evidence
+by a reviewer, else cited by an accepted answer) and, for preference data, the rejected answer.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -37,6 +39,7 @@ class Candidate:
     judgement: Judgement
     model_answer: str
     oracle_ranks: list[int] = field(default_factory=list)
+    shown: int = 0  # passages[:shown] were shown to the model; the rest is evidence a reviewer added
 
     @property
     def rejected(self) -> str | None:
@@ -80,11 +83,16 @@ def load_candidates(settings: Settings, interaction_ids: list[str] | None = None
         for fb in s.scalars(select(Feedback).where(Feedback.interaction_id.in_(ids))) if ids else []:
             feedback.setdefault(fb.interaction_id, []).append(fb)
     rows = fetch_rows(kb, interactions)
+    judgements = {i.id: judgement(feedback.get(i.id, [])) for i in interactions}
+    rows.update(_evidence_rows(kb, judgements.values()))
     for i in interactions:
         passages, _problems = shown_passages(kb, i, rows)
-        j = judgement(feedback.get(i.id, []))
+        j = judgements[i.id]
         answer = j.corrected_answer or i.answer
         cited = sorted({c["n"] for c in parse_citations(answer, passages) if c.get("valid")})
+        shown = len(passages)
+        passages += _evidence_passages(j, rows, {p.chunk_id for p in passages})
+        evidence_ranks = list(range(shown + 1, len(passages) + 1))
         out.append(
             Candidate(
                 interaction_id=i.id,
@@ -96,7 +104,39 @@ def load_candidates(settings: Settings, interaction_ids: list[str] | None = None
                 from_correction=bool(j.corrected_answer),
                 judgement=j,
                 model_answer=i.answer,
-                oracle_ranks=j.gold_ranks or cited,
+                oracle_ranks=sorted(set(j.gold_ranks or cited) | set(evidence_ranks)),
+                shown=shown,
+            )
+        )
+    return out
+
+
+def _evidence_rows(kb, judgements) -> dict[tuple[int | None, str], dict]:  # type: ignore[no-untyped-def]
+    """Rows of every pinned evidence passage, one query per KB version."""
+    wanted: dict[int | None, set[str]] = {}
+    for j in judgements:
+        for e in j.evidence:
+            wanted.setdefault(e.get("kb_version"), set()).add(e["chunk_id"])
+    rows: dict[tuple[int | None, str], dict] = {}
+    for version, ids in wanted.items():
+        for chunk_id, row in kb.get_chunks(sorted(ids), version=version).items():
+            rows[(version, chunk_id)] = row
+    return rows
+
+
+def _evidence_passages(j: Judgement, rows: dict, shown_ids: set[str]) -> list[ShownPassage]:
+    """The reviewer's evidence as passages, read at its pinned version. One whose text no longer matches
+    its pinned hash (or that is gone) is left out: training must see what the reviewer vouched for."""
+    out = []
+    for e in j.evidence:
+        row = rows.get((e.get("kb_version"), e["chunk_id"]))
+        if e["chunk_id"] in shown_ids or row is None:
+            continue
+        if hashlib.sha256(row["text"].encode("utf-8")).hexdigest() != e.get("text_sha256"):
+            continue
+        out.append(
+            ShownPassage(
+                e["chunk_id"], row["doc_id"], row["title"], row["source_path"], row["section"], row["text"]
             )
         )
     return out
@@ -116,7 +156,9 @@ def _accepted(c: Candidate, min_rating: int, allow_unreviewed: bool) -> str | No
 
 
 def _cites(c: Candidate) -> str | None:
-    return None if c.oracle_ranks else "cites no shown passage"
+    """Training data needs a passage to read the answer from: one the answer cites, one a reviewer marked
+    gold, or evidence a reviewer pinned. Without any, the example would teach answering from memory."""
+    return None if c.oracle_ranks else "cites no shown passage, no evidence"
 
 
 def _verified(c: Candidate, threshold: float | None) -> str | None:

@@ -1,5 +1,6 @@
 """Feedback on interactions: thumbs, 1–5 rating, comment, corrected answer, which shown passages were
-relevant (gold) or not, tags, reviewer id.
+relevant (gold) or not, knowledge-base passages the retriever missed that support the answer (evidence),
+tags, reviewer id.
 
 Feedback is append-only and kept per reviewer: two reviewers never overwrite each other, and the latest
 submission of a reviewer is that reviewer's judgement. ``judgement`` folds them into what curation needs.
@@ -7,14 +8,18 @@ submission of a reviewer is that reviewer's judgement. ``judgement`` folds them 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ragloop.errors import NotFound, RagloopError
 from ragloop.store.models import Feedback, Interaction, ReviewItem, utcnow
+
+if TYPE_CHECKING:
+    from ragloop.ingest.kb import KnowledgeBase
 
 FIELDS = {
     "reviewer_id",
@@ -26,8 +31,10 @@ FIELDS = {
     "irrelevant",
     "tags",
     "source",
+    "evidence",
 }
 MAX_TEXT = 20_000
+MAX_EVIDENCE = 10
 
 
 def _ranks(value: Any, n_passages: int, name: str) -> list[int] | None:
@@ -83,15 +90,28 @@ def validate_feedback(data: Any, n_passages: int) -> dict[str, Any]:
         raise RagloopError(
             f"Passages {sorted(set(gold) & set(irrelevant))} are marked both gold and irrelevant."
         )
+    evidence = data.get("evidence")
+    if evidence is not None and (
+        not isinstance(evidence, list)
+        or len(evidence) > MAX_EVIDENCE
+        or not all(isinstance(e, str) and 0 < len(e) <= 64 for e in evidence)
+    ):
+        raise RagloopError(
+            f"`evidence` must be a list of at most {MAX_EVIDENCE} chunk ids of the knowledge base."
+        )
     if (
         thumbs is None
         and rating is None
         and not texts["corrected_answer"]
         and gold is None
         and not texts["comment"]
+        and not evidence
     ):
-        raise RagloopError("Empty feedback: give thumbs, a rating, a correction, gold passages or a comment.")
+        raise RagloopError(
+            "Empty feedback: give thumbs, a rating, a correction, gold passages, evidence or a comment."
+        )
     return dict(
+        evidence=list(dict.fromkeys(evidence)) if evidence else None,
         reviewer_id=reviewer,
         thumbs=thumbs,
         rating=rating,
@@ -103,12 +123,20 @@ def validate_feedback(data: Any, n_passages: int) -> dict[str, Any]:
     )
 
 
-def add_feedback(session: Session, interaction_id: str, data: Any) -> Feedback:
-    """Validate and append one reviewer's feedback; marks the interaction's review items done."""
+def add_feedback(
+    session: Session, interaction_id: str, data: Any, kb: KnowledgeBase | None = None
+) -> Feedback:
+    """Validate and append one reviewer's feedback; marks the interaction's review items done. Evidence
+    (chunk ids) is looked up in ``kb`` at the interaction's KB version and within its collections, and
+    pinned with its text hash; an id among the shown passages counts as marking that passage gold."""
     interaction = session.get(Interaction, interaction_id)
     if interaction is None:
         raise NotFound(f"No interaction {interaction_id!r}.")
     values = validate_feedback(data, len(interaction.passages))
+    if values["evidence"]:
+        values["evidence"], shown_gold = _pin_evidence(interaction, values["evidence"], kb)
+        if shown_gold:
+            values["gold_ranks"] = sorted(set(values["gold_ranks"] or []) | set(shown_gold))
     fb = Feedback(interaction_id=interaction_id, **values)
     session.add(fb)
     for item in session.scalars(
@@ -117,6 +145,39 @@ def add_feedback(session: Session, interaction_id: str, data: Any) -> Feedback:
         item.status, item.done_at = "done", utcnow()
     session.flush()
     return fb
+
+
+def _pin_evidence(
+    interaction: Interaction, chunk_ids: list[str], kb: KnowledgeBase | None
+) -> tuple[list[dict] | None, list[int]]:
+    """Evidence as ``[{chunk_id, kb_version, text_sha256}]`` (those not shown) and the ranks of those that
+    were shown. Only chunks the answer could have been given from count: same KB version, same collections
+    (a reviewer must not pull another collection's text into training data)."""
+    shown = {p.chunk_id: p.rank for p in interaction.passages}
+    shown_gold = [shown[c] for c in chunk_ids if c in shown]
+    missing_ids = [c for c in chunk_ids if c not in shown]
+    if not missing_ids:
+        return None, shown_gold
+    if kb is None:
+        raise RagloopError("Evidence needs the knowledge base to look its passages up.")
+    version = interaction.kb_version
+    rows = kb.get_chunks(missing_ids, version=version)
+    scope = set(interaction.collections or [])
+    absent = [c for c in missing_ids if c not in rows or (scope and rows[c].get("collection") not in scope)]
+    if absent:
+        where = f"knowledge-base version {version}" if version is not None else "the knowledge base"
+        if scope:
+            where += f" (collections {sorted(scope)})"
+        raise RagloopError(f"Evidence {absent} is not a passage of {where}, which this answer was made from.")
+    pinned = [
+        {
+            "chunk_id": c,
+            "kb_version": version,
+            "text_sha256": hashlib.sha256(rows[c]["text"].encode("utf-8")).hexdigest(),
+        }
+        for c in missing_ids
+    ]
+    return pinned, shown_gold
 
 
 def feedback_for(session: Session, interaction_id: str) -> list[Feedback]:
@@ -142,6 +203,7 @@ class Judgement:
     gold_ranks: list[int] = field(default_factory=list)
     irrelevant_ranks: list[int] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
+    evidence: list[dict] = field(default_factory=list)  # unshown supporting passages, every reviewer's
 
 
 def judgement(feedback: list[Feedback], accept_rating: int = 4) -> Judgement:
@@ -163,6 +225,8 @@ def judgement(feedback: list[Feedback], accept_rating: int = 4) -> Judgement:
         j.gold_ranks = sorted(set(j.gold_ranks) | set(fb.gold_ranks or []))
         j.irrelevant_ranks = sorted(set(j.irrelevant_ranks) | set(fb.irrelevant_ranks or []))
         j.tags = sorted(set(j.tags) | set(fb.tags or []))
+        known = {e["chunk_id"] for e in j.evidence}
+        j.evidence += [e for e in fb.evidence or [] if e["chunk_id"] not in known]
     j.accepted = all(votes) if votes else None
     j.mean_rating = sum(ratings) / len(ratings) if ratings else None
     return j

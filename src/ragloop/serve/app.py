@@ -262,8 +262,8 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
     # Feedback ----------------------------------------------------------------------------------------
     @app.post("/api/interactions/{interaction_id}/feedback", tags=["records"], status_code=201)
     async def post_feedback(interaction_id: str, request: Request, who: Caller = Depends(caller)) -> dict:
-        """Thumbs, rating, comment, correction, gold/irrelevant passage numbers, tags. Admins review any
-        turn; other keys only their own. Several reviewers are kept apart (``reviewer_id``, default: the key)."""
+        """Thumbs, rating, comment, correction, gold/irrelevant passage numbers, evidence (chunk ids of
+        passages the retriever missed), tags. Admins review any turn; other keys only their own. Several reviewers are kept apart (``reviewer_id``, default: the key)."""
         try:
             data = await request.json()
         except ValueError:
@@ -276,7 +276,7 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
                 interaction = session.get(Interaction, interaction_id)
                 if interaction is None or not may_read_interaction(who, interaction.api_key_id):
                     raise NotFound(f"No interaction {interaction_id!r} visible to this API key.")
-                return add_feedback(session, interaction_id, data).to_dict()
+                return add_feedback(session, interaction_id, data, kb=assistant.kb).to_dict()
 
         return await anyio.to_thread.run_sync(save, limiter=health_threads)
 

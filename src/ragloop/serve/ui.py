@@ -181,16 +181,53 @@ def ui_router(settings: Settings, auth_on: bool) -> APIRouter:
         gold = [int(str(v)) for v in form.getlist("gold")]
         if gold:
             data["gold"] = gold
+        evidence = [str(v) for v in form.getlist("evidence") if str(v).strip()]
+        if evidence:
+            data["evidence"] = evidence
         try:
             with session_scope(settings.db_url) as s:
                 item = s.get(ReviewItem, item_id)
                 if item is None:
                     return HTMLResponse("<span class='error'>No such review item.</span>", status_code=404)
-                add_feedback(s, item.interaction_id, data)
+                add_feedback(s, item.interaction_id, data, kb=kb)
                 queue = item.queue
         except RagloopError as exc:
             return HTMLResponse(f"<span class='error'>{escape(str(exc))}</span>", status_code=400)
         return _next(queue, "Saved")
+
+    retriever: list = []  # one Retriever (and embedding model) for the UI, built on first use
+
+    @router.get("/review/item/{item_id}/search", response_class=HTMLResponse)
+    def review_search(request: Request, item_id: int, evidence_query: str = "") -> Response:
+        """Knowledge-base passages the retriever did not show for this answer, found by the reviewer's own
+        words: the one that supports a correction becomes evidence (the example's gold passage). Searched
+        at the answer's KB version and within its collections, as ``add_feedback`` requires."""
+        if caller(request) is None:
+            return HTMLResponse("<span class='error'>Signed out: reload and sign in.</span>", status_code=401)
+        query = evidence_query.strip()
+        if not query:
+            return HTMLResponse("")
+        with session_scope(settings.db_url) as s:
+            item = s.get(ReviewItem, item_id)
+            interaction = s.get(Interaction, item.interaction_id) if item is not None else None
+            if interaction is None:
+                return HTMLResponse("<span class='error'>No such review item.</span>", status_code=404)
+            if interaction.source == "eval":
+                return HTMLResponse(
+                    "<span class='muted'>Eval answers are never trained on: no evidence.</span>"
+                )
+            shown = {p.chunk_id for p in interaction.passages}
+            version, scope = interaction.kb_version, interaction.collections
+        if not retriever:
+            from ragloop.retrieval.search import Retriever
+
+            retriever.append(Retriever(settings, kb))
+        try:
+            hits = retriever[0].search(query[:500], 8 + len(shown), collections=scope, version=version)
+        except RagloopError as exc:
+            return HTMLResponse(f"<span class='error'>{escape(str(exc))}</span>", status_code=400)
+        hits = [h for h in hits if h.chunk_id not in shown][:8]
+        return TEMPLATES.TemplateResponse(request, "review_hits.html", {"hits": hits, "query": query})
 
     @router.post("/review/item/{item_id}/skip", response_class=HTMLResponse)
     def review_skip(request: Request, item_id: int) -> Response:

@@ -202,6 +202,9 @@ class Feedback(Base):
     )  # ranks of shown passages marked relevant
     irrelevant_ranks: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     tags: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    # Knowledge-base passages the retriever did NOT show that support the answer (the reviewer found them):
+    # [{chunk_id, kb_version, text_sha256}], pinned like the shown passages of the interaction.
+    evidence: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
 
     def to_dict(self) -> dict[str, Any]:
         data = {c.name: getattr(self, c.name) for c in self.__table__.columns}
