@@ -7,7 +7,8 @@ Format (YAML or JSON)::
     version: 1
     filters:                       # applied in this order; each reports how many records it dropped
       - accepted: {min_rating: 4}  # reviewed and liked (thumbs up or rating >= min_rating); a correction counts
-      - cites_shown_passage: {}    # the answer cites at least one passage it was shown
+      - cites_shown_passage: {}    # the answer cites a shown passage, a reviewer marked one gold, or pinned
+                                   # evidence the retriever missed: a passage to read the answer from
       - verify_citations: {threshold: null}   # every cited statement supported (null = the validated default)
       - refusal: {}                # drop refusals ("I don't know") from answer targets
       - length: {min_question_chars: 3, max_question_chars: 2000, min_answer_chars: 1, max_answer_chars: 4000}
