@@ -161,7 +161,9 @@ def test_reviewer_finds_the_passage_the_retriever_missed(live_server, browser):
     page.click("#thumbs-down")
     page.fill("#correction", "Every ninety days.")
     if os.environ.get("RAGLOOP_SCREENSHOTS"):
-        page.screenshot(path=str(Path(os.environ["RAGLOOP_SCREENSHOTS"]) / "review-evidence.png"), full_page=True)
+        page.screenshot(
+            path=str(Path(os.environ["RAGLOOP_SCREENSHOTS"]) / "review-evidence.png"), full_page=True
+        )
     page.click("#save")
     page.wait_for_selector("text=Nothing pending")
     page.close()
