@@ -158,3 +158,32 @@ def test_evidence_pins_an_unshown_passage_in_scope_and_refuses_the_rest(live_ser
         and len(saved["evidence"][0]["text_sha256"]) == 64
     )
     assert saved["gold_ranks"] == [1]  # the shown passage named as evidence is simply gold
+
+
+def test_cli_kb_search_finds_the_evidence_to_pin(kb_home, live_server):
+    """`ragloop kb search` shows chunk ids without answering; `ragloop feedback --evidence` pins one."""
+    import json
+
+    with live_server.client() as c:
+        iid = ask(c, "lost badge?")["interaction_id"]
+        shown = {p["chunk_id"] for p in c.get(f"/api/interactions/{iid}").json()["passages"]}
+    runner = CliRunner()
+    home = ["--home", str(kb_home.home)]
+    r = runner.invoke(app, ["kb", "search", "worldwide annual turnover", "--k", "2", "--json", *home])
+    assert r.exit_code == 0, r.output
+    hits = json.loads(r.output)
+    assert len(hits) == 2 and hits[0]["source_path"] == "fines.txt"
+    r = runner.invoke(app, ["kb", "search", "worldwide annual turnover", "--collection", "handbook", *home])
+    assert r.exit_code == 0 and "fines.txt" not in r.output
+    r = runner.invoke(app, ["kb", "search", "x", "--mode", "psychic", *home])
+    assert r.exit_code != 0 and "Unknown retrieval mode" in str(r.exception)  # `ragloop` prints it
+    evidence = hits[0]["chunk_id"] if hits[0]["chunk_id"] not in shown else hits[1]["chunk_id"]
+    r = runner.invoke(
+        app, ["feedback", iid, "--thumbs", "down", "--evidence", evidence, "--reviewer", "cli1", *home]
+    )
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["feedback", iid, "--thumbs", "down", "--evidence", "no-such-chunk", *home])
+    assert r.exit_code != 0 and "no-such-chunk" in str(r.exception)
+    with session_scope(kb_home.db_url) as s:
+        [fb] = feedback_for(s, iid)
+        assert [e["chunk_id"] for e in fb.evidence or []] == ([evidence] if evidence not in shown else [])
