@@ -137,6 +137,7 @@ def test_evidence_pins_an_unshown_passage_in_scope_and_refuses_the_rest(live_ser
             {"evidence": ["x" * 65]},
             {"evidence": ["nope"]},  # not in the knowledge base
             {"evidence": [fines]},  # another collection than the answer's scope
+            {"evidence": [shown[0]["chunk_id"]], "irrelevant": [1]},  # gold (as evidence) and irrelevant
         ):
             r = c.post(f"/api/interactions/{iid}/feedback", json={"thumbs": "down", **body})
             assert r.status_code == 400, (body, r.text)
@@ -165,7 +166,15 @@ def test_cli_kb_search_finds_the_evidence_to_pin(kb_home, live_server):
     import json
 
     with live_server.client() as c:
-        iid = ask(c, "lost badge?")["interaction_id"]
+        r = c.post(
+            "/v1/chat/completions",
+            json={
+                "messages": [{"role": "user", "content": "lost badge?"}],
+                "max_tokens": 4,
+                "ragloop": {"k": 1},
+            },
+        )
+        iid = r.json()["ragloop"]["interaction_id"]
         shown = {p["chunk_id"] for p in c.get(f"/api/interactions/{iid}").json()["passages"]}
     runner = CliRunner()
     home = ["--home", str(kb_home.home)]
@@ -177,7 +186,8 @@ def test_cli_kb_search_finds_the_evidence_to_pin(kb_home, live_server):
     assert r.exit_code == 0 and "fines.txt" not in r.output
     r = runner.invoke(app, ["kb", "search", "x", "--mode", "psychic", *home])
     assert r.exit_code != 0 and "Unknown retrieval mode" in str(r.exception)  # `ragloop` prints it
-    evidence = hits[0]["chunk_id"] if hits[0]["chunk_id"] not in shown else hits[1]["chunk_id"]
+    evidence = hits[0]["chunk_id"]
+    assert evidence not in shown  # the badge passage was shown, the fines passage was not
     r = runner.invoke(
         app, ["feedback", iid, "--thumbs", "down", "--evidence", evidence, "--reviewer", "cli1", *home]
     )
@@ -186,4 +196,66 @@ def test_cli_kb_search_finds_the_evidence_to_pin(kb_home, live_server):
     assert r.exit_code != 0 and "no-such-chunk" in str(r.exception)
     with session_scope(kb_home.db_url) as s:
         [fb] = feedback_for(s, iid)
-        assert [e["chunk_id"] for e in fb.evidence or []] == ([evidence] if evidence not in shown else [])
+        assert [e["chunk_id"] for e in fb.evidence] == [evidence]
+
+
+def test_a_scoped_reviewer_can_neither_pin_nor_search_another_collection(kb_home, start_server):
+    """An admin key scoped to ``handbook`` reviews an answer made without a collection scope: neither the
+    feedback API nor the review UI's evidence search reaches the ``finance`` collection through it."""
+    from ragloop.store.keys import create_key
+
+    server = start_server(kb_home, server={"auth": "on"})
+    with session_scope(kb_home.db_url) as s:
+        _, admin = create_key(s, "admin", admin=True)
+        _, scoped = create_key(s, "handbook-admin", admin=True, collections=["handbook"])
+    fines, vacation = _chunk_id(kb_home, "fines.txt"), _chunk_id(kb_home, "vacation.md")
+    with server.client(admin) as c:
+        r = c.post(
+            "/v1/chat/completions",
+            json={
+                "messages": [{"role": "user", "content": "lost badge?"}],
+                "max_tokens": 4,
+                "ragloop": {"k": 1},
+            },
+        )
+        iid = r.json()["ragloop"]["interaction_id"]
+    with session_scope(kb_home.db_url) as s:
+        sample_queue(s, 5)
+        [item] = pending(s)
+    with server.client(scoped) as c:
+        r = c.post(f"/api/interactions/{iid}/feedback", json={"thumbs": "down", "evidence": [fines]})
+        assert r.status_code == 400 and "handbook" in r.json()["error"]["message"], r.text
+        r = c.get(f"/review/item/{item.id}/search", params={"evidence_query": "worldwide annual turnover"})
+        assert r.status_code == 200 and "fines.txt" not in r.text and "20 000 000" not in r.text
+        r = c.post(f"/api/interactions/{iid}/feedback", json={"thumbs": "down", "evidence": [vacation]})
+        assert r.status_code == 201, r.text
+    with server.client(admin) as c:  # the same search with an unscoped key does find it
+        r = c.get(f"/review/item/{item.id}/search", params={"evidence_query": "worldwide annual turnover"})
+        assert "fines.txt" in r.text
+
+
+def test_evidence_goes_with_its_own_correction():
+    """Two reviewers correct differently, each pinning a passage: the latest correction wins and keeps its
+    own evidence only; a reviewer who corrected nothing still contributes theirs."""
+    from datetime import datetime, timedelta
+
+    from ragloop.store.models import Feedback
+
+    t0 = datetime(2026, 1, 1)
+
+    def fb(n: int, reviewer: str, correction: str | None, chunk: str) -> Feedback:
+        pin = [{"chunk_id": chunk, "kb_version": 1, "text_sha256": "0" * 64}]
+        return Feedback(
+            id=n,
+            reviewer_id=reviewer,
+            thumbs=-1,
+            corrected_answer=correction,
+            evidence=pin,
+            created_at=t0 + timedelta(minutes=n),
+        )
+
+    rows = [fb(1, "ann", "Ten days.", "a0"), fb(2, "bob", "Twenty days.", "b"), fb(3, "ann", "Ten.", "a")]
+    rows.append(fb(4, "cy", None, "c"))
+    j = judgement(rows)
+    assert j.corrected_answer == "Ten."  # ann's latest, made after bob's
+    assert [e["chunk_id"] for e in j.evidence] == ["a", "c"]

@@ -124,17 +124,25 @@ def validate_feedback(data: Any, n_passages: int) -> dict[str, Any]:
 
 
 def add_feedback(
-    session: Session, interaction_id: str, data: Any, kb: KnowledgeBase | None = None
+    session: Session,
+    interaction_id: str,
+    data: Any,
+    kb: KnowledgeBase | None = None,
+    readable: list[str] | None = None,
 ) -> Feedback:
     """Validate and append one reviewer's feedback; marks the interaction's review items done. Evidence
-    (chunk ids) is looked up in ``kb`` at the interaction's KB version and within its collections, and
-    pinned with its text hash; an id among the shown passages counts as marking that passage gold."""
+    (chunk ids) is looked up in ``kb`` at the interaction's KB version, within its collections and within
+    ``readable`` (the collections the reviewer's key may read; None: all), and pinned with its text hash;
+    an id among the shown passages counts as marking that passage gold."""
     interaction = session.get(Interaction, interaction_id)
     if interaction is None:
         raise NotFound(f"No interaction {interaction_id!r}.")
     values = validate_feedback(data, len(interaction.passages))
     if values["evidence"]:
-        values["evidence"], shown_gold = _pin_evidence(interaction, values["evidence"], kb)
+        values["evidence"], shown_gold = _pin_evidence(interaction, values["evidence"], kb, readable)
+        both = set(shown_gold) & set(values["irrelevant_ranks"] or [])
+        if both:
+            raise RagloopError(f"Passages {sorted(both)} are given as evidence and marked irrelevant.")
         if shown_gold:
             values["gold_ranks"] = sorted(set(values["gold_ranks"] or []) | set(shown_gold))
     fb = Feedback(interaction_id=interaction_id, **values)
@@ -148,11 +156,15 @@ def add_feedback(
 
 
 def _pin_evidence(
-    interaction: Interaction, chunk_ids: list[str], kb: KnowledgeBase | None
+    interaction: Interaction,
+    chunk_ids: list[str],
+    kb: KnowledgeBase | None,
+    readable: list[str] | None = None,
 ) -> tuple[list[dict] | None, list[int]]:
     """Evidence as ``[{chunk_id, kb_version, text_sha256}]`` (those not shown) and the ranks of those that
     were shown. Only chunks the answer could have been given from count: same KB version, same collections
-    (a reviewer must not pull another collection's text into training data)."""
+    (a reviewer must not pull another collection's text into training data), and only ones the reviewer's
+    key may read (else a scoped key could copy any collection's text into the records)."""
     shown = {p.chunk_id: p.rank for p in interaction.passages}
     shown_gold = [shown[c] for c in chunk_ids if c in shown]
     missing_ids = [c for c in chunk_ids if c not in shown]
@@ -161,14 +173,23 @@ def _pin_evidence(
     if kb is None:
         raise RagloopError("Evidence needs the knowledge base to look its passages up.")
     version = interaction.kb_version
+    if version is None:  # answered from an empty KB: no version the evidence could be pinned to
+        raise RagloopError("This answer was made with an empty knowledge base: it can take no evidence.")
     rows = kb.get_chunks(missing_ids, version=version)
-    scope = set(interaction.collections or [])
-    absent = [c for c in missing_ids if c not in rows or (scope and rows[c].get("collection") not in scope)]
+    scopes = [set(s) for s in (interaction.collections, readable) if s is not None]
+    absent = [
+        c
+        for c in missing_ids
+        if c not in rows or any(rows[c].get("collection") not in scope for scope in scopes)
+    ]
     if absent:
-        where = f"knowledge-base version {version}" if version is not None else "the knowledge base"
-        if scope:
-            where += f" (collections {sorted(scope)})"
-        raise RagloopError(f"Evidence {absent} is not a passage of {where}, which this answer was made from.")
+        where = f"knowledge-base version {version}"
+        if scopes:
+            where += f" (collections {sorted(set.intersection(*scopes))})"
+        raise RagloopError(
+            f"Evidence {absent} is not a passage of {where}, which this answer was made from "
+            f"(`ragloop kb search --version {version}` finds its passages)."
+        )
     pinned = [
         {
             "chunk_id": c,
@@ -203,12 +224,13 @@ class Judgement:
     gold_ranks: list[int] = field(default_factory=list)
     irrelevant_ranks: list[int] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
-    evidence: list[dict] = field(default_factory=list)  # unshown supporting passages, every reviewer's
+    evidence: list[dict] = field(default_factory=list)  # unshown supporting passages of the answer kept
 
 
 def judgement(feedback: list[Feedback], accept_rating: int = 4) -> Judgement:
     latest: dict[str, Feedback] = {}
     for fb in sorted(feedback, key=lambda f: (f.created_at, f.id)):
+        latest.pop(fb.reviewer_id, None)  # re-inserted: the dict stays ordered by each reviewer's latest
         latest[fb.reviewer_id] = fb
     j = Judgement(reviewers=sorted(latest))
     votes: list[bool] = []
@@ -225,6 +247,11 @@ def judgement(feedback: list[Feedback], accept_rating: int = 4) -> Judgement:
         j.gold_ranks = sorted(set(j.gold_ranks) | set(fb.gold_ranks or []))
         j.irrelevant_ranks = sorted(set(j.irrelevant_ranks) | set(fb.irrelevant_ranks or []))
         j.tags = sorted(set(j.tags) | set(fb.tags or []))
+    # Evidence supports an answer: a reviewer's pins go with their own correction, and those of a reviewer
+    # whose different correction lost are dropped (their passage may support what they wrote, not this).
+    for fb in latest.values():
+        if fb.corrected_answer and fb.corrected_answer != j.corrected_answer:
+            continue
         known = {e["chunk_id"] for e in j.evidence}
         j.evidence += [e for e in fb.evidence or [] if e["chunk_id"] not in known]
     j.accepted = all(votes) if votes else None

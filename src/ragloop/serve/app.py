@@ -276,7 +276,9 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
                 interaction = session.get(Interaction, interaction_id)
                 if interaction is None or not may_read_interaction(who, interaction.api_key_id):
                     raise NotFound(f"No interaction {interaction_id!r} visible to this API key.")
-                return add_feedback(session, interaction_id, data, kb=assistant.kb).to_dict()
+                return add_feedback(
+                    session, interaction_id, data, kb=assistant.kb, readable=who.collections
+                ).to_dict()
 
         return await anyio.to_thread.run_sync(save, limiter=health_threads)
 

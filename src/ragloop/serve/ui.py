@@ -14,12 +14,12 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
 
 from ragloop.config import Settings
-from ragloop.errors import AuthError, RagloopError
+from ragloop.errors import AuthError, PermissionDenied, RagloopError
 from ragloop.feedback.review import pending, queue_counts, sample_queue
 from ragloop.feedback.service import add_feedback
 from ragloop.generation.replay import ShownPassage, shown_passages
 from ragloop.ingest.kb import KnowledgeBase
-from ragloop.serve.auth import Caller, authenticate, require_admin
+from ragloop.serve.auth import Caller, authenticate, narrow_scope, require_admin
 from ragloop.store.db import session_scope
 from ragloop.store.models import Interaction, ReviewItem, utcnow
 from ragloop.store.queries import iter_interactions
@@ -167,7 +167,8 @@ def ui_router(settings: Settings, auth_on: bool) -> APIRouter:
 
     @router.post("/review/item/{item_id}", response_class=HTMLResponse)
     async def review_save(request: Request, item_id: int) -> Response:
-        if caller(request) is None:
+        who = caller(request)
+        if who is None:
             return HTMLResponse("<span class='error'>Signed out: reload and sign in.</span>", status_code=401)
         form = await request.form()
         data: dict = {"reviewer_id": form.get("reviewer_id") or "reviewer"}
@@ -189,7 +190,7 @@ def ui_router(settings: Settings, auth_on: bool) -> APIRouter:
                 item = s.get(ReviewItem, item_id)
                 if item is None:
                     return HTMLResponse("<span class='error'>No such review item.</span>", status_code=404)
-                add_feedback(s, item.interaction_id, data, kb=kb)
+                add_feedback(s, item.interaction_id, data, kb=kb, readable=who.collections)
                 queue = item.queue
         except RagloopError as exc:
             return HTMLResponse(f"<span class='error'>{escape(str(exc))}</span>", status_code=400)
@@ -201,8 +202,10 @@ def ui_router(settings: Settings, auth_on: bool) -> APIRouter:
     def review_search(request: Request, item_id: int, evidence_query: str = "") -> Response:
         """Knowledge-base passages the retriever did not show for this answer, found by the reviewer's own
         words: the one that supports a correction becomes evidence (the example's gold passage). Searched
-        at the answer's KB version and within its collections, as ``add_feedback`` requires."""
-        if caller(request) is None:
+        at the answer's KB version and within its collections, as ``add_feedback`` requires, and only in
+        collections the reviewer's key may read."""
+        who = caller(request)
+        if who is None:
             return HTMLResponse("<span class='error'>Signed out: reload and sign in.</span>", status_code=401)
         query = evidence_query.strip()
         if not query:
@@ -218,6 +221,14 @@ def ui_router(settings: Settings, auth_on: bool) -> APIRouter:
                 )
             shown = {p.chunk_id for p in interaction.passages}
             version, scope = interaction.kb_version, interaction.collections
+        if version is None:
+            return HTMLResponse(
+                "<span class='muted'>Answered from an empty knowledge base: no evidence.</span>"
+            )
+        try:
+            scope = narrow_scope(who, scope)  # the answer's collections, cut to the reviewer's
+        except PermissionDenied as exc:
+            return HTMLResponse(f"<span class='error'>{escape(str(exc))}</span>", status_code=403)
         if not retriever:
             from ragloop.retrieval.search import Retriever
 
