@@ -155,7 +155,10 @@ def test_reviewer_finds_the_passage_the_retriever_missed(live_server, browser):
     hit.locator("input").check()
     with page.expect_response(lambda resp: "/search?" in resp.url):
         page.fill("#evidence-query", "annual leave")  # a new search must not wash the picked passage away
+    with page.expect_response(lambda resp: "/search?" in resp.url):
+        page.press("#evidence-query", "Enter")  # searches; must not submit the half-done review
     page.wait_for_timeout(300)
+    assert page.inner_text("#result") == "" and page.locator("#question").count() == 1
     assert "twenty-five days" in page.inner_text("#evidence-picked")
     assert "twenty-five days" not in page.inner_text("#evidence-hits")  # nor offer it twice
     page.click("#thumbs-down")
