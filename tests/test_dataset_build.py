@@ -304,3 +304,13 @@ def test_a_correction_whose_evidence_the_retriever_missed_becomes_an_example(kb_
     assert sum(f["dropped"] for f in report.counts["filters"]) == 0
     examples = [ex for rows in load_examples(kb_home, report.dataset_id).values() for ex in rows]
     assert len(examples) == 1 and examples[0]["answer"].startswith("Every ninety days")
+
+    # The pinned text changed (a hash that no longer matches): the reviewer vouched for other words, so
+    # the passage is left out and the record has nothing to cite again.
+    from ragloop.store.models import Feedback
+
+    with session_scope(kb_home.db_url) as s:
+        for fb in s.query(Feedback):
+            fb.evidence = [{**e, "text_sha256": "0" * 64} for e in fb.evidence or []] or None
+    [candidate] = load_candidates(kb_home)
+    assert len(candidate.passages) == 1 and candidate.oracle_ranks == []

@@ -22,7 +22,7 @@ from ragloop.curation.refusal import is_refusal
 from ragloop.curation.verify import DEFAULT_THRESHOLD, verify_answer, verify_statement
 from ragloop.feedback.service import Judgement, judgement
 from ragloop.generation.citations import CITE, parse_citations, split_sentences
-from ragloop.generation.replay import ShownPassage, fetch_rows, shown_passages
+from ragloop.generation.replay import ShownPassage, fetch_rows, rows_by_version, shown_passages
 from ragloop.store.db import session_scope
 from ragloop.store.models import Feedback, Interaction
 
@@ -112,16 +112,12 @@ def load_candidates(settings: Settings, interaction_ids: list[str] | None = None
 
 
 def _evidence_rows(kb, judgements) -> dict[tuple[int | None, str], dict]:  # type: ignore[no-untyped-def]
-    """Rows of every pinned evidence passage, one query per KB version."""
+    """Rows of every pinned evidence passage, batched per KB version as the shown passages are."""
     wanted: dict[int | None, set[str]] = {}
     for j in judgements:
         for e in j.evidence:
             wanted.setdefault(e.get("kb_version"), set()).add(e["chunk_id"])
-    rows: dict[tuple[int | None, str], dict] = {}
-    for version, ids in wanted.items():
-        for chunk_id, row in kb.get_chunks(sorted(ids), version=version).items():
-            rows[(version, chunk_id)] = row
-    return rows
+    return rows_by_version(kb, wanted)
 
 
 def _evidence_passages(j: Judgement, rows: dict, shown_ids: set[str]) -> list[ShownPassage]:

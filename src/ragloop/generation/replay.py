@@ -56,14 +56,22 @@ def load_interaction(settings: Settings, interaction_id: str) -> Interaction:
 
 def fetch_rows(
     kb: KnowledgeBase, interactions: list[Interaction], batch: int = 2000
-) -> dict[tuple[int, str], dict]:
+) -> dict[tuple[int | None, str], dict]:
     """Chunk rows for many interactions at once, keyed by (KB version, chunk id): one LanceDB query per
     version and batch instead of one per interaction (curating 10,000 records stays fast)."""
-    wanted: dict[int, set[str]] = {}
+    wanted: dict[int | None, set[str]] = {}
     for interaction in interactions:
         for p in interaction.passages:
             wanted.setdefault(p.kb_version, set()).add(p.chunk_id)
-    rows: dict[tuple[int, str], dict] = {}
+    return rows_by_version(kb, wanted, batch)
+
+
+def rows_by_version(
+    kb: KnowledgeBase, wanted: dict[int | None, set[str]], batch: int = 2000
+) -> dict[tuple[int | None, str], dict]:
+    """Chunk rows keyed by (KB version, chunk id) for the ids wanted at each version, in batches: a
+    LanceDB ``isin`` filter over tens of thousands of ids at once is slow and memory-hungry."""
+    rows: dict[tuple[int | None, str], dict] = {}
     for version, ids in wanted.items():
         ordered = sorted(ids)
         for start in range(0, len(ordered), batch):
@@ -73,7 +81,7 @@ def fetch_rows(
 
 
 def shown_passages(
-    kb: KnowledgeBase, interaction: Interaction, rows: dict[tuple[int, str], dict] | None = None
+    kb: KnowledgeBase, interaction: Interaction, rows: dict[tuple[int | None, str], dict] | None = None
 ) -> tuple[list[ShownPassage], list[str]]:
     """The passages exactly as shown, read at their recorded KB version, with any hash mismatch named.
     ``rows`` from ``fetch_rows`` saves the queries when many interactions are read together."""
