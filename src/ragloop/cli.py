@@ -488,7 +488,8 @@ def feedback(
         list[str] | None,
         typer.Option(
             help="Chunk id of a knowledge-base passage the retriever did not show that supports the answer "
-            "(repeat; find ids with `ragloop search`). It becomes the gold passage of the training example."
+            "(repeat; find ids with `ragloop kb search --version V`, V the answer's KB version). It becomes the "
+            "gold passage of the training example."
         ),
     ] = None,
     tag: Annotated[list[str] | None, typer.Option(help="Tag (repeat).")] = None,
