@@ -10,10 +10,12 @@ from ragloop.feedback.service import feedback_for, judgement
 from ragloop.store.db import session_scope
 
 
-def ask(client, text="How many days of paid vacation do employees receive?") -> dict:
-    r = client.post(
-        "/v1/chat/completions", json={"messages": [{"role": "user", "content": text}], "max_tokens": 4}
-    )
+def ask(client, text="How many days of paid vacation do employees receive?", **ragloop) -> dict:
+    """One chat turn; ``ragloop`` options (``k=1``, ``collections=[...]``) go in the request's extension."""
+    body = {"messages": [{"role": "user", "content": text}], "max_tokens": 4}
+    if ragloop:
+        body["ragloop"] = ragloop
+    r = client.post("/v1/chat/completions", json=body)
     assert r.status_code == 200, r.text
     return r.json()["ragloop"]
 
@@ -116,16 +118,7 @@ def test_evidence_pins_an_unshown_passage_in_scope_and_refuses_the_rest(live_ser
     settings = live_server.settings
     fines = _chunk_id(settings, "fines.txt")  # collection "finance"
     with live_server.client() as c:
-        r = c.post(
-            "/v1/chat/completions",
-            json={
-                "messages": [{"role": "user", "content": "How many vacation days?"}],
-                "max_tokens": 4,
-                "ragloop": {"collections": ["handbook"], "k": 1},
-            },
-        )
-        assert r.status_code == 200, r.text
-        record = r.json()["ragloop"]
+        record = ask(c, "How many vacation days?", collections=["handbook"], k=1)
         iid = record["interaction_id"]
         shown = c.get(f"/api/interactions/{iid}").json()["passages"]
         assert len(shown) == 1
@@ -166,15 +159,7 @@ def test_cli_kb_search_finds_the_evidence_to_pin(kb_home, live_server):
     import json
 
     with live_server.client() as c:
-        r = c.post(
-            "/v1/chat/completions",
-            json={
-                "messages": [{"role": "user", "content": "lost badge?"}],
-                "max_tokens": 4,
-                "ragloop": {"k": 1},
-            },
-        )
-        iid = r.json()["ragloop"]["interaction_id"]
+        iid = ask(c, "lost badge?", k=1)["interaction_id"]
         shown = {p["chunk_id"] for p in c.get(f"/api/interactions/{iid}").json()["passages"]}
     runner = CliRunner()
     home = ["--home", str(kb_home.home)]
@@ -210,15 +195,7 @@ def test_a_scoped_reviewer_can_neither_pin_nor_search_another_collection(kb_home
         _, scoped = create_key(s, "handbook-admin", admin=True, collections=["handbook"])
     fines, vacation = _chunk_id(kb_home, "fines.txt"), _chunk_id(kb_home, "vacation.md")
     with server.client(admin) as c:
-        r = c.post(
-            "/v1/chat/completions",
-            json={
-                "messages": [{"role": "user", "content": "lost badge?"}],
-                "max_tokens": 4,
-                "ragloop": {"k": 1},
-            },
-        )
-        iid = r.json()["ragloop"]["interaction_id"]
+        iid = ask(c, "lost badge?", k=1)["interaction_id"]
     with session_scope(kb_home.db_url) as s:
         sample_queue(s, 5)
         [item] = pending(s)
