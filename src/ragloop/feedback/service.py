@@ -177,15 +177,16 @@ def _pin_evidence(
         raise RagloopError("This answer was made with an empty knowledge base: it can take no evidence.")
     rows = kb.get_chunks(missing_ids, version=version)
     scopes = [set(s) for s in (interaction.collections, readable) if s is not None]
+    allowed = set.intersection(*scopes) if scopes else None  # None: every collection
     absent = [
         c
         for c in missing_ids
-        if c not in rows or any(rows[c].get("collection") not in scope for scope in scopes)
+        if c not in rows or (allowed is not None and rows[c].get("collection") not in allowed)
     ]
     if absent:
         where = f"knowledge-base version {version}"
-        if scopes:
-            where += f" (collections {sorted(set.intersection(*scopes))})"
+        if allowed is not None:
+            where += f" (collections {sorted(allowed)})"
         raise RagloopError(
             f"Evidence {absent} is not a passage of {where}, which this answer was made from "
             f"(`ragloop kb search --version {version}` finds its passages)."
