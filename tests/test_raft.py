@@ -15,7 +15,7 @@ from ragloop.datasets.answers import (
     api_call_match,
     exact_match,
     extract_answer,
-    normalize_answer,
+    normalise_answer,
     token_f1,
 )
 from ragloop.datasets.importers import read_api_docs, read_qa_file
@@ -67,7 +67,7 @@ def test_extract_answer_keeps_a_mid_sentence_answer_colon():
 
 
 def test_normalize_exact_match_and_f1_follow_squad():
-    assert normalize_answer("The  Cat, sat!") == "cat sat"
+    assert normalise_answer("The  Cat, sat!") == "cat sat"
     assert exact_match("the Tulsa.", ["Tulsa"]) == 1.0
     assert exact_match("Denver", ["Tulsa", "Tulsa, Oklahoma"]) == 0.0
     assert exact_match("Tulsa, Oklahoma", "Tulsa") == 0.0  # EM is not containment

@@ -48,7 +48,7 @@ _DASHES = re.compile(r"[\u2010-\u2015\u2212\u00ad]")
 _SPACE = re.compile(r"\s+")
 
 
-def normalise(text: str) -> str:
+def normalise_for_matching(text: str) -> str:
     """Case-, whitespace-, quote- and dash-insensitive form, so a quote copied by a model still matches."""
     text = unicodedata.normalize("NFKC", text).translate(_QUOTE_CHARS)
     text = _DASHES.sub("-", text)
@@ -139,7 +139,7 @@ def quantities(text: str) -> set[str]:
     """Canonical forms of the dates, times and numbers in ``text`` (``"2018-05-25"``, ``"9:00"``,
     ``"20000000"``), so "EUR 20 million" equals "20 000 000 EUR" and "25 May 2016" differs from
     "25 May 2018" even though both contain 25."""
-    text = normalise(text)
+    text = normalise_for_matching(text)
     found: set[str] = set()
 
     def take(canonical: str) -> str:
@@ -199,7 +199,7 @@ def _is_content(word: str) -> bool:
 
 
 def _content_sequence(text: str) -> list[str]:
-    words = (w.split("'")[0] for w in _WORD.findall(normalise(text)))
+    words = (w.split("'")[0] for w in _WORD.findall(normalise_for_matching(text)))
     return [_stem(w) for w in words if _is_content(w)]
 
 
@@ -271,7 +271,7 @@ def negation_scopes(text: str) -> list[set[str]]:
     """One entry per denial in ``text``: the stems of the few content words it denies, up to the end of
     the clause. Comparing scopes, not bare counts, keeps a "no longer necessary" in a clause the
     statement never mentions from vetoing it."""
-    tokens = _TOKEN.findall(_NOT_NEGATION.sub(" ", normalise(text)))
+    tokens = _TOKEN.findall(_NOT_NEGATION.sub(" ", normalise_for_matching(text)))
     scopes: list[set[str]] = []
     for i, tok in enumerate(tokens):
         if tok not in _NEGATORS and not tok.endswith("n't"):
@@ -307,15 +307,15 @@ def verify_statement(statement: str, passage: str, threshold: float = DEFAULT_TH
     and its best-matching passage sentence must agree on negation.
     """
     statement = _strip_citations(statement)
-    norm_passage = normalise(passage)
+    norm_passage = normalise_for_matching(passage)
     quotes = find_quotes(statement)
     for q in quotes:
-        if normalise(q).strip(" .,;:") not in norm_passage:
+        if normalise_for_matching(q).strip(" .,;:") not in norm_passage:
             return Verdict(False, 0.0, "exact_quote", f"quoted text not in passage: {q[:80]!r}")
     if any(len(q.split()) >= MIN_QUOTE_WORDS for q in quotes):
         return Verdict(True, 1.0, "exact_quote", "quoted text found verbatim in passage")
 
-    body = normalise(statement).strip(" .;:")
+    body = normalise_for_matching(statement).strip(" .;:")
     if len(body.split()) >= MIN_QUOTE_WORDS and body in norm_passage:
         return Verdict(True, 1.0, "exact_match", "statement found verbatim in passage")
 

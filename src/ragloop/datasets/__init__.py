@@ -10,7 +10,7 @@ from ragloop.datasets.answers import (
     api_call_match,
     exact_match,
     extract_answer,
-    normalize_answer,
+    normalise_answer,
     token_f1,
 )
 from ragloop.datasets.importers import FORMATS, read_api_docs, read_qa_file
@@ -29,7 +29,7 @@ __all__ = [
     "exact_match",
     "extract_answer",
     "misled_answer",
-    "normalize_answer",
+    "normalise_answer",
     "passage_id",
     "read_api_docs",
     "read_qa_file",

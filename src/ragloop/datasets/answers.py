@@ -76,8 +76,10 @@ _PUNCT = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
-def normalize_answer(s: str) -> str:
-    """Lowercase, drop punctuation and articles, collapse whitespace (SQuAD v1.1)."""
+def normalise_answer(s: str) -> str:
+    """Lowercase, drop punctuation and articles, collapse whitespace: SQuAD v1.1's ``normalize_answer``, for
+    exact match and token F1 only (questions are keyed by ``curation.dedupe.normalise_question``, text is
+    matched by ``curation.verify.normalise_for_matching``)."""
     s = "".join(ch for ch in s.lower() if ch not in _PUNCT)
     return " ".join(_ARTICLES.sub(" ", s).split())
 
@@ -88,8 +90,8 @@ def _golds(answers: str | Sequence[str]) -> list[str]:
 
 def exact_match(prediction: str, answers: str | Sequence[str]) -> float:
     """1.0 if the normalised prediction equals any normalised gold answer, else 0.0."""
-    pred = normalize_answer(prediction)
-    return float(any(pred == normalize_answer(g) for g in _golds(answers)))
+    pred = normalise_answer(prediction)
+    return float(any(pred == normalise_answer(g) for g in _golds(answers)))
 
 
 def _f1(pred_tokens: list[str], gold_tokens: list[str]) -> float:
@@ -104,8 +106,8 @@ def _f1(pred_tokens: list[str], gold_tokens: list[str]) -> float:
 
 def token_f1(prediction: str, answers: str | Sequence[str]) -> float:
     """SQuAD token F1, the best over the gold answers (0.0 when there are none)."""
-    pred = normalize_answer(prediction).split()
-    return max((_f1(pred, normalize_answer(g).split()) for g in _golds(answers)), default=0.0)
+    pred = normalise_answer(prediction).split()
+    return max((_f1(pred, normalise_answer(g).split()) for g in _golds(answers)), default=0.0)
 
 
 # --- API calls: Gorilla-style AST sub-tree match ------------------------------------------------------

@@ -20,7 +20,7 @@ from ragloop.curation.dedupe import near_duplicate_of
 from ragloop.curation.pipeline import apply_filters, load_candidates
 from ragloop.curation.policy import Policy
 from ragloop.curation.verify import quantities
-from ragloop.datasets.answers import normalize_answer, token_f1
+from ragloop.datasets.answers import normalise_answer, token_f1
 from ragloop.datasets.importers import read_qa_file
 from ragloop.datasets.qa import QAItem, QAPassage, passage_pool
 from ragloop.datasets.raft import RaftConfig, RaftExample, build_raft_examples, misled_answer
@@ -127,7 +127,7 @@ def decontaminate(
         return hashlib.sha256(" ".join(text.lower().split()).encode()).hexdigest()
 
     def same_answer(a: str, b: str) -> bool:
-        na, nb = normalize_answer(a), normalize_answer(b)
+        na, nb = normalise_answer(a), normalise_answer(b)
         if not (na and nb):
             return False
         return na in nb or nb in na or token_f1(a, b) >= 0.5 or bool(quantities(a) & quantities(b))

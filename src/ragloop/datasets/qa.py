@@ -14,6 +14,12 @@ from dataclasses import dataclass, field
 ANSWER_TYPES = ("span", "label", "api_call", "free")
 
 
+def passage_text_key(text: str) -> str:
+    """Case- and spacing-insensitive key of a passage's text: a gold passage repeated under another id (a
+    pool that holds the same section twice) must still count as the gold, never as a distractor."""
+    return " ".join(text.lower().split())
+
+
 @dataclass(frozen=True)
 class QAPassage:
     """One passage, with the attributes the serve-time prompt template renders (title, source, section)."""

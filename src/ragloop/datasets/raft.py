@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ragloop.datasets.answers import ABSTAIN_ANSWER, LABELS, extract_answer
-from ragloop.datasets.qa import QAItem, QAPassage, prompt_question, unique_passages
+from ragloop.datasets.qa import QAItem, QAPassage, passage_text_key, prompt_question, unique_passages
 from ragloop.errors import ConfigError, RagloopError
 from ragloop.generation.citations import CITE, WORD, split_sentences
 from ragloop.generation.prompts import PromptTemplate, get_template
@@ -164,10 +164,6 @@ def _unique_ints(values: list[int]) -> list[int]:
     return list(dict.fromkeys(values))
 
 
-def _norm(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
 def _oracles_to_show(item: QAItem, gold: list[QAPassage], limit: int) -> list[QAPassage]:
     """All gold passages, unless they would leave no room for a distractor (PubMedQA abstracts have up to
     9 sections): then the ones that best support the answer, in their original order."""
@@ -185,10 +181,10 @@ def _distractors(
     """``need`` passages that are not the oracle: the item's own first, then random ones from the pool.
     A pool passage with an oracle's text under another id is still the oracle, so texts are checked too."""
     banned_ids = {p.id for p in gold}
-    banned_texts = {_norm(p.text) for p in gold}
+    banned_texts = {passage_text_key(p.text) for p in gold}
 
     def allowed(p: QAPassage) -> bool:
-        return p.id not in banned_ids and _norm(p.text) not in banned_texts
+        return p.id not in banned_ids and passage_text_key(p.text) not in banned_texts
 
     own = [p for p in unique_passages(item.distractors) if allowed(p)]
     chosen = rng.sample(own, min(need, len(own)))

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ragloop.datasets.qa import QAItem, QAPassage, prompt_question, unique_passages
+from ragloop.datasets.qa import QAItem, QAPassage, passage_text_key, prompt_question, unique_passages
 from ragloop.errors import RagloopError
 from ragloop.generation.prompts import PromptTemplate, prompt_sha256
 
@@ -68,20 +68,16 @@ def _rng(seed: int, item_id: str, purpose: str) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-def _norm(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
 def distractor_stream(item: QAItem, pool: Sequence[QAPassage], seed: int) -> Iterator[QAPassage]:
     """The item's distractors in their seeded order: its own first, then random passages of the pool.
     Never a gold passage (by id, or by text under another id). Taking the first k gives the k
     distractors, so the sets for growing k are nested."""
     rng = _rng(seed, item.id, "distractors")
     banned_ids = {p.id for p in item.gold}
-    banned_texts = {_norm(p.text) for p in item.gold}
+    banned_texts = {passage_text_key(p.text) for p in item.gold}
 
     def take(p: QAPassage) -> bool:
-        if p.id in banned_ids or _norm(p.text) in banned_texts:
+        if p.id in banned_ids or passage_text_key(p.text) in banned_texts:
             return False
         banned_ids.add(p.id)
         return True
@@ -143,10 +139,10 @@ def hit_passage(hit: Hit) -> QAPassage:
 def live_gold_ids(item: QAItem, shown: Sequence[QAPassage]) -> list[str]:
     """Which retrieved chunks count as gold: a chunk with a gold id, or whose text contains a gold
     passage's or is contained in one (the KB cuts documents into chunks, so ids rarely match)."""
-    golds = [_norm(p.text) for p in item.gold]
+    golds = [passage_text_key(p.text) for p in item.gold]
     ids = [p.id for p in item.gold]
     for p in shown:
-        text = _norm(p.text)
+        text = passage_text_key(p.text)
         if p.id in ids or any(g and (g in text or (len(text) > 40 and text in g)) for g in golds):
             ids.append(p.id)
     return list(dict.fromkeys(ids))

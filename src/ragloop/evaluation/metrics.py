@@ -22,7 +22,7 @@ from ragloop.datasets.answers import (
     api_call_match,
     exact_match,
     extract_answer,
-    normalize_answer,
+    normalise_answer,
     token_f1,
 )
 from ragloop.generation.citations import CITE
@@ -92,7 +92,7 @@ def answer_scores(prediction: str, answers: Sequence[str], answer_type: str, ref
         right = prediction.lower() in {a.lower() for a in answers}
         return {"em": float(right), "f1": float(right), "correct": right, "label_correct": right}
     em, f1 = exact_match(prediction, answers), token_f1(prediction, answers)
-    if not normalize_answer(prediction):  # only articles/punctuation: says nothing
+    if not normalise_answer(prediction):  # only articles/punctuation: says nothing
         em, f1 = 0.0, 0.0
     if answer_type == "api_call":
         match = any(api_call_match(prediction, gold) for gold in answers)
@@ -103,7 +103,7 @@ def answer_scores(prediction: str, answers: Sequence[str], answer_type: str, ref
 def _covers(prediction: str, gold: str) -> bool:
     """The normalised gold tokens appear, in order and contiguous, in the prediction, and the prediction
     says little else (token F1 >= CORRECT_F1)."""
-    pred, want = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    pred, want = normalise_answer(prediction).split(), normalise_answer(gold).split()
     if not want or token_f1(prediction, gold) < CORRECT_F1:
         return False
     return any(pred[i : i + len(want)] == want for i in range(len(pred) - len(want) + 1))
