@@ -4,15 +4,19 @@ who runs them so that a crash (kill -9, OOM, power loss) is told apart from work
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
+
 
 def machine() -> dict[str, str]:
     """Host name and boot id: a pid means something only on the same machine since the same boot."""
+    # Read by hand: psutil offers boot_time(), a clock reading that moves when the clock is stepped and
+    # repeats to the second across quick reboots; the kernel's boot id is random per boot, so it tells two
+    # boots apart for certain.
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
@@ -25,15 +29,10 @@ def pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
+    except psutil.AccessDenied:  # it exists; another user's process we may not inspect
         return True
 
 
