@@ -27,6 +27,8 @@ import pytest
 from ragloop.config import Settings, init_home, load_settings
 from ragloop.testing import build_tiny_model
 
+pytest_plugins = ["skip_policy"]  # a skip outside the declared markers fails the run
+
 # Two collections with distinct vocabularies, so a scope leak shows up as a passage from the wrong one.
 DOCS: dict[str, list[tuple[str, bytes]]] = {
     "handbook": [

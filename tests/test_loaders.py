@@ -297,8 +297,9 @@ def test_pdf_without_text_layer_says_scanned():
 
 
 def test_encrypted_pdf_is_refused():
-    pypdf = pytest.importorskip("pypdf")
     import io
+
+    import pypdf
 
     writer = pypdf.PdfWriter(clone_from=pypdf.PdfReader(io.BytesIO(make_pdf(["Secret."]))))
     writer.encrypt(user_password="secret", algorithm="RC4-128")

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from ragloop.curation import pii
 from ragloop.errors import ConfigError
-
-pii = pytest.importorskip("ragloop.curation.pii")
 
 FIXTURES = Path(__file__).parent / "fixtures" / "curation"
 
@@ -211,7 +210,8 @@ def test_ner_choice_is_validated_and_never_downloads():
 
 
 def test_spacy_pipeline_from_a_folder_is_wired_in(tmp_path):
-    spacy = pytest.importorskip("spacy")
+    import spacy  # presidio-analyzer's own dependency, and the offline engine's tokenizer
+
     spacy.blank("en").to_disk(tmp_path / "pipeline")  # no NER inside: checks the wiring, offline
     analyzer = pii.build_analyzer(f"spacy:{tmp_path / 'pipeline'}")
     found = analyzer.analyze("Dr. Anna Berg, anna.berg@clinic.de", language="en")
@@ -219,7 +219,8 @@ def test_spacy_pipeline_from_a_folder_is_wired_in(tmp_path):
 
 
 def test_transformers_model_from_a_folder_is_wired_in(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     # A tiny random token-classifier: checks the wiring (local folder, no hub, CPU), not the quality.
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "anna", "berg", "wrote", "to", "the", "."]
     (tmp_path / "vocab.txt").write_text("\n".join(vocab))
