@@ -261,8 +261,9 @@ class DatasetSource(Base):
 
 
 class Job(Base):
-    """A background job (training, evaluation). The worker heartbeats; a job whose worker died with the
-    machine is found by its stale heartbeat, marked ``interrupted`` and can be resumed from its checkpoint."""
+    """A background job (training, evaluation), claimed and heartbeated through ``store.claims``: a job
+    whose worker died with the machine is found by its stale heartbeat and dead ``owner``, marked
+    ``interrupted`` and can be resumed from its checkpoint."""
 
     __tablename__ = "jobs"
 
@@ -276,6 +277,7 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    owner: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # claims: host, boot_id, pid
     progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # step, total, loss, tokens/s, eta
     log_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     output_dir: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -318,6 +320,7 @@ class EvalRun(Base):
     wall_s: Mapped[float] = mapped_column(Float, default=0.0)
     # written every few seconds while running: fences `interrupted` and proves a remote run dead (0002)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    owner: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # claims: host, boot_id, pid
 
 
 class EvalExample(Base):
@@ -342,3 +345,19 @@ class EvalExample(Base):
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     # expert review of eval answers goes through the review queue via a shadow Interaction
     interaction_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class PeriodicTask(Base):
+    """A task every server of one database runs in turn, once per period (retention; A/B guardrails and
+    drift checks later): claimed through ``store.claims`` like a job, so exactly one process runs it when
+    it is due, and a process that dies while running it is taken over."""
+
+    __tablename__ = "periodic_tasks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), default="idle")  # idle | running | interrupted
+    owner: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    next_due: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # None: due now
+    last_run_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # when the last run began
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)  # None when the last run went well
