@@ -33,12 +33,13 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from ragloop.config import Settings
 from ragloop.errors import ConfigError, NotFound, RagloopError
 from ragloop.generation.models import resolve_model
-from ragloop.proc import Periodic, machine, owner_gone
+from ragloop.proc import Periodic
+from ragloop.store import claims
 from ragloop.store.db import session_scope
 from ragloop.store.models import DatasetVersion, Job, utcnow
 
@@ -222,8 +223,7 @@ def submit(settings: Settings, kind: str, config: dict[str, Any], *, foreground:
         job.log_path = str(folder / "job.log")
         if foreground:
             job.status, job.pid, job.started_at = "running", os.getpid(), utcnow()
-            job.heartbeat_at = job.started_at
-            job.progress = {"worker": {**machine(), "pid": os.getpid()}}
+            job.heartbeat_at, job.owner = job.started_at, claims.me()  # created claimed by this process
     folder.mkdir(parents=True, exist_ok=True)
     _log(job, f"submitted {kind} job {job.id}: {json.dumps(full, default=str)}")
     return job
@@ -314,31 +314,20 @@ def cancel(settings: Settings, job_id: str) -> Job:
 def recover(settings: Settings, *, stale_after_s: float = STALE_S) -> list[str]:
     """Mark ``interrupted`` every running job whose process is gone: heartbeat older than
     ``stale_after_s`` and a dead pid (same machine, same boot), or a heartbeat silent for
-    ``REMOTE_STALE_S`` from another machine. Returns their ids. Safe to call anywhere, any time."""
-    now = utcnow()
-    found = []
+    ``REMOTE_STALE_S`` from another machine (``claims.interrupt_dead``). Returns their ids. Safe to call
+    anywhere, any time."""
+
+    def why(job: Job) -> dict[str, Any]:
+        return {
+            "error": f"Its process (pid {job.pid}) stopped without finishing (crash, kill or reboot); "
+            f"`ragloop jobs resume {job.id}` continues from the last checkpoint."
+        }
+
     with session_scope(settings.db_url) as s:
-        for job in s.scalars(select(Job).where(Job.status == "running")):
-            beat = job.heartbeat_at or job.started_at or job.created_at
-            age = (now - beat).total_seconds()
-            if age < stale_after_s:
-                continue
-            worker = (job.progress or {}).get("worker") or {}
-            if not owner_gone({**worker, "pid": job.pid}, silent_s=age):
-                continue
-            changed = s.execute(
-                update(Job)
-                .where(Job.id == job.id, Job.status == "running", Job.heartbeat_at == job.heartbeat_at)
-                .values(
-                    status="interrupted",
-                    error=f"Its process (pid {job.pid}) stopped without finishing (crash, kill or reboot); "
-                    f"`ragloop jobs resume {job.id}` continues from the last checkpoint.",
-                )
-            ).rowcount
-            if changed:
-                found.append(job.id)
-                _log(job, f"interrupted: process {job.pid} is gone, last heartbeat {age:.0f} s ago")
-    return found
+        marked = claims.interrupt_dead(s, Job, stale_after_s=stale_after_s, values=why)
+    for job in marked:
+        _log(job, f"interrupted: process {job.pid} is gone, last heartbeat {claims.silent_s(job):.0f} s ago")
+    return [job.id for job in marked]
 
 
 def resume(settings: Settings, job_id: str) -> Job:
@@ -350,7 +339,9 @@ def resume(settings: Settings, job_id: str) -> Job:
         changed = s.execute(
             update(Job)
             .where(Job.id == job.id, Job.status.in_(RESUMABLE))
-            .values(status="queued", cancel_requested=False, error=None, finished_at=None, pid=None)
+            .values(
+                status="queued", cancel_requested=False, error=None, finished_at=None, pid=None, owner=None
+            )
         ).rowcount
     if not changed:
         raise JobError(
@@ -381,13 +372,8 @@ class _Heartbeat:
         with self.lock:
             latest = dict(self.latest)
         with session_scope(self.db_url) as s:
-            job = s.get(Job, self.job_id)
-            if job is None:
-                return
-            job.heartbeat_at = utcnow()
-            if latest:
-                job.progress = {**(job.progress or {}), **latest}
-            if job.cancel_requested:
+            claims.heartbeat(s, Job, self.job_id, {"progress": latest} if latest else None)
+            if s.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)):
                 self.cancelled.set()
 
     def update(self, progress: dict[str, Any]) -> None:
@@ -435,12 +421,12 @@ def run_job(
     job = get_job(settings, job_id)
     if job.status != "running":
         raise JobError(f"Job {job.id} is {job.status}, not claimed for running.")
-    with session_scope(settings.db_url) as s:
-        row = s.get(Job, job.id)
-        assert row is not None
-        row.pid = os.getpid()
-        row.heartbeat_at = utcnow()
-        row.progress = {"worker": {**machine(), "pid": os.getpid()}}
+    with session_scope(settings.db_url) as s:  # the worker hands its claim to this (child) process
+        taken = claims.claim(
+            s, Job, job.id, from_status=("running",), values={"pid": os.getpid(), "progress": {}}
+        )
+    if not taken:
+        raise JobError(f"Job {job.id} is {get_job(settings, job.id).status}, not claimed for running.")
     cfg = job.config
     heartbeat = _Heartbeat(settings, job.id)
     ticker = Periodic(HEARTBEAT_S, heartbeat.beat, name=f"heartbeat-{job.id[:8]}").start()
@@ -457,8 +443,7 @@ def run_job(
         now = time.monotonic()
         if now - last_logged[0] >= 1.0 or data.get("event") in ("start", "eval", "checkpoint", "done"):
             last_logged[0] = now
-            shown = {k: v for k, v in data.items() if k != "worker"}
-            _log(job, "progress " + json.dumps(shown, default=str))
+            _log(job, "progress " + json.dumps(data, default=str))
         if progress is not None:
             progress(data)
 
@@ -526,11 +511,13 @@ def _finish(settings: Settings, job: Job, result: Any, *, cancelled: bool) -> Jo
             _log(job, f"finished training but the job is {row.status}; not registering")
             return row
         mv = register_model(settings, row, result=result, session=s)
-        row.status = "succeeded"
-        row.finished_at = utcnow()
-        row.heartbeat_at = row.finished_at
-        row.result = {**_result_dict(result), "model_version": mv.id}
-        row.error = None
+        now = utcnow()
+        done = {"finished_at": now, "heartbeat_at": now, "error": None,
+                "result": {**_result_dict(result), "model_version": mv.id}}  # fmt: skip
+        if not claims.release(s, Job, job.id, "succeeded", done):  # lost the row since the check above
+            s.rollback()
+            _log(job, "finished training but the job is no longer running; not registering")
+            return get_job(settings, job.id)
     _log(job, f"succeeded: registered model version {mv.id}")
     return get_job(settings, job.id)
 
@@ -538,15 +525,11 @@ def _finish(settings: Settings, job: Job, result: Any, *, cancelled: bool) -> Jo
 def _set_status(
     settings: Settings, job: Job, status: str, error: str | None, result: dict[str, Any] | None = None
 ) -> Job:
+    values: dict[str, Any] = {"error": error, "finished_at": utcnow() if status in FINISHED else None}
+    if result is not None:
+        values["result"] = result
     with session_scope(settings.db_url) as s:
-        row = s.get(Job, job.id)
-        assert row is not None
-        if row.status == "running":
-            row.status = status
-            row.error = error
-            row.finished_at = utcnow() if status in FINISHED else None
-            if result is not None:
-                row.result = result
+        claims.release(s, Job, job.id, status, values)
     _log(job, f"{status}" + (f": {error}" if error else ""))
     return get_job(settings, job.id)
 
@@ -589,39 +572,23 @@ def worker_pid(settings: Settings) -> int | None:
 
 
 def claim_next(settings: Settings) -> Job | None:
-    """Atomically take the oldest queued job for this process. ``FOR UPDATE SKIP LOCKED`` on PostgreSQL
-    (ignored on SQLite) plus a conditional update: two workers sharing a database never take the same
+    """Atomically take the oldest queued job for this process (``claims.claim_next``: ``FOR UPDATE SKIP
+    LOCKED`` on PostgreSQL plus a conditional update): two workers sharing a database never take the same
     job."""
-    here = machine()
     with session_scope(settings.db_url) as s:
-        for _ in range(5):
-            job = s.scalars(
-                select(Job)
-                .where(Job.status == "queued", Job.kind.in_(KINDS))
-                .order_by(Job.created_at, Job.id)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            ).first()
-            if job is None:
-                return None
-            now = utcnow()
-            claimed = s.execute(
-                update(Job)
-                .where(Job.id == job.id, Job.status == "queued")
-                .values(
-                    status="running",
-                    pid=os.getpid(),
-                    started_at=job.started_at or now,
-                    heartbeat_at=now,
-                    progress={"worker": {**here, "pid": os.getpid()}},
-                )
-                .execution_options(synchronize_session=False)
-            ).rowcount
-            if claimed:
-                s.expire(job)
-                s.refresh(job)
-                return job
-    return None
+        job_id = claims.claim_next(
+            s,
+            Job,
+            from_status=("queued",),
+            where=(Job.kind.in_(KINDS),),
+            order_by=(Job.created_at, Job.id),
+            values={
+                "pid": os.getpid(),
+                "started_at": func.coalesce(Job.started_at, utcnow()),
+                "progress": {},
+            },
+        )
+    return None if job_id is None else get_job(settings, job_id)
 
 
 def _supervise(settings: Settings, job: Job, lock: IO[str]) -> None:
