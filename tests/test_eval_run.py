@@ -398,7 +398,7 @@ def test_a_stale_interrupt_cannot_take_a_run_from_its_new_owner(kb_home: Setting
     with session_scope(kb_home.db_url) as s:
         row = s.get(type(run), run.id)
         row.status = "running"
-        row.config = {**row.config, "owner": {"host": "elsewhere", "pid": 1}}
+        row.owner = {"host": "elsewhere", "pid": 1}
         seen_by_a = row.heartbeat_at
     assert seen_by_a is not None  # every run is created with a heartbeat
     with session_scope(kb_home.db_url) as s:  # B: interrupt, then claim
@@ -427,7 +427,7 @@ def test_a_run_on_another_host_is_interrupted_only_after_a_long_silence(
     with session_scope(kb_home.db_url) as s:
         row = s.get(type(run), run.id)
         row.status = "running"
-        row.config = {**row.config, "owner": {"host": "another-machine", "boot_id": "x", "pid": 123}}
+        row.owner = {"host": "another-machine", "boot_id": "x", "pid": 123}
         row.heartbeat_at = utcnow() - timedelta(seconds=REMOTE_STALE_S / 2)
     assert mark_interrupted(kb_home) == 0
     with session_scope(kb_home.db_url) as s:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from ragloop.config import Settings
 from ragloop.datasets.importers import read_qa_file
@@ -39,8 +38,8 @@ from ragloop.evaluation.conditions import (
 from ragloop.evaluation.metrics import aggregate, score_answer
 from ragloop.generation.backends import Generation, GenParams
 from ragloop.generation.prompts import get_template
-from ragloop.proc import Periodic, machine, owner_gone
-from ragloop.store import registry
+from ragloop.proc import Periodic
+from ragloop.store import claims, registry
 from ragloop.store.db import session_scope
 from ragloop.store.models import DatasetVersion, EvalExample, EvalRun, ModelVersion, utcnow
 
@@ -325,7 +324,6 @@ def run_eval(
         "key": run_key(key_fields),
         "prompts_sha256": prompts_digest(prep.cases),
     }
-    run_config["owner"] = {**machine(), "pid": os.getpid()}
     rows: list[dict] = []
     todo = list(range(len(prep.cases)))
     earlier = 0.0
@@ -347,7 +345,8 @@ def run_eval(
         with session_scope(settings.db_url) as s:
             run = EvalRun(model_version=version.id, dataset=prep.data.label, dataset_hash=prep.data.hash,
                           condition=config.condition, n_distractors=prep.k, config=run_config,
-                          n_examples=len(prep.cases), status="running", heartbeat_at=utcnow())  # fmt: skip
+                          n_examples=len(prep.cases), status="running", heartbeat_at=utcnow(),
+                          owner=claims.me())  # created claimed by this process  # fmt: skip
             s.add(run)
     started = time.perf_counter()
 
@@ -378,21 +377,22 @@ def run_eval(
             generate_all(backend, prompts, params, adapter, config.batch_size,
                          lambda idx, gens: on_batch([todo[i] for i in idx], gens))  # fmt: skip
     except BaseException as exc:
+        # Ctrl-C / SIGTERM: the work is fine, only stopped; anything else is a failure to look at.
+        stopped = isinstance(exc, KeyboardInterrupt | SystemExit)
         with session_scope(settings.db_url) as s:
-            failed = s.get(EvalRun, run.id)
-            # Ctrl-C / SIGTERM: the work is fine, only stopped; anything else is a failure to look at.
-            stopped = isinstance(exc, KeyboardInterrupt | SystemExit)
-            failed.status = "interrupted" if stopped else "failed"
-            failed.config = {**failed.config, "error": f"{type(exc).__name__}: {exc}"[:2000]}
-            failed.wall_s = earlier + time.perf_counter() - started
+            stored = s.get(EvalRun, run.id).config
+            claims.release(s, EvalRun, run.id, "interrupted" if stopped else "failed",
+                           {"config": {**stored, "error": f"{type(exc).__name__}: {exc}"[:2000]},
+                            "wall_s": earlier + time.perf_counter() - started})  # fmt: skip
         raise
     wall = earlier + time.perf_counter() - started
     metrics = aggregate(rows)
     metrics["examples_per_s"] = len(rows) / wall if wall > 0 else None
     with session_scope(settings.db_url) as s:
+        # Released only if still ours: a run taken over meanwhile (a long silence) is its new owner's.
+        finished = claims.release(s, EvalRun, run.id, "done", {"metrics": metrics, "wall_s": wall})
         done = s.get(EvalRun, run.id)
-        done.metrics, done.status, done.wall_s = metrics, "done", wall
-        mv = s.get(ModelVersion, version.id)
+        mv = s.get(ModelVersion, version.id) if finished else None
         if mv is not None:  # results travel with the version: `ragloop models show` lists them
             entry = {"run_id": run.id, "data": prep.data.label, "condition": config.condition, "k": prep.k,
                      "metrics": metrics}  # fmt: skip
@@ -437,13 +437,10 @@ def _take_over(
     the rule; the hash check makes it certain); any other stored answer is deleted and asked again."""
     resumed = (run.config or {}).get("resumed", 0) + 1
     with session_scope(settings.db_url) as s:
-        claim = s.execute(
-            update(EvalRun)
-            .where(EvalRun.id == run.id, EvalRun.status.in_(("interrupted", "failed")))
-            .values(status="running", config={**run_config, "resumed": resumed}, heartbeat_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
-        if claim.rowcount != 1:
+        config = {**run_config, "resumed": resumed}
+        if not claims.claim(
+            s, EvalRun, run.id, from_status=("interrupted", "failed"), values={"config": config}
+        ):
             return None
     index = {c.item.id: i for i, c in enumerate(cases)}
     kept: dict[int, EvalExample] = {}
@@ -466,8 +463,7 @@ def _heartbeat(settings: Settings, run_id: str) -> Periodic:
 
     def beat() -> None:
         with session_scope(settings.db_url) as s:
-            s.execute(update(EvalRun).where(EvalRun.id == run_id, EvalRun.status == "running")
-                      .values(heartbeat_at=utcnow()).execution_options(synchronize_session=False))  # fmt: skip
+            claims.heartbeat(s, EvalRun, run_id)
 
     return Periodic(HEARTBEAT_S, beat, name=f"eval-heartbeat-{run_id[:8]}")
 
@@ -477,30 +473,16 @@ def mark_interrupted(settings: Settings) -> int:
     this host a dead pid or a reboot since; on another host a heartbeat silent for ``REMOTE_STALE_S``).
     Returns how many were marked.
 
-    Each mark is a conditional UPDATE on the heartbeat this call saw: if another process marked and claimed
-    the run in between (which writes a new heartbeat), the stale mark changes nothing instead of taking the
-    run from under its new owner."""
-    now = utcnow()
-    marked = 0
+    Each mark is fenced on the heartbeat this call saw (``claims.interrupt_dead``): if another process
+    marked and claimed the run in between (which writes a new heartbeat), the stale mark changes nothing
+    instead of taking the run from under its new owner."""
     with session_scope(settings.db_url) as s:
-        for run in s.scalars(select(EvalRun).where(EvalRun.status == "running")).all():
-            seen = run.heartbeat_at
-            silent_s = (now - (seen or run.created_at)).total_seconds()
-            if not owner_gone((run.config or {}).get("owner"), silent_s=silent_s):
-                continue
-            marked += _interrupt(s, run.id, seen)
-    return marked
+        return len(claims.interrupt_dead(s, EvalRun))
 
 
 def _interrupt(s: Any, run_id: str, seen: datetime | None) -> int:
     """``running`` → ``interrupted``, only if the heartbeat is still the one seen; returns rows changed."""
-    fence = EvalRun.heartbeat_at.is_(None) if seen is None else EvalRun.heartbeat_at == seen
-    return s.execute(
-        update(EvalRun)
-        .where(EvalRun.id == run_id, EvalRun.status == "running", fence)
-        .values(status="interrupted")
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    return int(claims.mark_interrupted(s, EvalRun, run_id, seen))
 
 
 def prompts_digest(cases: Sequence[EvalCase]) -> str:
