@@ -4,6 +4,7 @@ determinism, erasure through lineage, decontamination, and bad input."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -99,7 +100,14 @@ def test_build_is_deterministic_split_by_document_and_anonymised(rated_home, tmp
 
 
 def test_dpo_export_pairs_chosen_correction_with_rejected_answer(rated_home, tmp_path):
-    home, _ = rated_home
+    """Each pair is one reviewed turn: chosen states the reviewer's correction, rejected is the model's
+    own answer that the reviewer turned down (not a stand-in answer built from a distractor)."""
+    home, ids = rated_home
+    # The tiny random model answers with nothing printable; give each turn an answer a reviewer rejects.
+    model_said = {question: f"I believe it is {n} weeks." for n, (question, _) in enumerate(QUESTIONS)}
+    with session_scope(home.db_url) as s:
+        for iid, (question, _) in zip(ids, QUESTIONS, strict=True):
+            s.get(Interaction, iid).answer = model_said[question]
     ds = build_dataset(home, Policy(), seed=0).dataset_id
     export_dataset(home, ds, "dpo", tmp_path)
     pairs = [
@@ -107,10 +115,30 @@ def test_dpo_export_pairs_chosen_correction_with_rejected_answer(rated_home, tmp
         for split in ("train", "val", "test")
         for line in (tmp_path / f"{split}.jsonl").read_text().splitlines()
     ]
-    assert pairs
+    examples = sum(len(rows) for rows in load_examples(home, ds).values())
+    assert len(pairs) == examples > 0  # every reviewed turn kept by curation is a pair
+    seen = set()
     for pair in pairs:
-        assert pair["chosen"][0]["content"] != pair["rejected"][0]["content"]
+        asked = pair["prompt"][-1]["content"].rsplit("Question: ", 1)[1].strip()
+        (question, correction) = next(
+            (q, c) for q, c in QUESTIONS if q == asked or q.endswith(asked.rsplit(". ", 1)[-1])
+        )
+        seen.add(question)
+        chosen, rejected = pair["chosen"][0]["content"], pair["rejected"][0]["content"]
+        assert rejected == model_said[question]
+        stated = chosen.rsplit("Answer: ", 1)[1]
+        if question == QUESTIONS[0][0]:  # the correction with PII: pseudonymised, its facts kept
+            assert _bare(stated).startswith("Twenty-five days per year. Contact")
+            assert not any(value in chosen for value in PII.values())
+        else:
+            assert _bare(stated) == _bare(correction)
         assert pair["prompt"][-1]["role"] == "user"
+    assert len(seen) == len(pairs)  # one pair per turn
+
+
+def _bare(answer: str) -> str:
+    """An answer without its [n] citations and with the spacing they leave behind."""
+    return re.sub(r"\s+([.,;:!?])", r"\1", " ".join(re.sub(r"\[\d+\]", "", answer).split()))
 
 
 def test_forget_erases_records_and_marks_lineage(rated_home):
