@@ -454,12 +454,10 @@ def models_alias(
     name: Annotated[str, typer.Argument()], version: Annotated[str, typer.Argument()], home: HomeOpt = None
 ) -> None:
     """Point an alias (production, candidate, ...) at a model version."""
-    from ragloop.store.db import session_scope
-    from ragloop.store.registry import set_alias
+    from ragloop.generation.release import set_alias
 
-    with session_scope(_settings(home).db_url) as s:
-        set_alias(s, name, version)
-    console.print(f"{name} → {version}")
+    moved = set_alias(_settings(home), name, version, note="cli")
+    console.print(f"{name} → {moved.model_version}")
 
 
 # ---- Feedback, review, datasets (stages 4-6) ---------------------------------------------------------
@@ -1156,16 +1154,13 @@ def models_promote(
     home: HomeOpt = None,
 ) -> None:
     """Serve a version under an alias from the next request on (running servers pick it up, no restart)."""
-    from ragloop.store.db import session_scope
-    from ragloop.store.registry import promote, resolve
+    from ragloop.generation.release import promote
 
     try:
-        with session_scope(_settings(home).db_url) as s:
-            mv, _ = resolve(s, version)
-            promote(s, mv.id, alias, note="cli")
+        moved = promote(_settings(home), version, alias, note="cli")
     except RagloopError as exc:
         raise _fail(exc) from None
-    console.print(f"{alias} → {mv.id}")
+    console.print(f"{alias} → {moved.model_version}")
 
 
 @models_app.command("rollback")
@@ -1173,15 +1168,13 @@ def models_rollback(
     alias: Annotated[str, typer.Option(help="Alias to move back.")] = "production", home: HomeOpt = None
 ) -> None:
     """Point an alias back at the version it had before its last promotion."""
-    from ragloop.store.db import session_scope
-    from ragloop.store.registry import rollback
+    from ragloop.generation.release import rollback
 
     try:
-        with session_scope(_settings(home).db_url) as s:
-            origin, target = rollback(s, alias, note="cli")
+        moved = rollback(_settings(home), alias, note="cli")
     except RagloopError as exc:
         raise _fail(exc) from None
-    console.print(f"{alias}: {origin} → {target}")
+    console.print(f"{alias}: {moved.previous} → {moved.model_version}")
 
 
 @models_app.command("export")

@@ -103,9 +103,13 @@ class TransformersBackend:
         if name in self.adapters:
             return
         from peft import PeftModel
+        from peft.utils import load_peft_weights
 
         with self.lock:
             try:
+                # Read the weights before the served model is touched: loading injects the LoRA layers
+                # first, so a truncated file would otherwise fail with the model already altered.
+                load_peft_weights(path, device="cpu")
                 if self._peft is None:
                     self._peft = PeftModel.from_pretrained(self.model, path, adapter_name=name)
                     self._peft.eval()

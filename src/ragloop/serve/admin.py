@@ -2,9 +2,9 @@
 
 ``GET/POST /api/jobs``, ``GET /api/jobs/{id}``, ``GET /api/jobs/{id}/logs``, ``POST /api/jobs/{id}/cancel``
 and ``/resume``; ``GET /api/models/{id}``, ``POST /api/models/{id}/promote``, ``POST /api/models/rollback``.
-Routes call the same functions as ``ragloop train | jobs | models``. A promotion through this server loads
-the version's adapter into the serving model *before* moving the alias, so a broken adapter is refused
-with the alias untouched and the first request after a promotion does not pay the load.
+Routes call the same functions as ``ragloop train | jobs | models``. A release (``generation.release``)
+loads the version *before* moving the alias, so a broken adapter is refused with the alias untouched; through
+this server it loads into the serving model, so the first request after a promotion does not pay the load.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from ragloop.config import Settings
+from ragloop.generation import release
 from ragloop.serve.auth import OPEN, Caller, authenticate, require_admin
 from ragloop.store import registry
 from ragloop.store.db import session_scope
-from ragloop.store.models import ModelAlias
 from ragloop.training import jobs
 from ragloop.training.registry import aliases_of, model_dict
 
@@ -131,27 +131,24 @@ def get_model(model_id: str, request: Request) -> dict:
         return model_dict(mv, aliases_of(s, mv.id))
 
 
+# Both run in the thread pool (plain ``def``): loading an adapter takes a while and must not block the loop.
 @router.post("/api/models/rollback")
 def rollback(request: Request, body: AliasRequest | None = None) -> dict:
-    """Point the alias back at its previous version (served from the next request on)."""
+    """Point the alias back at its previous version (served from the next request on), once that version
+    is loaded; if it cannot be, the alias does not move."""
     alias = (body or AliasRequest()).alias
-    with session_scope(_settings(request).db_url) as s:
-        origin, target = registry.rollback(s, alias, note="api")
-    return {"alias": alias, "from": origin, "model_version": target}
+    moved = release.rollback(
+        _settings(request), alias, note="api", load=request.app.state.assistant.backend_for
+    )
+    return {"alias": alias, "from": moved.previous, "model_version": moved.model_version}
 
 
 @router.post("/api/models/{model_id}/promote")
-async def promote(model_id: str, request: Request, body: AliasRequest | None = None) -> dict:
+def promote(model_id: str, request: Request, body: AliasRequest | None = None) -> dict:
     """Serve ``model_id`` under the alias (default ``production``) from the next request on, without a
     restart. The adapter is loaded first; if it cannot be, the alias does not move."""
     alias = (body or AliasRequest()).alias
-    settings = _settings(request)
-    assistant = request.app.state.assistant
-    with session_scope(settings.db_url) as s:
-        mv, _ = registry.resolve(s, model_id)
-    await anyio.to_thread.run_sync(assistant.backend_for, mv)
-    with session_scope(settings.db_url) as s:
-        current = s.get(ModelAlias, alias)
-        previous = current.model_version_id if current is not None else None
-        registry.promote(s, mv.id, alias, note="api")
-    return {"alias": alias, "model_version": mv.id, "previous": previous}
+    moved = release.promote(
+        _settings(request), model_id, alias, note="api", load=request.app.state.assistant.backend_for
+    )
+    return {"alias": alias, "model_version": moved.model_version, "previous": moved.previous}

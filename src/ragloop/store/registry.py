@@ -61,8 +61,9 @@ def promote(
     return set_alias(session, alias, version_id, action="promote", note=note)
 
 
-def rollback(session: Session, alias: str = DEFAULT_ALIAS, note: str | None = None) -> tuple[str, str]:
-    """Point ``alias`` back at the version it had before its current one was promoted; (from, to).
+def rollback_target(session: Session, alias: str = DEFAULT_ALIAS) -> tuple[str, str]:
+    """(current version, the version a rollback of ``alias`` returns to), without moving anything: the
+    release checks that the target still loads before ``rollback`` moves the alias.
 
     Repeated rollbacks walk further back: each looks up the promotion that set the current version."""
     current = session.get(ModelAlias, alias)
@@ -83,7 +84,12 @@ def rollback(session: Session, alias: str = DEFAULT_ALIAS, note: str | None = No
         target = session.get(ModelAlias, BASE_ALIAS).model_version_id
     if target is None or target == current.model_version_id:
         raise NotFound(f"Alias {alias!r} has no earlier version to roll back to.")
-    origin = current.model_version_id
+    return current.model_version_id, target
+
+
+def rollback(session: Session, alias: str = DEFAULT_ALIAS, note: str | None = None) -> tuple[str, str]:
+    """Point ``alias`` back at the version it had before its current one was promoted; (from, to)."""
+    origin, target = rollback_target(session, alias)
     set_alias(session, alias, target, action="rollback", note=note)
     return origin, target
 

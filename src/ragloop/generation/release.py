@@ -1,0 +1,146 @@
+"""Releasing a model version: the one path by which an alias (``production``, ``candidate``...) moves.
+
+Both doors call it (``ragloop models promote|rollback|alias``, ``POST /api/models/{id}/promote`` and
+``/api/models/rollback``), so a release is checked, moved and recorded the same way whichever door a person
+used: the version is loaded first, through the backend code that answers requests, and only a version that
+loads moves the alias; the move records a RegistryEvent (``store.registry``). A broken adapter therefore
+never reaches the running servers, which pick up an alias change on their next request.
+
+Loading is this stage's job; what loads a version is a hook (``Loader``), so a server passes its live
+assistant's loader (the version is then ready before its first request) and other engines can pass theirs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ragloop.config import Settings
+from ragloop.errors import GenerationError, RagloopError
+from ragloop.generation.models import file_sha256
+from ragloop.store import registry
+from ragloop.store.db import session_scope
+from ragloop.store.models import ModelAlias, ModelVersion
+
+Loader = Callable[[ModelVersion], object]
+"""Loads a version so it can answer (base weights and adapter), raising if it cannot: ``Assistant.backend_for``."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """An alias move that happened: ``alias`` now serves ``model_version``, instead of ``previous``."""
+
+    alias: str
+    model_version: str
+    previous: str | None
+
+
+def in_process_loader(settings: Settings) -> Loader:
+    """Load versions in this process with the serving code (``Assistant.backend_for``): what a door
+    without a running model (the CLI) checks with. A real load, base weights and adapter, not a file check;
+    the assistant is built on first use, so an unknown version is reported before any weights are read."""
+    assistant = None
+
+    def load(version: ModelVersion) -> object:
+        nonlocal assistant
+        if assistant is None:
+            from ragloop.generation.assistant import Assistant
+
+            assistant = Assistant(settings)
+        return assistant.backend_for(version)
+
+    return load
+
+
+def promote(
+    settings: Settings,
+    version: str,
+    alias: str = registry.DEFAULT_ALIAS,
+    *,
+    note: str | None = None,
+    load: Loader | None = None,
+) -> Release:
+    """Serve ``version`` (an id or an alias) under ``alias`` from the next request on, if it loads."""
+    return _move(settings, version, alias, "promote", note, load)
+
+
+def set_alias(
+    settings: Settings,
+    alias: str,
+    version: str,
+    *,
+    note: str | None = None,
+    load: Loader | None = None,
+) -> Release:
+    """Point ``alias`` at ``version`` (an id or an alias), if it loads; recorded as an ``alias`` event."""
+    return _move(settings, version, alias, "alias", note, load)
+
+
+def rollback(
+    settings: Settings,
+    alias: str = registry.DEFAULT_ALIAS,
+    *,
+    note: str | None = None,
+    load: Loader | None = None,
+) -> Release:
+    """Point ``alias`` back at the version it had before its last promotion, if that version still loads
+    (an adapter can break after it was served: a restored backup, a full disk)."""
+    with session_scope(settings.db_url) as s:
+        origin, target = registry.rollback_target(s, alias)
+        version = s.get(ModelVersion, target)
+    check_loads(version, alias, load or in_process_loader(settings))  # type: ignore[arg-type]
+    with session_scope(settings.db_url) as s:
+        moved = registry.rollback(s, alias, note=note)
+        if moved != (origin, target):  # raising here rolls the move back
+            raise RagloopError(
+                f"{alias!r} changed while {target} was being loaded (it now rolls back to {moved[1]}); "
+                "run the rollback again."
+            )
+    return Release(alias, target, origin)
+
+
+def _move(
+    settings: Settings, version: str, alias: str, action: str, note: str | None, load: Loader | None
+) -> Release:
+    with session_scope(settings.db_url) as s:
+        mv, _ = registry.resolve(s, version)
+    check_loads(mv, alias, load or in_process_loader(settings))
+    with session_scope(settings.db_url) as s:
+        current = s.get(ModelAlias, alias)
+        previous = current.model_version_id if current is not None else None
+        registry.set_alias(s, alias, mv.id, action=action, note=note)
+    return Release(alias, mv.id, previous)
+
+
+def check_loads(version: ModelVersion, alias: str, load: Loader) -> None:
+    """Load ``version``; if it cannot be, raise GenerationError naming the version, what is broken and the
+    alias left where it was."""
+    try:
+        load(version)
+    except Exception as exc:
+        damage = adapter_damage(version)
+        what = f"{'; '.join(damage)}. " if damage else ""
+        raise GenerationError(
+            f"Model version {version.id} does not load, so {alias!r} was not moved. {what}"
+            f"Loading it failed with: {exc}. Restore its adapter folder from a backup, or register the "
+            "training run again."
+        ) from exc
+
+
+def adapter_damage(version: ModelVersion) -> list[str]:
+    """The adapter files of ``version`` that are missing or differ from the ones registered (their sha256
+    is in the version's record): what to tell a person whose version no longer loads."""
+    expected: dict[str, str] = (version.meta or {}).get("adapter_files") or {}
+    folder = Path(version.adapter_path or "")
+    problems = []
+    for name, sha256 in sorted(expected.items()):
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{name} is missing from {folder}")
+        elif file_sha256(path) != sha256:
+            size = path.stat().st_size
+            problems.append(
+                f"{name} is not the file registered ({size:,} bytes now: truncated or overwritten)"
+            )
+    return problems
