@@ -146,9 +146,22 @@ def test_batched_generation_matches_one_by_one(
 
 
 def test_limit_draws_the_same_sample(kb_home: Settings, qa_file: Path) -> None:
-    a = prepare(kb_home, EvalConfig(data=str(qa_file), limit=3, sample_seed=4))
-    b = prepare(kb_home, EvalConfig(data=str(qa_file), limit=3, sample_seed=4))
-    assert [c.item.id for c in a.cases] == [c.item.id for c in b.cases] and len(a.cases) == 3
+    """--limit evaluates a seeded random sample: the same seed draws the same questions, another seed
+    others, and the sample is not simply the head of the file (seed 4 happens to draw it, so several
+    seeds are drawn)."""
+
+    def drawn(seed: int, limit: int = 3) -> list[str]:
+        config = EvalConfig(data=str(qa_file), limit=limit, sample_seed=seed)
+        return [case.item.id for case in prepare(kb_home, config).cases]
+
+    in_file = [item["id"] for item in ITEMS]
+    samples = {seed: drawn(seed) for seed in range(4)}
+    assert samples == {seed: drawn(seed) for seed in range(4)}  # reproducible
+    for sample in samples.values():
+        assert len(sample) == 3 and sample == [i for i in in_file if i in sample]  # kept in file order
+    assert len({tuple(sample) for sample in samples.values()}) > 1  # the seed changes the sample
+    assert any(sample != in_file[:3] for sample in samples.values())  # a sample, not the first items
+    assert drawn(0, limit=len(ITEMS)) == in_file
 
 
 def test_review_queue_and_agreement(kb_home: Settings, assistant: Assistant, qa_file: Path) -> None:
