@@ -528,14 +528,15 @@ def review_sample(
     home: HomeOpt = None,
 ) -> None:
     """Add interactions to the review queue: thumbs-down first, then low retrieval scores, then random."""
-    from ragloop.feedback.review import sample_queue
+    from ragloop.feedback.review import review_url, sample_queue
     from ragloop.store.db import session_scope
 
-    with session_scope(_settings(home).db_url) as s:
+    settings = _settings(home)
+    with session_scope(settings.db_url) as s:
         r = sample_queue(s, n, queue=queue, seed=seed)
     console.print(
         f"queued {r.total}: {r.thumbs_down} thumbs-down, {r.low_score} low score, {r.random} random "
-        f"— review them at http://127.0.0.1:8000/review"
+        f"— review them at {review_url(settings.server, queue)}"
     )
 
 
@@ -1458,12 +1459,14 @@ def eval_review(
 ) -> None:
     """Send a sample of a run's answers to the expert review queue."""
     from ragloop.evaluation.review import sample_for_review
+    from ragloop.feedback.review import review_url
 
+    settings = _settings(home)
     try:
-        ids = sample_for_review(_settings(home), run_id, n, seed=seed, queue=queue)
+        ids = sample_for_review(settings, run_id, n, seed=seed, queue=queue)
     except RagloopError as exc:
         raise _fail(exc) from None
-    console.print(f"queued {len(ids)} answers in queue {queue!r} — review at http://127.0.0.1:8000/review?queue={queue}; "
+    console.print(f"queued {len(ids)} answers in queue {queue!r} — review at {review_url(settings.server, queue)}; "
                   f"then: ragloop eval agreement {run_id}")  # fmt: skip
 
 

@@ -9,13 +9,30 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from ragloop.config import ServerSettings
 from ragloop.store.models import Feedback, Interaction, Passage, ReviewItem
 
 REASONS = ("thumbs_down", "low_score", "random")
+DEFAULT_QUEUE = "default"
+# Addresses a server binds to listen everywhere; from this machine it is reached through loopback.
+WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
+
+
+def review_url(server: ServerSettings, queue: str = DEFAULT_QUEUE) -> str:
+    """The review page of a queue on the server ``[server] host/port`` configure: where the CLI sends a
+    reviewer after queueing answers."""
+    host = server.host.strip().strip("[]")
+    if host in WILDCARD_HOSTS:
+        host = "127.0.0.1"
+    if ":" in host:  # an IPv6 address is bracketed in a URL
+        host = f"[{host}]"
+    query = "" if queue == DEFAULT_QUEUE else "?" + urlencode({"queue": queue})
+    return f"http://{host}:{server.port}/review{query}"
 
 
 @dataclass
