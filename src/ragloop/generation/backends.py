@@ -3,7 +3,7 @@
 * ``TransformersBackend`` runs a causal LM in-process (fp32 on CPU), optionally with PEFT LoRA adapters that
   can be added and switched per request without a restart.
 * ``OpenAIBackend`` sends the same chat messages to any OpenAI-compatible server (vLLM with multi-LoRA,
-  llama.cpp server, OpenAI): the scale-out path.
+  llama.cpp server, OpenAI, another ragloop) through the ``openai`` client: the scale-out path.
 
 Both take the rendered chat messages, so what is recorded is what was sent whichever backend answers.
 """
@@ -11,7 +11,6 @@ Both take the rendered chat messages, so what is recorded is what was sent which
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 import time
@@ -20,10 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import httpx
-
 from ragloop import torch_thread
-from ragloop.errors import GenerationError
+from ragloop.errors import ConfigError, GenerationError, RagloopError
 
 
 @dataclass
@@ -272,44 +269,111 @@ class TransformersBackend:
 
 class OpenAIBackend:
     """Any OpenAI-compatible ``/v1/chat/completions`` server. ``adapter`` becomes the model name (vLLM
-    serves each LoRA under its own name)."""
+    serves each LoRA under its own name).
 
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 120.0):
+    The ``openai`` client does the wire work: SSE parsing, error events inside a stream, and retries with
+    backoff on connection errors, timeouts, 408/409/429 and 5xx (``max_retries``). Its errors become
+    ragloop's, each saying what to fix: the address, the model name or the key. ``openai`` is imported on
+    first use: the 0.4 s it takes is not paid by a home that answers in-process."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        timeout_s: float = 120.0,
+        max_retries: int = 2,
+    ):
+        import openai
+
         self.base_url = base_url.rstrip("/")
         self.model = model
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout_s)
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        # The client insists on a key; servers without one (vLLM, llama.cpp, ragloop on loopback) get no
+        # Authorization header at all, as before, rather than a made-up one.
+        self._headers = {} if api_key else {"Authorization": openai.Omit()}
+        self.client = openai.OpenAI(
+            base_url=self.base_url,
+            api_key=api_key or "unused",
+            # A refused or unroutable address should fail in seconds, not after a whole answer's time.
+            timeout=openai.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
+            max_retries=max_retries,
+        )
 
-    def _body(self, messages: list[dict], params: GenParams, adapter: str | None, stream: bool) -> dict:
-        body = {
-            "model": adapter or self.model,
-            "messages": messages,
-            "max_tokens": params.max_new_tokens,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-            "seed": params.seed,
-            "stream": stream,
-        }
-        if stream:
-            body["stream_options"] = {"include_usage": True}
-        return body
+    def _create(self, messages: list[dict], params: GenParams, adapter: str | None, stream: bool):  # type: ignore[no-untyped-def]
+        extra = {"stream_options": {"include_usage": True}} if stream else {}
+        return self.client.chat.completions.create(
+            model=adapter or self.model,
+            messages=messages,  # type: ignore[arg-type]
+            max_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            seed=params.seed,
+            stream=stream,
+            extra_headers=self._headers,
+            **extra,
+        )
+
+    def _failure(self, exc: Exception, model: str) -> RagloopError:
+        """The ragloop error for what the client raised (after its retries), with the next step to take.
+        A refused key or an unknown model is this home's setting to fix (ConfigError), not the API
+        caller's: an AuthError or NotFound would tell them their own key or model is wrong."""
+        import openai
+
+        where = f"the generator at {self.base_url}"
+        tries = f"after {self.max_retries + 1} attempts" if self.max_retries else "with retries off"
+        if isinstance(exc, openai.APITimeoutError):
+            return GenerationError(
+                f"{where.capitalize()} did not answer within {self.timeout_s:g} s ({tries}): check that "
+                "it is not overloaded, or raise [generator] timeout_s."
+            )
+        if isinstance(exc, openai.APIConnectionError):
+            cause = exc.__cause__ or exc
+            return GenerationError(
+                f"Could not reach {where} ({tries}: {cause}). Start that server, or set [generator] "
+                "base_url to the address it listens on (ending in /v1)."
+            )
+        if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+            return ConfigError(
+                f"{where.capitalize()} refused the API key ({exc.status_code}: {_server_message(exc)}). Put "
+                "a key it accepts in the environment variable named by [generator] api_key_env "
+                "(OPENAI_API_KEY unless set)."
+            )
+        if isinstance(exc, openai.NotFoundError):
+            return ConfigError(
+                f"{where.capitalize()} does not serve the model {model!r} (404: {_server_message(exc)}). "
+                "Set [generator] model to a name its /v1/models lists; for vLLM, serve each adapter "
+                "under its version id (--lora-modules VERSION=DIR)."
+            )
+        if isinstance(exc, openai.APIStatusError):
+            return GenerationError(
+                f"{where.capitalize()} answered {exc.status_code} ({tries}): {_server_message(exc)}"
+            )
+        if isinstance(exc, openai.APIError):  # an error event inside a stream, or an unreadable body
+            return GenerationError(f"{where.capitalize()} failed: {exc.message}")
+        # Mid-stream the client lets transport errors through unwrapped (from httpx, or httpx2 in openai
+        # 3), so anything else here is a connection that broke off during the answer.
+        return GenerationError(f"The connection to {where} broke off during the answer: {exc!r}")
 
     def generate(self, messages: list[dict], params: GenParams, adapter: str | None = None) -> Generation:
+        import openai
+
         start = time.perf_counter()
         try:
-            resp = self.client.post("/chat/completions", json=self._body(messages, params, adapter, False))
-            resp.raise_for_status()
-            data = resp.json()
-            choice = data["choices"][0]
-        except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
-            raise GenerationError(f"The generator at {self.base_url} failed: {exc}") from exc
-        usage = data.get("usage") or {}
+            completion = self._create(messages, params, adapter, stream=False)
+        except openai.OpenAIError as exc:
+            raise self._failure(exc, adapter or self.model) from exc
+        if not completion.choices:
+            raise GenerationError(f"The generator at {self.base_url} answered without a choice.")
+        choice = completion.choices[0]
+        usage = completion.usage
         elapsed = time.perf_counter() - start
         return Generation(
-            text=(choice["message"].get("content") or "").strip(),
-            prompt_tokens=int(usage.get("prompt_tokens", 0)),
-            completion_tokens=int(usage.get("completion_tokens", 0)),
-            finish_reason=choice.get("finish_reason") or "stop",
+            text=(choice.message.content or "").strip(),
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            finish_reason=choice.finish_reason or "stop",
             first_token_s=elapsed,
             generate_s=elapsed,
         )
@@ -320,36 +384,44 @@ class OpenAIBackend:
         start = time.perf_counter()
         first: float | None = None
         pieces: list[str] = []
-        usage: dict = {}
-        finish = "stop"
+        prompt_tokens = completion_tokens = 0
+        finish: str | None = None
         try:
-            with self.client.stream(
-                "POST", "/chat/completions", json=self._body(messages, params, adapter, True)
-            ) as resp:
-                resp.raise_for_status()
-                for line in resp.iter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    payload = line[5:].strip()
-                    if payload == "[DONE]":
-                        break
-                    event = json.loads(payload)
-                    usage = event.get("usage") or usage
-                    for choice in event.get("choices") or []:
-                        piece = (choice.get("delta") or {}).get("content") or ""
-                        finish = choice.get("finish_reason") or finish
+            with self._create(messages, params, adapter, stream=True) as chunks:
+                for chunk in chunks:
+                    if chunk.usage:  # the last chunk when include_usage is honoured; absent otherwise
+                        prompt_tokens = chunk.usage.prompt_tokens
+                        completion_tokens = chunk.usage.completion_tokens
+                    for choice in chunk.choices:
+                        finish = choice.finish_reason or finish
+                        piece = choice.delta.content if choice.delta else None
                         if piece:
                             if first is None:
                                 first = time.perf_counter() - start
                             pieces.append(piece)
                             yield piece
-        except (httpx.HTTPError, ValueError) as exc:
-            raise GenerationError(f"The generator at {self.base_url} failed while streaming: {exc}") from exc
+        except Exception as exc:  # GeneratorExit, a consumer that went away, is not an Exception
+            raise self._failure(exc, adapter or self.model) from exc
+        if finish is None:  # every OpenAI-compatible server ends an answer with its finish_reason
+            raise GenerationError(
+                f"The stream from the generator at {self.base_url} ended before the answer finished "
+                "(no finish_reason): the server stopped mid-answer; see its log."
+            )
         yield Generation(
             text="".join(pieces).strip(),
-            prompt_tokens=int(usage.get("prompt_tokens", 0)),
-            completion_tokens=int(usage.get("completion_tokens", 0)),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
             finish_reason=finish,
             first_token_s=first,
             generate_s=time.perf_counter() - start,
         )
+
+
+def _server_message(exc: Exception) -> str:
+    """The message an OpenAI-shaped error body carries (``{"error": {"message": ...}}``), else the client's."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return error["message"]
+    return str(getattr(exc, "message", exc))
