@@ -53,6 +53,9 @@ class GeneratorSettings(BaseModel):
     max_new_tokens: int = 256
     temperature: float = 0.0
     timeout_s: float = 120.0
+    # openai backend: retries with backoff after a refused connection, a timeout, 408/409/429 or a 5xx (a
+    # server restarting, a full queue); 0 turns them off.
+    max_retries: int = 2
     threads: int | None = None  # torch intra-op threads; None = torch's default
     device: str = "auto"  # transformers backend: auto (a CUDA GPU if torch sees one) | cpu | cuda | cuda:N
 

@@ -196,7 +196,11 @@ class Assistant:
                     import os
 
                     backend = OpenAIBackend(
-                        gen.base_url or "", gen.model, os.environ.get(gen.api_key_env), gen.timeout_s
+                        gen.base_url or "",
+                        gen.model,
+                        os.environ.get(gen.api_key_env),
+                        gen.timeout_s,
+                        gen.max_retries,
                     )
                 else:
                     backend = TransformersBackend(self.base_dir, threads=gen.threads, device=gen.device)  # type: ignore[arg-type]
