@@ -492,18 +492,33 @@ def test_unexpected_errors_do_not_leak_internals(kb_home: Settings, start_server
 
 
 def test_concurrent_requests_are_all_answered(live_server) -> None:
-    results: list[int] = []
+    """Six questions at once, each about a different document: every answer is its own record, holding
+    its own question and the passages retrieved for it (no state shared between requests leaks)."""
+    topics = {
+        "How many days of paid vacation do employees receive?": "vacation.md",
+        "How often must passwords be rotated?": "security.txt",
+        "How high can fines reach in EUR?": "fines.txt",
+    }
+    asked = [(f"{question} (asker {n})", source) for n in range(2) for question, source in topics.items()]
+    start = threading.Barrier(len(asked))
 
-    def ask() -> None:
+    def ask(question: str) -> httpx.Response:
         with live_server.client() as client:
-            results.append(chat(client, max_tokens=4).status_code)
+            start.wait(timeout=60)
+            return chat(client, question, max_tokens=4, ragloop={"k": 1})
 
-    threads = [threading.Thread(target=ask) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert results == [200] * 6
+    with ThreadPoolExecutor(max_workers=len(asked)) as pool:
+        responses = list(pool.map(ask, [question for question, _ in asked]))
+    assert [r.status_code for r in responses] == [200] * len(asked), [r.text for r in responses]
+    extras = [r.json()["ragloop"] for r in responses]
+    assert len({e["interaction_id"] for e in extras}) == len(asked)
+    with live_server.client() as client:
+        for (question, source), response, extra in zip(asked, responses, extras, strict=True):
+            stored = client.get(f"/api/interactions/{extra['interaction_id']}").json()
+            assert stored["messages"] == [{"role": "user", "content": question}]
+            assert stored["answer"] == response.json()["choices"][0]["message"]["content"]
+            assert [p["source_path"] for p in stored["passages"]] == [source]
+            assert [p["chunk_id"] for p in stored["passages"]] == [p["passage_id"] for p in extra["passages"]]
 
 
 def test_slow_answers_leave_the_server_responsive(kb_home: Settings, start_server) -> None:
