@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
+import os
 import re
 import shutil
+import subprocess
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -41,42 +44,64 @@ def models_dir(settings: Settings) -> Path:
 # Lineage -----------------------------------------------------------------------------------------------
 
 
-def code_version() -> dict[str, str | None]:
-    """ragloop's version and, for a source checkout, its git commit (read from ``.git`` directly, no git
-    binary needed), so a model can be traced to the code that trained it."""
-    return {"ragloop": ragloop.__version__, "git_commit": _git_commit(Path(ragloop.__file__).resolve())}
+def code_version() -> dict[str, str | bool | None]:
+    """ragloop's version, the commit of the code that runs and whether its tracked files differ from that
+    commit, so a model can be traced to the code that trained it. ``git_commit`` and ``git_dirty`` are None
+    where that cannot be known (installed from an index or a plain folder, or no git)."""
+    package = Path(ragloop.__file__).resolve().parent
+    commit, dirty = _checkout_revision(package)
+    if commit is None:
+        commit, dirty = _installed_revision(package)
+    return {"ragloop": ragloop.__version__, "git_commit": commit, "git_dirty": dirty}
 
 
-def _git_commit(start: Path) -> str | None:
-    for folder in start.parents:
-        git = folder / ".git"
-        if git.is_file():  # a worktree: "gitdir: <path>"
-            text = git.read_text().strip()
-            if not text.startswith("gitdir:"):
-                return None
-            git = (folder / text.split(":", 1)[1].strip()).resolve()
-        if not git.is_dir():
-            continue
-        try:
-            head = (git / "HEAD").read_text().strip()
-            if not head.startswith("ref:"):
-                return head or None
-            ref = head.split(":", 1)[1].strip()
-            common = git
-            if (git / "commondir").is_file():
-                common = (git / (git / "commondir").read_text().strip()).resolve()
-            for base in (git, common):
-                if (base / ref).is_file():
-                    return (base / ref).read_text().strip()
-            packed = common / "packed-refs"
-            if packed.is_file():
-                for line in packed.read_text().splitlines():
-                    if line.endswith(" " + ref):
-                        return line.split(" ", 1)[0]
-        except OSError:
-            return None
+# The git binary rather than reading .git by hand: git alone knows every layout (worktrees, packed refs,
+# reftable, SHA-256 object names) and can say whether the work tree differs from HEAD; dulwich would be
+# another dependency for the same two answers. Without git, or outside a checkout, ask the install itself.
+GIT_TIMEOUT_S = 5.0
+
+
+def _git(folder: Path, *args: str) -> str | None:
+    """git's output run in ``folder``, or None when git is missing, fails or hangs (a stale network mount)."""
+    # The running package's repository, whatever a calling hook's GIT_DIR or GIT_WORK_TREE point at.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    try:
+        done = subprocess.run(
+            ["git", "--no-optional-locks", *args],  # never takes index.lock from someone committing
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=GIT_TIMEOUT_S,
+        )
+    except (OSError, subprocess.SubprocessError):
         return None
-    return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _checkout_revision(package: Path) -> tuple[str | None, bool | None]:
+    """(HEAD, dirty) when the running package is tracked in a git checkout. A copy that merely sits inside
+    one (a virtual environment in a project folder) is not that repository's code: (None, None)."""
+    if _git(package, "ls-files", "--error-unmatch", "--", "__init__.py") is None:
+        return None, None
+    commit = _git(package, "rev-parse", "--verify", "HEAD")
+    # Tracked files only, as `git describe --dirty` counts: an untracked note does not change the code.
+    status = _git(package, "status", "--porcelain", "--untracked-files=no")
+    return commit, None if commit is None or status is None else bool(status)
+
+
+def _installed_revision(package: Path) -> tuple[str | None, bool | None]:
+    """The commit pip recorded for an install from a VCS URL (PEP 610 ``direct_url.json``); pip built it
+    from a clean checkout of that commit. Only when that distribution holds the running files."""
+    try:
+        dist = importlib.metadata.distribution("ragloop")
+        if Path(str(dist.locate_file("ragloop/__init__.py"))).resolve() != package / "__init__.py":
+            return None, None
+        direct_url = json.loads(dist.read_text("direct_url.json") or "{}")
+        commit = (direct_url.get("vcs_info") or {}).get("commit_id")
+    except (importlib.metadata.PackageNotFoundError, OSError, ValueError, AttributeError):
+        return None, None
+    return (commit, False) if isinstance(commit, str) and commit else (None, None)
 
 
 def adapter_files(adapter_dir: Path) -> dict[str, str]:
