@@ -256,6 +256,9 @@ def test_a_refused_key_or_unknown_model_names_the_setting(upstream: tuple[LiveSe
         ConfigError, match=r"refused the API key \(401: Invalid or revoked API key.*api_key_env"
     ):
         OpenAIBackend(url, "production", "rl-wrong", max_retries=0).generate(QUESTION, GenParams())
+    # Without a key no Authorization header goes out at all (ragloop tells a missing key from a wrong one).
+    with pytest.raises(ConfigError, match=r"needs an API key \(401: An API key is required"):
+        OpenAIBackend(url, "production", None, max_retries=0).generate(QUESTION, GenParams())
     with pytest.raises(
         ConfigError, match=r"does not serve the model 'nope' \(404: The model 'nope' does not"
     ):

@@ -296,7 +296,7 @@ class OpenAIBackend:
         self.client = openai.OpenAI(
             base_url=self.base_url,
             api_key=api_key or "unused",
-            # A refused or unroutable address should fail in seconds, not after a whole answer's time.
+            # An unroutable address fails after 10 s of connecting, not after a whole answer's time.
             timeout=openai.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
             max_retries=max_retries,
         )
@@ -335,10 +335,11 @@ class OpenAIBackend:
                 "base_url to the address it listens on (ending in /v1)."
             )
         if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+            what = "needs an API key" if self._headers else "refused the API key"
             return ConfigError(
-                f"{where.capitalize()} refused the API key ({exc.status_code}: {_server_message(exc)}). Put "
-                "a key it accepts in the environment variable named by [generator] api_key_env "
-                "(OPENAI_API_KEY unless set)."
+                f"{where.capitalize()} {what} ({exc.status_code}: {_server_message(exc)}). Put a key it "
+                "accepts in the environment variable named by [generator] api_key_env (OPENAI_API_KEY "
+                "unless set)."
             )
         if isinstance(exc, openai.NotFoundError):
             return ConfigError(
