@@ -1,8 +1,11 @@
-"""The command-line door itself: what it prints around the stages' work (the review page it sends a reviewer
+"""The command-line door itself: how a stage's error reaches the person (one handler: a red ``error:`` line,
+exit code 1, no traceback) and what it prints around the stages' work (the review page it sends a reviewer
 to). Commands of one stage are tested with that stage."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -33,3 +36,15 @@ def test_review_messages_point_at_the_configured_server(kb_home: Settings, qa_fi
 def test_review_url_reaches_a_server_bound_everywhere_through_loopback() -> None:
     assert review_url(ServerSettings(host="0.0.0.0", port=80)) == "http://127.0.0.1:80/review"
     assert review_url(ServerSettings(host="::1"), "a b") == "http://[::1]:8000/review?queue=a+b"
+
+
+def test_a_stage_error_is_one_line_and_exit_code_1_from_every_entry_point(home: Settings) -> None:
+    """Under Typer's test runner (which never calls ``main``) and as ``python -m ragloop`` alike."""
+    args = ["feedback", "no-such-interaction", "--thumbs", "up", "--home", str(home.home)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1 and "error: No interaction 'no-such-interaction'" in r.output, r.output
+    done = subprocess.run(
+        [sys.executable, "-m", "ragloop", *args], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1, done.stderr
+    assert "error: No interaction 'no-such-interaction'" in done.stderr and "Traceback" not in done.stderr

@@ -170,7 +170,7 @@ def test_cli_kb_search_finds_the_evidence_to_pin(kb_home, live_server):
     r = runner.invoke(app, ["kb", "search", "worldwide annual turnover", "--collection", "handbook", *home])
     assert r.exit_code == 0 and "fines.txt" not in r.output
     r = runner.invoke(app, ["kb", "search", "x", "--mode", "psychic", *home])
-    assert r.exit_code != 0 and "Unknown retrieval mode" in str(r.exception)  # `ragloop` prints it
+    assert r.exit_code == 1 and "Unknown retrieval mode" in r.output
     evidence = hits[0]["chunk_id"]
     assert evidence not in shown  # the badge passage was shown, the fines passage was not
     r = runner.invoke(
@@ -178,7 +178,7 @@ def test_cli_kb_search_finds_the_evidence_to_pin(kb_home, live_server):
     )
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["feedback", iid, "--thumbs", "down", "--evidence", "no-such-chunk", *home])
-    assert r.exit_code != 0 and "no-such-chunk" in str(r.exception)
+    assert r.exit_code == 1 and "no-such-chunk" in r.output
     with session_scope(kb_home.db_url) as s:
         [fb] = feedback_for(s, iid)
         assert [e["chunk_id"] for e in fb.evidence] == [evidence]
