@@ -98,10 +98,12 @@ class ServerSettings(BaseModel):
 
 
 class RecordSettings(BaseModel):
-    """What is kept. ``retention_days``: interactions older than this are erased (with their feedback) at
-    server start and by ``ragloop forget --older-than``, and datasets/models built from them are marked."""
+    """What is kept. ``retention_days``: interactions older than this are erased (with their feedback) by a
+    running server every ``retention_interval_s`` seconds (one server of those sharing the database does
+    it, the first time at start) and by ``ragloop forget``, and datasets/models built from them are marked."""
 
     retention_days: int | None = None
+    retention_interval_s: float = Field(default=3600.0, gt=0)
 
 
 class IngestSettings(BaseModel):
@@ -200,6 +202,7 @@ template = "cited-answer"
 
 [records]
 # retention_days = 365      # erase interactions older than this (GDPR storage limitation)
+# retention_interval_s = 3600   # how often a running server applies it
 
 [server]
 host = "127.0.0.1"

@@ -3,11 +3,13 @@
 ``forget`` deletes the raw records (interactions, the passages they showed, feedback, review items) and,
 through lineage, marks every dataset version built from them, and every model version trained on those
 datasets, as containing erased data, with the command that rebuilds them without it. Retention expires
-records older than N days the same way.
+records older than N days the same way; ``retention_task`` is how a running server does it every
+``[records] retention_interval_s`` (one server among those sharing the database, through ``store.claims``).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -15,6 +17,7 @@ from sqlalchemy import delete, select
 
 from ragloop.config import Settings
 from ragloop.errors import RagloopError
+from ragloop.store.claims import Task
 from ragloop.store.db import session_scope
 from ragloop.store.models import (
     DatasetSource,
@@ -27,6 +30,9 @@ from ragloop.store.models import (
     utcnow,
 )
 from ragloop.store.queries import interaction_query
+
+log = logging.getLogger("ragloop.retention")
+RETENTION_TASK = "retention"
 
 
 @dataclass
@@ -108,3 +114,21 @@ def forget(
             s.execute(delete(DatasetSource).where(DatasetSource.interaction_id.in_(part)))
             s.execute(delete(Interaction).where(Interaction.id.in_(part)))
     return report
+
+
+def apply_retention(settings: Settings) -> ForgetReport | None:
+    """Erase the interactions older than ``[records] retention_days`` (None when no retention is set)."""
+    days = settings.records.retention_days
+    if days is None:
+        return None
+    report = forget(settings, older_than_days=days)
+    log.info("retention: erased %d interactions older than %d days", report.interactions, days)
+    return report
+
+
+def retention_task(settings: Settings) -> Task | None:
+    """Retention as a periodic task of a running server: a server up for months still expires records as
+    they pass ``retention_days``. None when no retention is set."""
+    if settings.records.retention_days is None:
+        return None
+    return Task(RETENTION_TASK, settings.records.retention_interval_s, lambda: apply_retention(settings))

@@ -20,6 +20,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragloop.config import Settings
+from ragloop.curation.erasure import retention_task
 from ragloop.errors import NotFound, RagloopError
 from ragloop.feedback.service import add_feedback
 from ragloop.generation.assistant import AnswerRequest, AnswerResult, Assistant
@@ -53,6 +55,7 @@ from ragloop.serve.auth import (
 )
 from ragloop.serve.ui import ui_router
 from ragloop.store import registry
+from ragloop.store.claims import Scheduler
 from ragloop.store.db import session_scope
 from ragloop.store.models import Interaction
 
@@ -122,7 +125,15 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
     answer_threads = anyio.CapacityLimiter(ASSISTANT_THREADS)
     health_threads = anyio.CapacityLimiter(2)
 
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Periodic tasks: each due one runs in one process among all servers on this database.
+        scheduler = Scheduler(db_url, [retention_task(settings)]).start()
+        yield
+        scheduler.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="ragloop",
         summary="Cited answers over your documents, every interaction recorded for fine-tuning.",
         version="1",
@@ -303,15 +314,6 @@ def run_server(settings: Settings, host: str, port: int, *, log_level: str = "in
     server = settings.server.model_copy(update={"host": host, "port": port})
     settings = settings.model_copy(update={"server": server})
     reconcile(settings)  # a crash between a KB write and its database commit is undone before serving
-    if settings.records.retention_days is not None:
-        from ragloop.curation.erasure import forget
-
-        expired = forget(settings, older_than_days=settings.records.retention_days)
-        log.info(
-            "retention: erased %d interactions older than %d days",
-            expired.interactions,
-            settings.records.retention_days,
-        )
     assistant = Assistant(settings)
     assistant.warm_up()
     app = create_app(settings, assistant)
