@@ -16,13 +16,16 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from ragloop.config import Settings, init_home, load_settings
 from ragloop.testing import build_tiny_model
@@ -51,6 +54,44 @@ DOCS: dict[str, list[tuple[str, bytes]]] = {
         ),
     ],
 }
+
+
+# Databases ---------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def fresh_database(kind: str, folder: Path) -> Iterator[str]:
+    """The URL of an empty database: a SQLite file in ``folder``, or a throwaway database on the
+    PostgreSQL of RAGLOOP_TEST_POSTGRES_URL (`make test` starts one), dropped afterwards. A missing
+    PostgreSQL fails the test instead of skipping it: production runs on it."""
+    if kind == "sqlite":
+        yield f"sqlite:///{folder / 'test.db'}"
+        return
+    from ragloop.store.db import dispose_all
+
+    base = os.environ.get("RAGLOOP_TEST_POSTGRES_URL")
+    if not base:
+        pytest.fail(
+            "RAGLOOP_TEST_POSTGRES_URL is not set: run the suite with `make test` (it starts PostgreSQL)."
+        )
+    name = f"ragloop_t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield base.rsplit("/", 1)[0] + "/" + name
+    finally:
+        dispose_all()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database; a test using it runs once on SQLite and once on PostgreSQL (marked ``postgres``)."""
+    with fresh_database(request.param, tmp_path) as url:
+        yield url
 
 
 # Models and homes --------------------------------------------------------------------------------------
@@ -136,7 +177,8 @@ class LiveServer:
 @pytest.fixture
 def start_server() -> Iterator[Callable[..., LiveServer]]:
     """Factory: ``start_server(settings, assistant=None, **sections)`` runs ``create_app`` under uvicorn in
-    a thread on a free loopback port (a real socket) and stops it after the test. ``sections`` override
+    a thread on a free loopback port (a real socket), with its start-up and shut-down (the periodic tasks)
+    as ``ragloop serve`` runs them, and stops it after the test. ``sections`` override
     settings as in ``with_overrides``, e.g. ``server={"auth": "on"}, limits={"max_request_bytes": 4096}``."""
     import uvicorn
 
@@ -150,7 +192,7 @@ def start_server() -> Iterator[Callable[..., LiveServer]]:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
         deadline = time.monotonic() + 30

@@ -1,12 +1,10 @@
-"""Storage tests, run on SQLite and on PostgreSQL (RAGLOOP_TEST_POSTGRES_URL; `make test` starts one).
-
-A missing PostgreSQL fails these tests instead of skipping them: production runs on it.
+"""Storage tests, run on SQLite and on PostgreSQL (the ``db_url`` fixture of conftest.py;
+RAGLOOP_TEST_POSTGRES_URL, which `make test` starts). A missing PostgreSQL fails these tests instead of
+skipping them: production runs on it.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from datetime import timedelta
 
 import pytest
@@ -14,32 +12,10 @@ import sqlalchemy as sa
 
 from ragloop.errors import AuthError, NotFound
 from ragloop.store import registry
-from ragloop.store.db import dispose_all, get_engine, session_scope
+from ragloop.store.db import get_engine, session_scope
 from ragloop.store.keys import create_key, hash_key, revoke_key, verify_key
 from ragloop.store.models import ApiKey, Interaction, ModelVersion, Passage, utcnow
 from ragloop.store.queries import iter_interactions
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'test.db'}"
-        return
-    base = os.environ.get("RAGLOOP_TEST_POSTGRES_URL")
-    if not base:
-        pytest.fail(
-            "RAGLOOP_TEST_POSTGRES_URL is not set: run the suite with `make test` (it starts PostgreSQL)."
-        )
-    name = f"ragloop_t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = base.rsplit("/", 1)[0] + "/" + name
-    yield url
-    dispose_all()
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def make_interaction(**overrides) -> Interaction:
