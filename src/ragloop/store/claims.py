@@ -171,7 +171,8 @@ POLL_S = 30.0  # how often a scheduler looks for due tasks (at most; a shorter p
 @dataclass(frozen=True)
 class Task:
     """Work done every ``every_s`` seconds by one process among all those sharing the database. Registering
-    one is one line: ``Task("retention", 3600, lambda: expire(settings))`` handed to ``Scheduler``."""
+    one is one line: ``Task("retention", 3600, lambda: apply_retention(settings))`` handed to ``Scheduler``
+    (``curation.erasure.retention_task``; the server's lifespan lists the tasks it runs)."""
 
     name: str
     every_s: float
