@@ -68,13 +68,13 @@ class TokenizerNlpEngine(NlpEngine):
         return [LANGUAGE]
 
 
-def build_analyzer(ner: str = "offline") -> AnalyzerEngine:
+def build_analyzer(ner: str = "offline", *, many_origins: bool = True) -> AnalyzerEngine:
     """A Presidio AnalyzerEngine for English text, built once per Anonymizer.
 
     ``ner``: ``"offline"`` (patterns + census names, no model), ``"spacy:<package or path>"`` (adds the
     PERSON/LOCATION/… entities of an installed spaCy pipeline) or ``"transformers:<local folder>"``
     (adds a Hugging Face token-classification model). A model is never downloaded: a missing one is a
-    ConfigError that says how to install it.
+    ConfigError that says how to install it. ``many_origins``: see CensusNameRecognizer.
     """
     kind, _, model = ner.partition(":")
     # Presidio's debug messages quote the words around each finding: raw PII. Keep them off whatever
@@ -84,7 +84,7 @@ def build_analyzer(ner: str = "offline") -> AnalyzerEngine:
     registry = RecognizerRegistry(supported_languages=[LANGUAGE])
     for recognizer in pattern_recognizers():
         registry.add_recognizer(recognizer)
-    registry.add_recognizer(CensusNameRecognizer())
+    registry.add_recognizer(CensusNameRecognizer(many_origins=many_origins))
     if kind == "offline" and not model:
         nlp_engine: NlpEngine = TokenizerNlpEngine()
     elif kind == "spacy" and model:

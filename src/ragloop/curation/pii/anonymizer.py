@@ -1,12 +1,12 @@
-"""The Anonymizer, the PII stage's entry point: it runs the analyzer over the fields of a training example,
-resolves overlapping findings, carries a name found once to its other mentions, and replaces each finding
-with its surrogate through Presidio's AnonymizerEngine."""
+"""The Anonymizer, the PII stage's entry point: it runs the analyzer over the fields of a training example
+(or of every example of a dataset), resolves overlapping findings, adds the names that identifiers give
+away, carries a name found once to its other mentions, and replaces each finding with its surrogate
+through Presidio's AnonymizerEngine."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import secrets
 from collections import Counter
 from pathlib import Path
@@ -16,9 +16,11 @@ from presidio_anonymizer.entities import OperatorConfig
 from presidio_anonymizer.entities import RecognizerResult as AnonymizerSpan
 
 from ragloop.curation.pii.analyzer import build_analyzer
-from ragloop.curation.pii.census import census_names, fold
+from ragloop.curation.pii.census import census_names
 from ragloop.curation.pii.entities import DEFAULT_ENTITIES, LANGUAGE, Finding
-from ragloop.curation.pii.name_cues import NAME_TOKEN, NOT_A_NAME_WORD, PARTICLES, TITLES
+from ragloop.curation.pii.identifier_names import names_from_identifiers
+from ragloop.curation.pii.name_recognizer import CensusNameRecognizer
+from ragloop.curation.pii.propagation import NameIndex
 from ragloop.curation.pii.surrogates import Draws, ExampleSurrogates
 from ragloop.curation.pii.vault import Vault
 from ragloop.errors import ConfigError
@@ -37,7 +39,9 @@ class Anonymizer:
     (a fixed default key would let anyone re-derive them from a list of candidate names).
     ``vault_path``: keep the pseudonym → original mapping in that SQLite file so ``deanonymize`` can undo
     it. ``ner``: see build_analyzer. ``stats`` counts the entities replaced, per type; it never holds a
-    value.
+    value. ``many_origins=False`` finds people as before issue 15 (census lists and cues only: no names of
+    other origins, no names given away by an identifier, no propagation across examples); it is kept to
+    measure what the new recognizers cost (bench/curation.py), not for building datasets.
     """
 
     def __init__(
@@ -46,9 +50,15 @@ class Anonymizer:
         vault_path: Path | None = None,
         secret: str | None = None,
         ner: str = "offline",
+        *,
+        many_origins: bool = True,
     ) -> None:
         self.entities = list(entities or DEFAULT_ENTITIES)
-        self.analyzer = build_analyzer(ner)
+        self.many_origins = many_origins
+        self.analyzer = build_analyzer(ner, many_origins=many_origins)
+        self.recognizer = next(
+            r for r in self.analyzer.registry.recognizers if isinstance(r, CensusNameRecognizer)
+        )
         supported = set(self.analyzer.get_supported_entities(LANGUAGE))
         unknown = [e for e in self.entities if e not in supported]
         if unknown:
@@ -65,6 +75,7 @@ class Anonymizer:
         self.stats: Counter[str] = Counter()
         self._engine = AnonymizerEngine()
         self._memo: dict[bytes, tuple[Finding, ...]] = {}  # passage text sha256 -> findings
+        self._roles: dict[str, str] = {}  # name word key -> "first" | "last", across the examples at hand
 
     # detection
 
@@ -85,6 +96,8 @@ class Anonymizer:
                 overlapping = []
             if not overlapping:
                 chosen.append(Finding(r.entity_type, r.start, r.end, round(r.score, 4)))
+        if self.many_origins and "PERSON" in self.entities:
+            chosen += names_from_identifiers(text, chosen, self.recognizer)
         return sorted(chosen, key=lambda f: f.start)
 
     def detect_example(self, texts: list[str]) -> list[list[Finding]]:
@@ -124,49 +137,51 @@ class Anonymizer:
 
     def _propagate_names(self, texts: list[str], findings: list[list[Finding]]) -> None:
         """A name found once ("Dr. Anna Berg") is a name wherever else its words appear in the example
-        ("Berg replied", "Lars Berg", "Sanchez" for "Sánchez"), with a capitalised word right before a
-        known surname taken as a given name."""
-        parts = {
-            tok
-            for text, fs in zip(texts, findings, strict=True)
-            for f in fs
-            if f.entity_type == "PERSON"
-            for tok in NAME_TOKEN.findall(text[f.start : f.end])
-            if len(tok) > 2 and tok.lower() not in PARTICLES and tok.lower() not in NOT_A_NAME_WORD
-        }
-        if not parts:
-            return
-        # Also in capitals ("ANNA BERG" in a form), but not in lower case: "Young" or "Rose" are words too.
-        variants = {fold(p) for p in parts} | {fold(p).upper() for p in parts}
-        alternatives = "|".join(re.escape(p) for p in sorted(variants, key=len, reverse=True))
-        pattern = re.compile(rf"(?:(?<![\w])[A-Z][a-z]+[ \t])?(?<![\w])(?:{alternatives})(?![\w])")
+        ("Berg replied", "Lars Berg", "Sanchez" for "Sánchez"); see propagation.py."""
+        index = NameIndex(self.recognizer)
+        index.add(texts, findings)
         for text, fs in zip(texts, findings, strict=True):
-            # Matched on the accent-folded text, which has the same length, so offsets carry over.
-            for m in pattern.finditer(fold(text)):
-                start, end = m.span()
-                head = m.group().split()[0]
-                if " " in m.group() and (head.lower() in NOT_A_NAME_WORD or head.lower() in TITLES):
-                    start += len(head) + 1
-                if all(end <= f.start or start >= f.end for f in fs):
-                    fs.append(Finding("PERSON", start, end, 0.5))
+            index.mark(text, fs, in_example=True)
 
     # pseudonymisation
 
     def anonymize_example(self, fields: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
         """The example with every finding replaced by its surrogate; lists (passages) keep their length
         and order, values that are not text pass through. One value gets one surrogate in every field."""
-        slots: list[tuple[str, int | None]] = []
-        texts: list[str] = []
-        for name, value in fields.items():
-            if isinstance(value, str):
-                slots.append((name, None))
-                texts.append(value)
-            elif isinstance(value, list):
-                for i, item in enumerate(value):
-                    if isinstance(item, str):
-                        slots.append((name, i))
-                        texts.append(item)
-        findings = self.detect_example(texts)
+        return self.anonymize_examples([fields])[0]
+
+    def anonymize_examples(
+        self, examples: list[dict[str, str | list[str]]]
+    ) -> list[dict[str, str | list[str]]]:
+        """Every example of a dataset, as ``anonymize_example`` each, plus: a full name found in one
+        example is replaced wherever it appears in the others, and so is a part of it that is not an
+        ordinary word ("Agyekum" yes, "Comfort" no), each with the same pseudonym as in its own example."""
+        prepared = [_texts_of(fields) for fields in examples]
+        findings = [self.detect_example(texts) for _, texts in prepared]
+        self._roles = {}
+        if self.many_origins and len(examples) > 1 and "PERSON" in self.entities:
+            index = NameIndex(self.recognizer)
+            for (_, texts), fs in zip(prepared, findings, strict=True):
+                index.add(texts, fs)
+            for (_, texts), fs in zip(prepared, findings, strict=True):
+                for text, text_findings in zip(texts, fs, strict=True):
+                    index.mark(text, text_findings, in_example=False)
+            self._roles = index.parts
+        try:
+            return [
+                self._replace(fields, slots, texts, fs)
+                for fields, (slots, texts), fs in zip(examples, prepared, findings, strict=True)
+            ]
+        finally:
+            self._roles = {}
+
+    def _replace(
+        self,
+        fields: dict[str, str | list[str]],
+        slots: list[tuple[str, int | None]],
+        texts: list[str],
+        findings: list[list[Finding]],
+    ) -> dict[str, str | list[str]]:
         mentions = [
             (f.entity_type, t[f.start : f.end]) for t, fs in zip(texts, findings, strict=True) for f in fs
         ]
@@ -212,3 +227,19 @@ class Anonymizer:
     def draws(self, kind: str, key: str, attempt: int = 0) -> Draws:
         """The random stream for one value: an HMAC of it under the secret."""
         return Draws(hmac.new(self._key, f"{kind}\x1f{key}\x1f{attempt}".encode(), hashlib.sha256).digest())
+
+
+def _texts_of(fields: dict[str, str | list[str]]) -> tuple[list[tuple[str, int | None]], list[str]]:
+    """The texts of an example, each with its slot: (field, None) or (field, index in the list)."""
+    slots: list[tuple[str, int | None]] = []
+    texts: list[str] = []
+    for name, value in fields.items():
+        if isinstance(value, str):
+            slots.append((name, None))
+            texts.append(value)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, str):
+                    slots.append((name, i))
+                    texts.append(item)
+    return slots, texts

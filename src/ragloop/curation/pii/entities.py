@@ -6,6 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 LANGUAGE = "en"
+# The version of what counts as personal data here, recorded with every dataset built (DatasetVersion.
+# pii_recognizer): bump it whenever a change finds more, so `ragloop dataset list` can say which datasets
+# were built with an older one. 1: census names and patterns; 2: names of many origins, person contexts,
+# names given away by identifiers, propagation across a dataset (issue 15).
+RECOGNIZER_VERSION = 2
 DEFAULT_ENTITIES = [
     "PERSON",
     "EMAIL_ADDRESS",

@@ -53,7 +53,10 @@ NOT_A_NAME_WORD = words(
     pursuant my me mine san santa santo saint sao são los las fort mount new north south east west upper lower"""
 )
 TITLES = words("mr mrs ms miss mx dr prof professor sir dame lord lady judge rev reverend father")
-PARTICLES = words("van von de der den da di del della la le du dos das bin ibn al el ter ten")
+# Kept as they are in a surrogate ("Ní Bhriain" → "Ní Hamm"): they say nothing about who it is.
+PARTICLES = words(
+    "van von de der den da di del della la le du dos das bin bint ibn al el ter ten ní nic ó ua"
+)
 
 NAME_TOKEN = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
 # Words that announce a person. Strong cues (a greeting, a form label at the start of a line, a
@@ -80,9 +83,43 @@ PLACE_FIRST_NAMES = words(
     denver jackson madison lincoln victoria florence sydney adelaide charlotte paris chelsea israel
     jordan kenya china india asia africa america geneva"""
 )
+# Words that put a person right after them, whatever the words of the name (issue 15): a
+# self-introduction, who filed or asked for something, on whose behalf. Case-insensitive, so "This is"
+# opens a sentence too; what follows must still look like a name (CensusNameRecognizer._plausible):
+# "I am Satisfied", "this is Article 17" and "on behalf of the Controller" are not.
+PERSON_CUE = re.compile(
+    r"\b(?:(?P<intro>i am|i'm|i’m|this is|it is|it's|it’s|my name is|my name's|name's|call me|i am called"
+    r"|i'm called)"
+    r"|(?P<by>(?:filed|submitted|requested|raised|reported|sent|signed|written|prepared|approved|authori[sz]ed"
+    r"|opened|logged|created|entered|initiated|lodged|made|placed|booked|ordered|completed|countersigned"
+    r"|witnessed|asked for|issued) by|assigned to|addressed to|attention of|on behalf of|in the name of"
+    r"|c/o))[ \t]*:?[ \t]*$",
+    re.IGNORECASE,
+)
+# Words right before a capitalised pair that make it a place or a thing, not a person ("in Puerto Rico",
+# "the Comfort Plus plan", "using Mozilla Firefox").
+THING_BEFORE = words(
+    "the a an this these those our your their its in at near into onto inside across within via using"
+)
 OPENS_SENTENCE = re.compile(r"(?:^|[.!?:;\n\"“(])\s*$")
 COUPLE_BEFORE = re.compile(r"(?<![\w])([^\W\d_]+)[ \t]+(?:and|&)[ \t]+$")
 GIVEN_AFTER_COMMA = re.compile(r",[ \t]*([^\W\d_]+(?:-[^\W\d_]+)?)")
+
+
+def is_name_shaped(token: str) -> bool:
+    """A capital then small letters, in each part of a hyphenated or apostrophed name ("Ní", "Yılmaz",
+    "O'Brien", "Opoku-Agyemang", "McCarthy"); not "GDPR", "iPhone", "KwaZulu" or "LVADs"."""
+    parts = re.split(r"[-'’]", token)
+    for i, part in enumerate(parts):
+        rest = part[3:] if part[:3] in ("Mac", "Mc") and len(part) > 3 else part[1:]
+        rest = part[2:] if part[:2] == "Mc" and len(part) > 2 else rest
+        if (
+            not part
+            or not (part[0].isupper() or (i > 0 and part.islower()))
+            or any(c.isupper() for c in rest)
+        ):
+            return False
+    return True
 
 
 def is_org_word(token: str) -> bool:

@@ -9,8 +9,8 @@ import re
 import string
 from typing import TYPE_CHECKING
 
-from ragloop.curation.pii.census import fold
 from ragloop.curation.pii.name_cues import NAME_TOKEN, PARTICLES, TITLES
+from ragloop.curation.pii.name_lists import name_key
 from ragloop.curation.pii.pattern_recognizers import ROMANCE_STREET, STREET_TYPE
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ class ExampleSurrogates:
     def __init__(self, anonymizer: Anonymizer, originals: set[str]) -> None:
         self.a = anonymizer
         self.originals = originals | {w for o in originals for w in NAME_TOKEN.findall(o)}
-        self.names: dict[str, str] = {}  # word of a name, folded and lower-cased → its surrogate
+        self.names: dict[str, str] = {}  # word of a name, as name_key spells it → its surrogate
         self.values: dict[tuple[str, str], str] = {}  # (type, normalised value) → canonical surrogate
         self.rendered: dict[str, tuple[str, str]] = {}  # surrogate as written → (original, type)
 
@@ -60,15 +60,14 @@ class ExampleSurrogates:
     def _name_word(self, word: str, *, is_last: bool) -> str:
         """One word of a name → a census name of the same role (female or male first name, surname),
         the same every time within the example ("Berg", "BERG") and, for a given secret, everywhere. A
-        word the census does not know takes its role from its place: the last word of a name is the
-        surname."""
+        word the census does not know takes its role from ``_role``."""
         if len(word) == 1 or word.lower() in PARTICLES or word.lower() in TITLES:
             return word
-        key = fold(word).lower()
+        key = name_key(word)
         if key not in self.names:
-            role = self.a.names.role(word)
-            if role is None:
-                role = "last" if is_last else ("female", "male")[self.a.draws("PERSON", key).below(2)]
+            role = self.a.names.role(word) or self._role(word, key, is_last=is_last)
+            if role == "first":
+                role = ("female", "male")[self.a.draws("PERSON", key).below(2)]
             taken = {n.lower() for n in self.names.values()} | {o.lower() for o in self.originals}
             for attempt in range(50):
                 candidate = self.a.draws("PERSON", f"{role}:{key}", attempt).choice(self.a._pools[role])
@@ -78,6 +77,20 @@ class ExampleSurrogates:
         written = self.names[key].upper() if word.isupper() and len(word) > 1 else self.names[key]
         self.rendered[written] = (word, "PERSON")
         return written
+
+    def _role(self, word: str, key: str, *, is_last: bool) -> str:
+        """For a word the census does not know: its role where the dataset's full names show it (a name
+        alone in one example gets the pseudonym it has in another's full name), else where some origin's
+        list has it as only a given name or only a surname, else its place: the last word is the
+        surname."""
+        if key in self.a._roles:
+            return self.a._roles[key]
+        origins = self.a.recognizer.origins
+        if origins is not None:
+            given, family = key in origins.given, key in origins.family
+            if given != family:
+                return "first" if given else "last"
+        return "last" if is_last else "first"
 
     def _canonical(self, entity_type: str, key: str, mention: str, attempt: int) -> str:
         draws = self.a.draws(entity_type, key, attempt)
