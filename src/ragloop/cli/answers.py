@@ -154,38 +154,36 @@ def logs(
     home: HomeOpt = None,
 ) -> None:
     """List, filter and export recorded interactions."""
-    from ragloop.store.db import session_scope
     from ragloop.store.queries import iter_interactions
 
     settings = home_settings(home)
     filters = dict(
         since=_date(since), until=_date(until), model=model, text=text, conversation_id=conversation
     )
-    with session_scope(settings.db_url) as s:
-        rows = iter_interactions(s, limit=limit, **filters)
-        if export is not None:
-            out = sys.stdout if str(export) == "-" else export.open("w", encoding="utf-8")
-            n = 0
-            try:
-                for interaction in rows:
-                    out.write(json.dumps(interaction.to_dict(), ensure_ascii=False, default=str) + "\n")
-                    n += 1
-            finally:
-                if out is not sys.stdout:
-                    out.close()
+    rows = iter_interactions(settings.db_url, limit=limit, **filters)
+    if export is not None:
+        out = sys.stdout if str(export) == "-" else export.open("w", encoding="utf-8")
+        n = 0
+        try:
+            for interaction in rows:
+                out.write(json.dumps(interaction.to_dict(), ensure_ascii=False, default=str) + "\n")
+                n += 1
+        finally:
             if out is not sys.stdout:
-                err.print(f"exported {n} interactions to {export}")
-            return
-        table = Table("id", "when", "model", "question", "answer", "cites", "ms")
-        for i in rows:
-            question = i.messages[-1]["content"] if i.messages else ""
-            table.add_row(
-                i.id[:12],
-                i.created_at.isoformat(timespec="seconds"),
-                i.model_alias or i.model_version,
-                question[:60],
-                i.answer[:60].replace("\n", " "),
-                str(sum(1 for c in i.citations if c.get("valid"))),
-                f"{i.latency_total_ms:.0f}",
-            )
-        console.print(table)
+                out.close()
+        if out is not sys.stdout:
+            err.print(f"exported {n} interactions to {export}")
+        return
+    table = Table("id", "when", "model", "question", "answer", "cites", "ms")
+    for i in rows:
+        question = i.messages[-1]["content"] if i.messages else ""
+        table.add_row(
+            i.id[:12],
+            i.created_at.isoformat(timespec="seconds"),
+            i.model_alias or i.model_version,
+            question[:60],
+            i.answer[:60].replace("\n", " "),
+            str(sum(1 for c in i.citations if c.get("valid"))),
+            f"{i.latency_total_ms:.0f}",
+        )
+    console.print(table)

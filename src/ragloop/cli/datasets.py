@@ -129,23 +129,19 @@ def _print_counts(counts: dict) -> None:
 @dataset_app.command("list")
 def dataset_list(home: HomeOpt = None) -> None:
     """Dataset versions, newest first."""
-    from sqlalchemy import select
-
-    from ragloop.store.db import session_scope
-    from ragloop.store.models import DatasetVersion
+    from ragloop.datasets.build import list_datasets
 
     table = Table("id", "name", "created", "source", "train", "val", "test", "erased")
-    with session_scope(home_settings(home).db_url) as s:
-        for dv in s.scalars(select(DatasetVersion).order_by(DatasetVersion.created_at.desc())):
-            ex = (dv.counts or {}).get("examples", {})
-            table.add_row(
-                dv.id,
-                dv.name,
-                dv.created_at.isoformat(timespec="seconds"),
-                dv.source,
-                *(str(ex.get(k, 0)) for k in ("train", "val", "test")),
-                "yes" if dv.contains_erased else "",
-            )
+    for dv in list_datasets(home_settings(home).db_url):
+        ex = (dv.counts or {}).get("examples", {})
+        table.add_row(
+            dv.id,
+            dv.name,
+            dv.created_at.isoformat(timespec="seconds"),
+            dv.source,
+            *(str(ex.get(k, 0)) for k in ("train", "val", "test")),
+            "yes" if dv.contains_erased else "",
+        )
     console.print(table)
 
 
@@ -156,25 +152,17 @@ def dataset_show(
     home: HomeOpt = None,
 ) -> None:
     """A dataset version: hash, policy, sources, filter report, and sample examples."""
-    from ragloop.datasets.build import load_examples
-    from ragloop.errors import NotFound
-    from ragloop.store.db import session_scope
-    from ragloop.store.models import DatasetVersion
+    from ragloop.datasets.build import get_dataset, load_examples
 
     settings = home_settings(home)
-    with session_scope(settings.db_url) as s:
-        dv = s.get(DatasetVersion, dataset_id)
-        if dv is None:
-            raise NotFound(f"No dataset version {dataset_id!r}; see `ragloop dataset list`.")
-        console.print(
-            f"[bold]{dv.id}[/] {dv.name} · hash {dv.content_hash} · seed {dv.seed} · KB v{dv.kb_version} · source {dv.source}"
-        )
-        console.print(
-            f"policy {dv.policy.get('name')} v{dv.policy.get('version')}: raft {dv.policy.get('raft')}"
-        )
-        if dv.contains_erased:
-            console.print(f"[red]contains erased data[/]: {dv.erased_note}")
-        _print_counts(dv.counts or {})
+    dv = get_dataset(settings.db_url, dataset_id)
+    console.print(
+        f"[bold]{dv.id}[/] {dv.name} · hash {dv.content_hash} · seed {dv.seed} · KB v{dv.kb_version} · source {dv.source}"
+    )
+    console.print(f"policy {dv.policy.get('name')} v{dv.policy.get('version')}: raft {dv.policy.get('raft')}")
+    if dv.contains_erased:
+        console.print(f"[red]contains erased data[/]: {dv.erased_note}")
+    _print_counts(dv.counts or {})
     for ex in load_examples(settings, dataset_id, "train")["train"][:examples]:
         console.rule(f"example {ex['id']} (oracle {'kept' if ex['has_oracle'] else 'removed'})")
         console.print(ex["prompt"][-1]["content"], markup=False, highlight=False)
@@ -187,13 +175,10 @@ def dataset_diff(
     a: Annotated[str, typer.Argument()], b: Annotated[str, typer.Argument()], home: HomeOpt = None
 ) -> None:
     """What changed between two dataset versions: examples added/removed per split, policy differences."""
-    from ragloop.datasets.build import load_examples
+    from ragloop.datasets.build import diff_datasets
 
-    settings = home_settings(home)
-    ea, eb = load_examples(settings, a), load_examples(settings, b)
-    for split in ea:
-        ids_a, ids_b = {e["id"] for e in ea[split]}, {e["id"] for e in eb[split]}
-        console.print(f"{split}: {len(ids_a)} → {len(ids_b)} (+{len(ids_b - ids_a)} −{len(ids_a - ids_b)})")
+    for split, d in diff_datasets(home_settings(home), a, b).items():
+        console.print(f"{split}: {d.before} → {d.after} (+{d.added} −{d.removed})")
 
 
 @dataset_app.command("export")
@@ -227,15 +212,8 @@ def forget(
     """Erase records (GDPR Art. 17) and mark datasets and models built from them."""
     from ragloop.curation.erasure import forget as do_forget
 
-    settings = home_settings(home)
-    if (
-        older_than is None
-        and not any([conversation, user, text])
-        and settings.records.retention_days is not None
-    ):
-        older_than = settings.records.retention_days  # plain `ragloop forget` applies the retention setting
     r = do_forget(
-        settings,
+        home_settings(home),
         conversation_id=conversation,
         user_id=user,
         text=text,

@@ -41,7 +41,6 @@ def feedback(
     """Rate, correct or mark the gold passages of a recorded answer."""
     from ragloop.feedback.service import add_feedback
     from ragloop.ingest.kb import KnowledgeBase
-    from ragloop.store.db import session_scope
 
     data = {
         k: v
@@ -59,8 +58,7 @@ def feedback(
         if v is not None
     }
     settings = home_settings(home)
-    with session_scope(settings.db_url) as s:
-        fb = add_feedback(s, interaction_id, data, kb=KnowledgeBase(settings) if evidence else None)
+    fb = add_feedback(settings.db_url, interaction_id, data, kb=KnowledgeBase(settings) if evidence else None)
     console.print(f"feedback {fb.id} recorded for {interaction_id} by {fb.reviewer_id}")
 
 
@@ -73,11 +71,9 @@ def review_sample(
 ) -> None:
     """Add interactions to the review queue: thumbs-down first, then low retrieval scores, then random."""
     from ragloop.feedback.review import review_url, sample_queue
-    from ragloop.store.db import session_scope
 
     settings = home_settings(home)
-    with session_scope(settings.db_url) as s:
-        r = sample_queue(s, n, queue=queue, seed=seed)
+    r = sample_queue(settings.db_url, n, queue=queue, seed=seed)
     console.print(
         f"queued {r.total}: {r.thumbs_down} thumbs-down, {r.low_score} low score, {r.random} random "
         f"— review them at {review_url(settings.server, queue)}"

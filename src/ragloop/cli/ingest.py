@@ -87,25 +87,20 @@ def remove(
 @kb_app.command("versions")
 def kb_versions(home: HomeOpt = None) -> None:
     """List knowledge-base versions and what changed in each."""
-    from sqlalchemy import select
+    from ragloop.ingest.pipeline import kb_versions as recorded_versions
 
-    from ragloop.store.db import session_scope
-    from ragloop.store.models import KBVersion
-
-    settings = home_settings(home)
     table = Table("version", "created", "chunks", "added", "replaced", "removed", "tag")
-    with session_scope(settings.db_url) as s:
-        for v in s.scalars(select(KBVersion).order_by(KBVersion.version)):
-            c = v.change or {}
-            table.add_row(
-                str(v.version),
-                v.created_at.isoformat(timespec="seconds"),
-                str(v.n_chunks),
-                str(len(c.get("added", []))),
-                str(len(c.get("replaced", []))),
-                str(len(c.get("removed", []))),
-                v.tag or "",
-            )
+    for v in recorded_versions(home_settings(home).db_url):
+        c = v.change or {}
+        table.add_row(
+            str(v.version),
+            v.created_at.isoformat(timespec="seconds"),
+            str(v.n_chunks),
+            str(len(c.get("added", []))),
+            str(len(c.get("replaced", []))),
+            str(len(c.get("removed", []))),
+            v.tag or "",
+        )
     console.print(table)
 
 

@@ -22,11 +22,9 @@ def keys_create(
     home: HomeOpt = None,
 ) -> None:
     """Create an API key; the secret is printed once and stored only hashed."""
-    from ragloop.store.db import session_scope
     from ragloop.store.keys import create_key
 
-    with session_scope(home_settings(home).db_url) as s:
-        key, secret = create_key(s, name, admin=admin, collections=collection or None)
+    key, secret = create_key(home_settings(home).db_url, name, admin=admin, collections=collection or None)
     err.print(
         f"key {key.id} ({'admin' if admin else 'user'}; collections: {', '.join(collection) if collection else 'all'}) — store it now, it is not shown again:"
     )
@@ -36,21 +34,19 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(home: HomeOpt = None) -> None:
     """List keys (never their secrets)."""
-    from ragloop.store.db import session_scope
     from ragloop.store.keys import list_keys
 
     table = Table("id", "name", "prefix", "admin", "collections", "created", "revoked")
-    with session_scope(home_settings(home).db_url) as s:
-        for k in list_keys(s):
-            table.add_row(
-                k.id,
-                k.name,
-                k.prefix + "…",
-                "yes" if k.admin else "",
-                ", ".join(k.collections or []) or "all",
-                k.created_at.isoformat(timespec="seconds"),
-                k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "",
-            )
+    for k in list_keys(home_settings(home).db_url):
+        table.add_row(
+            k.id,
+            k.name,
+            k.prefix + "…",
+            "yes" if k.admin else "",
+            ", ".join(k.collections or []) or "all",
+            k.created_at.isoformat(timespec="seconds"),
+            k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "",
+        )
     console.print(table)
 
 
@@ -59,9 +55,7 @@ def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="Key id or prefix.")], home: HomeOpt = None
 ) -> None:
     """Revoke a key: it stops working on the next request."""
-    from ragloop.store.db import session_scope
     from ragloop.store.keys import revoke_key
 
-    with session_scope(home_settings(home).db_url) as s:
-        key = revoke_key(s, key_id)
+    key = revoke_key(home_settings(home).db_url, key_id)
     console.print(f"revoked {key.id}")

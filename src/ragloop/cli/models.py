@@ -18,19 +18,17 @@ models_app = typer.Typer(no_args_is_help=True, help="Model versions and aliases.
 @models_app.command("list")
 def models_list(home: HomeOpt = None) -> None:
     """Model versions with their aliases."""
-    from ragloop.store.db import session_scope
     from ragloop.store.registry import list_models
 
     table = Table("version", "aliases", "base", "adapter", "created")
-    with session_scope(home_settings(home).db_url) as s:
-        for mv, aliases in list_models(s):
-            table.add_row(
-                mv.id,
-                ", ".join(aliases),
-                mv.base_model,
-                mv.adapter_path or "",
-                mv.created_at.isoformat(timespec="seconds"),
-            )
+    for mv, aliases in list_models(home_settings(home).db_url):
+        table.add_row(
+            mv.id,
+            ", ".join(aliases),
+            mv.base_model,
+            mv.adapter_path or "",
+            mv.created_at.isoformat(timespec="seconds"),
+        )
     console.print(table)
 
 
@@ -49,14 +47,12 @@ def models_alias(
 def models_show(version: Annotated[str, typer.Argument(help="Version id or alias.")], as_json: JsonOpt = False,
                 home: HomeOpt = None) -> None:  # fmt: skip
     """A version's lineage: base and hash, dataset and hash, policy, KB version, hyperparameters, metrics."""
-    from ragloop.store.db import session_scope
-    from ragloop.training.registry import aliases_of, get_model, model_dict, registry_events
+    from ragloop.training.registry import model_record, registry_events
 
-    with session_scope(home_settings(home).db_url) as s:
-        mv = get_model(s, version)
-        data = model_dict(mv, aliases_of(s, mv.id))
-        events = [(e.created_at, e.action, e.alias, e.previous_version_id, e.model_version_id)
-                  for e in registry_events(s, mv.id, limit=10)]  # fmt: skip
+    db_url = home_settings(home).db_url
+    data = model_record(db_url, version)
+    events = [(e.created_at, e.action, e.alias, e.previous_version_id, e.model_version_id)
+              for e in registry_events(db_url, data["id"], limit=10)]  # fmt: skip
     if as_json:
         print(json.dumps(data, indent=2, default=str))
         return
@@ -93,11 +89,10 @@ def models_show(version: Annotated[str, typer.Argument(help="Version id or alias
 def models_diff(a: Annotated[str, typer.Argument()], b: Annotated[str, typer.Argument()], as_json: JsonOpt = False,
                 home: HomeOpt = None) -> None:  # fmt: skip
     """What differs between two versions: base, lineage, dataset, policy, hyperparameters, metrics."""
-    from ragloop.store.db import session_scope
     from ragloop.training.registry import diff_models, get_model
 
-    with session_scope(home_settings(home).db_url) as s:
-        diff = diff_models(get_model(s, a), get_model(s, b))
+    db_url = home_settings(home).db_url
+    diff = diff_models(get_model(db_url, a), get_model(db_url, b))
     if as_json:
         print(json.dumps(diff, indent=2, default=str))
         return

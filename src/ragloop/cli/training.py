@@ -161,14 +161,12 @@ def train_register_command(
 
     The run's dataset version must be in this home; its recorded fingerprint is checked against this home's
     data, base model and the run's settings before anything is registered."""
-    from ragloop.store.db import session_scope
     from ragloop.training.registry import register_model, registered_as
     from ragloop.training.sft import completed_run
 
     settings = home_settings(home)
     result = completed_run(settings, run, base=base)
-    with session_scope(settings.db_url) as s:
-        existing = registered_as(s, result.adapter_dir)
+    existing = registered_as(settings.db_url, result.adapter_dir)
     if existing:
         console.print(f"already registered as model version [bold]{existing}[/]; nothing to do")
         return

@@ -53,9 +53,12 @@ def forget(
     older_than_days: int | None = None,
     dry_run: bool = False,
 ) -> ForgetReport:
-    """Delete matching interactions and everything derived from them that is stored raw."""
-    if not any([conversation_id, user_id, text, older_than_days is not None]):
-        raise RagloopError("Say what to forget: --conversation, --user, --text or --older-than DAYS.")
+    """Delete matching interactions and everything derived from them that is stored raw. Named nothing,
+    it applies the retention setting (``[records] retention_days``), as a plain ``ragloop forget`` does."""
+    if not any([conversation_id, user_id, text]) and older_than_days is None:
+        older_than_days = settings.records.retention_days
+        if older_than_days is None:
+            raise RagloopError("Say what to forget: --conversation, --user, --text or --older-than DAYS.")
     report = ForgetReport()
     with session_scope(settings.db_url) as s:
         q = interaction_query(

@@ -15,6 +15,8 @@ import shlex
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from sqlalchemy import select
+
 from ragloop.config import Settings
 from ragloop.curation.dedupe import near_duplicate_of
 from ragloop.curation.pipeline import apply_filters, load_candidates
@@ -26,7 +28,7 @@ from ragloop.datasets.qa import QAItem, QAPassage, passage_pool
 from ragloop.datasets.raft import RaftConfig, RaftExample, build_raft_examples, misled_answer
 from ragloop.errors import NotFound, RagloopError
 from ragloop.generation.citations import CITE
-from ragloop.store.db import session_scope
+from ragloop.store.db import SessionOrUrl, session_of, session_scope
 from ragloop.store.models import DatasetSource, DatasetVersion
 
 SPLITS = ("train", "val", "test")
@@ -318,12 +320,23 @@ def _home_secret(settings: Settings) -> str:
     return path.read_text().strip()
 
 
+def list_datasets(db: SessionOrUrl) -> list[DatasetVersion]:
+    """Every dataset version, newest first."""
+    with session_of(db) as session:
+        return list(session.scalars(select(DatasetVersion).order_by(DatasetVersion.created_at.desc())))
+
+
+def get_dataset(db: SessionOrUrl, dataset_id: str) -> DatasetVersion:
+    """A dataset version's record; NotFound names the command that lists them."""
+    with session_of(db) as session:
+        dv = session.get(DatasetVersion, dataset_id)
+    if dv is None:
+        raise NotFound(f"No dataset version {dataset_id!r}; see `ragloop dataset list`.")
+    return dv
+
+
 def load_examples(settings: Settings, dataset_id: str, split: str | None = None) -> dict[str, list[dict]]:
-    with session_scope(settings.db_url) as s:
-        dv = s.get(DatasetVersion, dataset_id)
-        if dv is None:
-            raise NotFound(f"No dataset version {dataset_id!r}; see `ragloop dataset list`.")
-        folder = Path(dv.path)
+    folder = Path(get_dataset(settings.db_url, dataset_id).path)
     out = {}
     for name in [split] if split else SPLITS:
         path = folder / f"{name}.jsonl"
@@ -332,6 +345,26 @@ def load_examples(settings: Settings, dataset_id: str, split: str | None = None)
             if path.exists()
             else []
         )
+    return out
+
+
+@dataclass
+class SplitDiff:
+    """How one split changed between two dataset versions, by example id."""
+
+    before: int
+    after: int
+    added: int
+    removed: int
+
+
+def diff_datasets(settings: Settings, a: str, b: str) -> dict[str, SplitDiff]:
+    """What changed from dataset version ``a`` to ``b``, split by split: examples added and removed."""
+    ea, eb = load_examples(settings, a), load_examples(settings, b)
+    out = {}
+    for split in ea:
+        ids_a, ids_b = {e["id"] for e in ea[split]}, {e["id"] for e in eb[split]}
+        out[split] = SplitDiff(len(ids_a), len(ids_b), len(ids_b - ids_a), len(ids_a - ids_b))
     return out
 
 

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import selectinload
 
 from ragloop.config import ServerSettings
-from ragloop.store.models import Feedback, Interaction, Passage, ReviewItem
+from ragloop.feedback.service import add_feedback
+from ragloop.store.db import SessionOrUrl, session_of
+from ragloop.store.models import Feedback, Interaction, Passage, ReviewItem, utcnow
+
+if TYPE_CHECKING:
+    from ragloop.ingest.kb import KnowledgeBase
 
 REASONS = ("thumbs_down", "low_score", "random")
 DEFAULT_QUEUE = "default"
@@ -47,68 +53,116 @@ class SampleReport:
 
 
 def sample_queue(
-    session: Session, n: int = 20, *, queue: str = "default", low_score_share: float = 0.5, seed: int = 0
+    db: SessionOrUrl, n: int = 20, *, queue: str = "default", low_score_share: float = 0.5, seed: int = 0
 ) -> SampleReport:
     """Add up to ``n`` interactions not yet queued: every thumbs-down first, then the lowest top-passage
     dense scores, then random ones."""
     # Eval answers have their own queue (`ragloop eval review`); traffic queues only sample traffic.
-    queued = (
-        select(ReviewItem.interaction_id)
-        .where(ReviewItem.queue == queue)
-        .union(select(Interaction.id).where(Interaction.source == "eval"))
-    )
-    report = SampleReport()
-    added: set[str] = set()
-
-    def add(ids: list[str], reason: str, base: float) -> None:
-        for i, iid in enumerate(ids):
-            if report.total >= n or iid in added:
-                continue
-            session.add(ReviewItem(queue=queue, interaction_id=iid, reason=reason, priority=base + i))
-            added.add(iid)
-            setattr(report, reason, getattr(report, reason) + 1)
-
-    down = list(
-        session.scalars(
-            select(Feedback.interaction_id)
-            .where(Feedback.thumbs == -1, Feedback.interaction_id.not_in(queued))
-            .group_by(Feedback.interaction_id)
-            .order_by(func.max(Feedback.created_at).desc())
+    with session_of(db) as session:
+        queued = (
+            select(ReviewItem.interaction_id)
+            .where(ReviewItem.queue == queue)
+            .union(select(Interaction.id).where(Interaction.source == "eval"))
         )
-    )
-    add(down, "thumbs_down", 0)
-    n_low = round((n - report.total) * low_score_share)
-    top_score = func.max(func.coalesce(Passage.score_dense, Passage.score))
-    low = session.scalars(
-        select(Passage.interaction_id)
-        .where(Passage.interaction_id.not_in(queued))
-        .group_by(Passage.interaction_id)
-        .order_by(top_score.asc(), Passage.interaction_id)
-        .limit(n_low + len(added))
-    )
-    add([iid for iid in low if iid not in added][:n_low], "low_score", 1_000)
-    rest = list(
-        session.scalars(select(Interaction.id).where(Interaction.id.not_in(queued)).order_by(Interaction.id))
-    )
-    random.Random(seed).shuffle(rest)
-    add(rest, "random", 2_000)
-    session.flush()
-    return report
+        report = SampleReport()
+        added: set[str] = set()
 
+        def add(ids: list[str], reason: str, base: float) -> None:
+            for i, iid in enumerate(ids):
+                if report.total >= n or iid in added:
+                    continue
+                session.add(ReviewItem(queue=queue, interaction_id=iid, reason=reason, priority=base + i))
+                added.add(iid)
+                setattr(report, reason, getattr(report, reason) + 1)
 
-def pending(session: Session, queue: str = "default", limit: int = 50) -> list[ReviewItem]:
-    return list(
-        session.scalars(
-            select(ReviewItem)
-            .where(ReviewItem.queue == queue, ReviewItem.status == "pending")
-            .order_by(ReviewItem.priority, ReviewItem.id)
-            .limit(limit)
+        down = list(
+            session.scalars(
+                select(Feedback.interaction_id)
+                .where(Feedback.thumbs == -1, Feedback.interaction_id.not_in(queued))
+                .group_by(Feedback.interaction_id)
+                .order_by(func.max(Feedback.created_at).desc())
+            )
         )
-    )
+        add(down, "thumbs_down", 0)
+        n_low = round((n - report.total) * low_score_share)
+        top_score = func.max(func.coalesce(Passage.score_dense, Passage.score))
+        low = session.scalars(
+            select(Passage.interaction_id)
+            .where(Passage.interaction_id.not_in(queued))
+            .group_by(Passage.interaction_id)
+            .order_by(top_score.asc(), Passage.interaction_id)
+            .limit(n_low + len(added))
+        )
+        add([iid for iid in low if iid not in added][:n_low], "low_score", 1_000)
+        rest = list(
+            session.scalars(
+                select(Interaction.id).where(Interaction.id.not_in(queued)).order_by(Interaction.id)
+            )
+        )
+        random.Random(seed).shuffle(rest)
+        add(rest, "random", 2_000)
+        session.flush()
+        return report
 
 
-def queue_counts(session: Session, queue: str = "default") -> dict[str, int]:
-    rows = session.execute(
-        select(ReviewItem.status, func.count()).where(ReviewItem.queue == queue).group_by(ReviewItem.status)
-    )
-    return {status: count for status, count in rows}
+def pending(db: SessionOrUrl, queue: str = "default", limit: int = 50) -> list[ReviewItem]:
+    with session_of(db) as session:
+        return list(
+            session.scalars(
+                select(ReviewItem)
+                .where(ReviewItem.queue == queue, ReviewItem.status == "pending")
+                .order_by(ReviewItem.priority, ReviewItem.id)
+                .limit(limit)
+            )
+        )
+
+
+def queue_counts(db: SessionOrUrl, queue: str = "default") -> dict[str, int]:
+    with session_of(db) as session:
+        rows = session.execute(
+            select(ReviewItem.status, func.count())
+            .where(ReviewItem.queue == queue)
+            .group_by(ReviewItem.status)
+        )
+        return {status: count for status, count in rows}
+
+
+def get_review_item(db: SessionOrUrl, item_id: int) -> tuple[ReviewItem, Interaction] | None:
+    """A queue entry and the interaction it puts up for review, its shown passages loaded; None when the
+    entry does not exist (or its interaction was erased)."""
+    with session_of(db) as session:
+        item = session.get(ReviewItem, item_id)
+        if item is None:
+            return None
+        interaction = session.scalars(
+            select(Interaction)
+            .options(selectinload(Interaction.passages))
+            .where(Interaction.id == item.interaction_id)
+        ).first()
+        return None if interaction is None else (item, interaction)
+
+
+def save_review(
+    db: SessionOrUrl,
+    item_id: int,
+    data: Any,
+    *,
+    kb: KnowledgeBase | None = None,
+    readable: list[str] | None = None,
+) -> ReviewItem | None:
+    """Record a reviewer's feedback on a queue entry's interaction (``add_feedback``, which also marks the
+    entry done), in one transaction; None when the entry does not exist."""
+    with session_of(db) as session:
+        item = session.get(ReviewItem, item_id)
+        if item is not None:
+            add_feedback(session, item.interaction_id, data, kb=kb, readable=readable)
+        return item
+
+
+def skip_item(db: SessionOrUrl, item_id: int) -> ReviewItem | None:
+    """Take an entry off the pending list without feedback; None when it does not exist."""
+    with session_of(db) as session:
+        item = session.get(ReviewItem, item_id)
+        if item is not None:
+            item.status, item.done_at = "skipped", utcnow()
+        return item

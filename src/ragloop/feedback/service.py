@@ -9,6 +9,7 @@ submission of a reviewer is that reviewer's judgement. ``judgement`` folds them 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ragloop.errors import NotFound, RagloopError
+from ragloop.store.db import SessionOrUrl, session_of
 from ragloop.store.models import Feedback, Interaction, ReviewItem, utcnow
 
 if TYPE_CHECKING:
@@ -124,17 +126,34 @@ def validate_feedback(data: Any, n_passages: int) -> dict[str, Any]:
 
 
 def add_feedback(
-    session: Session,
+    db: SessionOrUrl,
     interaction_id: str,
     data: Any,
     kb: KnowledgeBase | None = None,
     readable: list[str] | None = None,
+    may_read: Callable[[str | None], bool] | None = None,
 ) -> Feedback:
     """Validate and append one reviewer's feedback; marks the interaction's review items done. Evidence
     (chunk ids) is looked up in ``kb`` at the interaction's KB version, within its collections and within
     ``readable`` (the collections the reviewer's key may read; None: all), and pinned with its text hash;
-    an id among the shown passages counts as marking that passage gold."""
+    an id among the shown passages counts as marking that passage gold. ``may_read(api_key_id)`` says
+    whether the reviewer may see an interaction made with that key; one it may not see is reported as
+    absent, so ids cannot be probed."""
+    with session_of(db) as session:
+        return _add_feedback(session, interaction_id, data, kb, readable, may_read)
+
+
+def _add_feedback(
+    session: Session,
+    interaction_id: str,
+    data: Any,
+    kb: KnowledgeBase | None,
+    readable: list[str] | None,
+    may_read: Callable[[str | None], bool] | None,
+) -> Feedback:
     interaction = session.get(Interaction, interaction_id)
+    if may_read is not None and (interaction is None or not may_read(interaction.api_key_id)):
+        raise NotFound(f"No interaction {interaction_id!r} visible to this API key.")
     if interaction is None:
         raise NotFound(f"No interaction {interaction_id!r}.")
     values = validate_feedback(data, len(interaction.passages))

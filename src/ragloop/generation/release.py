@@ -103,8 +103,7 @@ def rollback(
 def _move(
     settings: Settings, version: str, alias: str, action: str, note: str | None, load: Loader | None
 ) -> Release:
-    with session_scope(settings.db_url) as s:
-        mv, _ = registry.resolve(s, version)
+    mv, _ = registry.resolve(settings.db_url, version)
     check_loads(mv, alias, load or in_process_loader(settings))
     with session_scope(settings.db_url) as s:
         current = s.get(ModelAlias, alias)

@@ -30,7 +30,7 @@ from ragloop.ingest.chunking import Chunk, chunk_document
 from ragloop.ingest.embed import Embedder, get_embedder
 from ragloop.ingest.kb import KnowledgeBase, version_tag
 from ragloop.ingest.loaders import SUPPORTED_SUFFIXES, load_bytes
-from ragloop.store.db import session_scope
+from ragloop.store.db import SessionOrUrl, session_of, session_scope
 from ragloop.store.models import Document, KBVersion, utcnow
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,12 @@ def write_lock(settings: Settings) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def kb_versions(db: SessionOrUrl) -> list[KBVersion]:
+    """Every recorded knowledge-base version, oldest first, with what changed in each."""
+    with session_of(db) as session:
+        return list(session.scalars(select(KBVersion).order_by(KBVersion.version)))
 
 
 def reconcile(settings: Settings, kb: KnowledgeBase | None = None) -> int | None:

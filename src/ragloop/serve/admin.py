@@ -21,9 +21,8 @@ from ragloop.config import Settings
 from ragloop.generation import release
 from ragloop.serve.auth import OPEN, Caller, authenticate, require_admin
 from ragloop.store import registry
-from ragloop.store.db import session_scope
 from ragloop.training import jobs
-from ragloop.training.registry import aliases_of, model_dict
+from ragloop.training.registry import model_record
 
 _bearer = HTTPBearer(auto_error=False, description="An admin API key from `ragloop keys create --admin`.")
 
@@ -126,9 +125,7 @@ def resume_job(job_id: str, request: Request) -> dict:
 @router.get("/api/models/{model_id}")
 def get_model(model_id: str, request: Request) -> dict:
     """A version (or the version an alias points at) with its lineage, metrics and aliases."""
-    with session_scope(_settings(request).db_url) as s:
-        mv, _ = registry.resolve(s, model_id)
-        return model_dict(mv, aliases_of(s, mv.id))
+    return model_record(_settings(request).db_url, model_id)
 
 
 # Both run in the thread pool (plain ``def``): loading an adapter takes a while and must not block the loop.

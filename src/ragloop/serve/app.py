@@ -54,10 +54,8 @@ from ragloop.serve.auth import (
     require_collection,
 )
 from ragloop.serve.ui import ui_router
-from ragloop.store import registry
+from ragloop.store import queries, registry
 from ragloop.store.claims import Scheduler
-from ragloop.store.db import session_scope
-from ragloop.store.models import Interaction
 
 log = logging.getLogger("ragloop.serve")
 
@@ -160,11 +158,10 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
 
     # Health ------------------------------------------------------------------------------------------
     def health() -> dict:
-        with session_scope(db_url) as session:
-            try:
-                model = registry.resolve(session, None)[0].id
-            except NotFound:
-                model = None
+        try:
+            model = registry.resolve(db_url, None)[0].id
+        except NotFound:
+            model = None
         return {"status": "ok", "kb_version": assistant.kb.version or None, "model": model}
 
     @app.get("/healthz", tags=["health"])
@@ -204,8 +201,7 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
             # error, not a broken stream. The model id labels the chunks; the final one carries the
             # version that actually answered.
             stream = assistant.stream(req)
-            with session_scope(db_url) as session:
-                model = registry.resolve(session, req.model)[0].id
+            model = registry.resolve(db_url, req.model)[0].id
             return stream, model
 
         stream, model = await anyio.to_thread.run_sync(start, limiter=answer_threads)
@@ -222,10 +218,9 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
     def list_models(who: Caller = Depends(caller)) -> dict:
         """Every model version and every alias (``production``, ``base``...), each usable as ``model``."""
         data = []
-        with session_scope(db_url) as session:
-            for version, aliases in registry.list_models(session):
-                data.append(schemas.model_json(version, aliases))
-                data.extend(schemas.model_json(version, aliases, model_id=alias) for alias in aliases)
+        for version, aliases in registry.list_models(db_url):
+            data.append(schemas.model_json(version, aliases))
+            data.extend(schemas.model_json(version, aliases, model_id=alias) for alias in aliases)
         return {"object": "list", "data": data}
 
     # Records -----------------------------------------------------------------------------------------
@@ -233,11 +228,10 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
     def get_interaction(interaction_id: str, who: Caller = Depends(caller)) -> dict:
         """One recorded turn with its passages. A non-admin key reads only the turns it created; others'
         answer 404, as if absent, so ids cannot be probed."""
-        with session_scope(db_url) as session:
-            interaction = session.get(Interaction, interaction_id)
-            if interaction is None or not may_read_interaction(who, interaction.api_key_id):
-                raise NotFound(f"No interaction {interaction_id!r} visible to this API key.")
-            return schemas.interaction_json(interaction)
+        interaction = queries.get_interaction(db_url, interaction_id)
+        if interaction is None or not may_read_interaction(who, interaction.api_key_id):
+            raise NotFound(f"No interaction {interaction_id!r} visible to this API key.")
+        return schemas.interaction_json(interaction)
 
     # Ingest ------------------------------------------------------------------------------------------
     @app.post(
@@ -283,13 +277,14 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
             data["reviewer_id"] = who.key_id
 
         def save() -> dict:
-            with session_scope(db_url) as session:
-                interaction = session.get(Interaction, interaction_id)
-                if interaction is None or not may_read_interaction(who, interaction.api_key_id):
-                    raise NotFound(f"No interaction {interaction_id!r} visible to this API key.")
-                return add_feedback(
-                    session, interaction_id, data, kb=assistant.kb, readable=who.collections
-                ).to_dict()
+            return add_feedback(
+                db_url,
+                interaction_id,
+                data,
+                kb=assistant.kb,
+                readable=who.collections,
+                may_read=functools.partial(may_read_interaction, who),
+            ).to_dict()
 
         return await anyio.to_thread.run_sync(save, limiter=health_threads)
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from ragloop.config import ServerSettings
 from ragloop.errors import ConfigError, PermissionDenied
-from ragloop.store.db import session_scope
 from ragloop.store.keys import verify_key
 
 
@@ -56,13 +55,12 @@ def auth_required(server: ServerSettings) -> bool:
 
 def authenticate(db_url: str, secret: str | None) -> Caller:
     """The caller holding this key secret; AuthError (401) when it is missing, wrong or revoked."""
-    with session_scope(db_url) as session:
-        key = verify_key(session, secret)
-        return Caller(
-            key_id=key.id,
-            admin=bool(key.admin),
-            collections=None if key.collections is None else [str(c) for c in key.collections],
-        )
+    key = verify_key(db_url, secret)
+    return Caller(
+        key_id=key.id,
+        admin=bool(key.admin),
+        collections=None if key.collections is None else [str(c) for c in key.collections],
+    )
 
 
 def require_admin(caller: Caller) -> None:

@@ -15,13 +15,17 @@ from markupsafe import Markup, escape
 
 from ragloop.config import Settings
 from ragloop.errors import AuthError, PermissionDenied, RagloopError
-from ragloop.feedback.review import pending, queue_counts, sample_queue
-from ragloop.feedback.service import add_feedback
+from ragloop.feedback.review import (
+    get_review_item,
+    pending,
+    queue_counts,
+    sample_queue,
+    save_review,
+    skip_item,
+)
 from ragloop.generation.replay import ShownPassage, shown_passages
 from ragloop.ingest.kb import KnowledgeBase
 from ragloop.serve.auth import Caller, authenticate, narrow_scope, require_admin
-from ragloop.store.db import session_scope
-from ragloop.store.models import Interaction, ReviewItem, utcnow
 from ragloop.store.queries import iter_interactions
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -94,19 +98,17 @@ def ui_router(settings: Settings, auth_on: bool) -> APIRouter:
     def review_home(request: Request, queue: str = "default") -> Response:
         if caller(request) is None:
             return login_redirect()
-        with session_scope(settings.db_url) as s:
-            items = pending(s, queue, limit=1)
-            if items:
-                return RedirectResponse(f"/review/item/{items[0].id}", status_code=303)
-            counts = queue_counts(s, queue)
+        items = pending(settings.db_url, queue, limit=1)
+        if items:
+            return RedirectResponse(f"/review/item/{items[0].id}", status_code=303)
+        counts = queue_counts(settings.db_url, queue)
         return TEMPLATES.TemplateResponse(request, "review_empty.html", {"queue": queue, "counts": counts})
 
     @router.post("/review/sample")
     def review_sample(request: Request, queue: str = Form("default"), n: int = Form(20)) -> Response:
         if caller(request) is None:
             return login_redirect()
-        with session_scope(settings.db_url) as s:
-            sample_queue(s, max(1, min(n, 500)), queue=queue)
+        sample_queue(settings.db_url, max(1, min(n, 500)), queue=queue)
         return RedirectResponse(f"/review?queue={queue}", status_code=303)
 
     @router.get("/review/item/{item_id}", response_class=HTMLResponse)
@@ -114,13 +116,11 @@ def ui_router(settings: Settings, auth_on: bool) -> APIRouter:
         who = caller(request)
         if who is None:
             return login_redirect()
-        with session_scope(settings.db_url) as s:
-            item = s.get(ReviewItem, item_id)
-            if item is None:
-                return HTMLResponse("No such review item.", status_code=404)
-            interaction = s.get(Interaction, item.interaction_id)
-            interaction.passages  # noqa: B018 - load before the session closes
-            remaining = len(pending(s, item.queue, limit=10_000))
+        found = get_review_item(settings.db_url, item_id)
+        if found is None:
+            return HTMLResponse("No such review item.", status_code=404)
+        item, interaction = found
+        remaining = len(pending(settings.db_url, item.queue, limit=10_000))
         eval_passages = (
             (interaction.filters or {}).get("eval_passages") if interaction.source == "eval" else None
         )
@@ -186,15 +186,12 @@ def ui_router(settings: Settings, auth_on: bool) -> APIRouter:
         if evidence:
             data["evidence"] = evidence
         try:
-            with session_scope(settings.db_url) as s:
-                item = s.get(ReviewItem, item_id)
-                if item is None:
-                    return HTMLResponse("<span class='error'>No such review item.</span>", status_code=404)
-                add_feedback(s, item.interaction_id, data, kb=kb, readable=who.collections)
-                queue = item.queue
+            item = save_review(settings.db_url, item_id, data, kb=kb, readable=who.collections)
         except RagloopError as exc:
             return HTMLResponse(f"<span class='error'>{escape(str(exc))}</span>", status_code=400)
-        return _next(queue, "Saved")
+        if item is None:
+            return HTMLResponse("<span class='error'>No such review item.</span>", status_code=404)
+        return _next(item.queue, "Saved")
 
     retriever: list = []  # one Retriever (and embedding model) for the UI, built on first use
 
@@ -210,17 +207,14 @@ def ui_router(settings: Settings, auth_on: bool) -> APIRouter:
         query = evidence_query.strip()
         if not query:
             return HTMLResponse("")
-        with session_scope(settings.db_url) as s:
-            item = s.get(ReviewItem, item_id)
-            interaction = s.get(Interaction, item.interaction_id) if item is not None else None
-            if interaction is None:
-                return HTMLResponse("<span class='error'>No such review item.</span>", status_code=404)
-            if interaction.source == "eval":
-                return HTMLResponse(
-                    "<span class='muted'>Eval answers are never trained on: no evidence.</span>"
-                )
-            shown = {p.chunk_id for p in interaction.passages}
-            version, scope = interaction.kb_version, interaction.collections
+        found = get_review_item(settings.db_url, item_id)
+        if found is None:
+            return HTMLResponse("<span class='error'>No such review item.</span>", status_code=404)
+        _, interaction = found
+        if interaction.source == "eval":
+            return HTMLResponse("<span class='muted'>Eval answers are never trained on: no evidence.</span>")
+        shown = {p.chunk_id for p in interaction.passages}
+        version, scope = interaction.kb_version, interaction.collections
         if version is None:
             return HTMLResponse(
                 "<span class='muted'>Answered from an empty knowledge base: no evidence.</span>"
@@ -244,13 +238,10 @@ def ui_router(settings: Settings, auth_on: bool) -> APIRouter:
     def review_skip(request: Request, item_id: int) -> Response:
         if caller(request) is None:
             return HTMLResponse("<span class='error'>Signed out.</span>", status_code=401)
-        with session_scope(settings.db_url) as s:
-            item = s.get(ReviewItem, item_id)
-            if item is None:
-                return HTMLResponse("<span class='error'>No such review item.</span>", status_code=404)
-            item.status, item.done_at = "skipped", utcnow()
-            queue = item.queue
-        return _next(queue, "Skipped")
+        item = skip_item(settings.db_url, item_id)
+        if item is None:
+            return HTMLResponse("<span class='error'>No such review item.</span>", status_code=404)
+        return _next(item.queue, "Skipped")
 
     def _next(queue: str, message: str) -> HTMLResponse:
         response = HTMLResponse(f"<span class='saved'>{message}</span>")
@@ -261,8 +252,7 @@ def ui_router(settings: Settings, auth_on: bool) -> APIRouter:
     def interactions(request: Request, text: str | None = None, model: str | None = None) -> Response:
         if caller(request) is None:
             return login_redirect()
-        with session_scope(settings.db_url) as s:
-            rows = list(iter_interactions(s, limit=200, text=text or None, model=model or None))
+        rows = list(iter_interactions(settings.db_url, limit=200, text=text or None, model=model or None))
         return TEMPLATES.TemplateResponse(
             request, "interactions.html", {"rows": rows[::-1], "text": text, "model": model}
         )

@@ -79,3 +79,19 @@ def session_scope(url: str) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+SessionOrUrl = Session | str
+"""What a store or stage function reads and writes through: the caller's session (the work joins the
+caller's transaction) or a database URL (the function runs in a transaction of its own, as a door needs:
+doors open no session themselves)."""
+
+
+@contextmanager
+def session_of(db: SessionOrUrl) -> Iterator[Session]:
+    """The caller's session as it is (its owner commits), or a ``session_scope`` on a database URL."""
+    if isinstance(db, str):
+        with session_scope(db) as session:
+            yield session
+    else:
+        yield db

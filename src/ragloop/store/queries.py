@@ -6,8 +6,9 @@ from collections.abc import Iterator
 from datetime import datetime
 
 from sqlalchemy import Select, or_, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import selectinload
 
+from ragloop.store.db import SessionOrUrl, session_of
 from ragloop.store.models import Interaction
 
 
@@ -45,9 +46,21 @@ def interaction_query(
     return q
 
 
-def iter_interactions(session: Session, limit: int | None = None, **filters) -> Iterator[Interaction]:  # type: ignore[no-untyped-def]
-    """Stream matching interactions in batches, so exporting millions of records stays in constant memory."""
+def iter_interactions(db: SessionOrUrl, limit: int | None = None, **filters) -> Iterator[Interaction]:  # type: ignore[no-untyped-def]
+    """Stream matching interactions in batches, so exporting millions of records stays in constant memory
+    (given a database URL, the session stays open until the iteration ends)."""
     q = interaction_query(**filters)
     if limit:
         q = q.limit(limit)
-    yield from session.scalars(q.execution_options(yield_per=500))
+    with session_of(db) as session:
+        yield from session.scalars(q.execution_options(yield_per=500))
+
+
+def get_interaction(db: SessionOrUrl, interaction_id: str) -> Interaction | None:
+    """One interaction with the passages it showed (loaded, so the record reads after its session)."""
+    with session_of(db) as session:
+        return session.scalars(
+            select(Interaction)
+            .options(selectinload(Interaction.passages))
+            .where(Interaction.id == interaction_id)
+        ).first()

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ragloop.errors import NotFound
+from ragloop.store.db import SessionOrUrl, session_of
 from ragloop.store.models import ModelAlias, ModelVersion, RegistryEvent, utcnow
 
 DEFAULT_ALIAS = "production"
@@ -94,33 +95,35 @@ def rollback(session: Session, alias: str = DEFAULT_ALIAS, note: str | None = No
     return origin, target
 
 
-def resolve(session: Session, name: str | None) -> tuple[ModelVersion, str | None]:
+def resolve(db: SessionOrUrl, name: str | None) -> tuple[ModelVersion, str | None]:
     """(version, alias used or None). Raises NotFound naming what exists."""
-    if not name:
-        alias = session.get(ModelAlias, DEFAULT_ALIAS) or session.get(ModelAlias, BASE_ALIAS)
-        if alias is None:
-            raise NotFound("No model is registered yet.")
-        return session.get(ModelVersion, alias.model_version_id), alias.name  # type: ignore[return-value]
-    alias = session.get(ModelAlias, name)
-    if alias is None and name == DEFAULT_ALIAS:  # nothing promoted yet: production is the base model
-        alias = session.get(ModelAlias, BASE_ALIAS)
-    if alias is not None:
-        return session.get(ModelVersion, alias.model_version_id), alias.name  # type: ignore[return-value]
-    mv = session.get(ModelVersion, name)
-    if mv is None:
-        known = list(session.scalars(select(ModelAlias.name))) + list(
-            session.scalars(select(ModelVersion.id))
-        )
-        raise NotFound(
-            f"The model {name!r} does not exist. Known models and aliases: {', '.join(known) or 'none'}."
-        )
-    return mv, None
+    with session_of(db) as session:
+        if not name:
+            alias = session.get(ModelAlias, DEFAULT_ALIAS) or session.get(ModelAlias, BASE_ALIAS)
+            if alias is None:
+                raise NotFound("No model is registered yet.")
+            return session.get(ModelVersion, alias.model_version_id), alias.name  # type: ignore[return-value]
+        alias = session.get(ModelAlias, name)
+        if alias is None and name == DEFAULT_ALIAS:  # nothing promoted yet: production is the base model
+            alias = session.get(ModelAlias, BASE_ALIAS)
+        if alias is not None:
+            return session.get(ModelVersion, alias.model_version_id), alias.name  # type: ignore[return-value]
+        mv = session.get(ModelVersion, name)
+        if mv is None:
+            known = list(session.scalars(select(ModelAlias.name))) + list(
+                session.scalars(select(ModelVersion.id))
+            )
+            raise NotFound(
+                f"The model {name!r} does not exist. Known models and aliases: {', '.join(known) or 'none'}."
+            )
+        return mv, None
 
 
-def list_models(session: Session) -> list[tuple[ModelVersion, list[str]]]:
+def list_models(db: SessionOrUrl) -> list[tuple[ModelVersion, list[str]]]:
     """Every version with the aliases pointing at it, newest first."""
-    aliases: dict[str, list[str]] = {}
-    for a in session.scalars(select(ModelAlias)):
-        aliases.setdefault(a.model_version_id, []).append(a.name)
-    versions = session.scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc()))
-    return [(mv, sorted(aliases.get(mv.id, []))) for mv in versions]
+    with session_of(db) as session:
+        aliases: dict[str, list[str]] = {}
+        for a in session.scalars(select(ModelAlias)):
+            aliases.setdefault(a.model_version_id, []).append(a.name)
+        versions = session.scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc()))
+        return [(mv, sorted(aliases.get(mv.id, []))) for mv in versions]

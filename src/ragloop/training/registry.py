@@ -29,8 +29,8 @@ from ragloop.config import Settings
 from ragloop.errors import ConfigError, NotFound, RagloopError
 from ragloop.generation.models import file_sha256, resolve_model
 from ragloop.store import registry
-from ragloop.store.db import session_scope
-from ragloop.store.models import DatasetVersion, Job, ModelVersion, RegistryEvent, utcnow
+from ragloop.store.db import SessionOrUrl, session_of, session_scope
+from ragloop.store.models import DatasetVersion, Job, ModelAlias, ModelVersion, RegistryEvent, utcnow
 
 MODELS_DIR = "models"
 CARD = "ragloop-model.json"  # the lineage, written next to the adapter so a copied folder explains itself
@@ -118,13 +118,14 @@ def adapter_digest(files: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
-def registered_as(session: Session, adapter_dir: Path) -> str | None:
+def registered_as(db: SessionOrUrl, adapter_dir: Path) -> str | None:
     """The version already holding exactly this adapter, if any (registering twice is then a no-op)."""
     digest = adapter_digest(adapter_files(adapter_dir))
-    for mv in session.scalars(select(ModelVersion)):
-        if (mv.meta or {}).get("adapter_sha256") == digest:
-            return mv.id
-    return None
+    with session_of(db) as session:
+        for mv in session.scalars(select(ModelVersion)):
+            if (mv.meta or {}).get("adapter_sha256") == digest:
+                return mv.id
+        return None
 
 
 def _as_dict(config: Any) -> dict[str, Any]:
@@ -338,9 +339,9 @@ def _copy_adapter(src: Path, target: Path, card: dict[str, Any]) -> Path:
 # Reading -----------------------------------------------------------------------------------------------
 
 
-def get_model(session: Session, name: str) -> ModelVersion:
+def get_model(db: SessionOrUrl, name: str) -> ModelVersion:
     """A version by id or alias."""
-    return registry.resolve(session, name)[0]
+    return registry.resolve(db, name)[0]
 
 
 def model_dict(mv: ModelVersion, aliases: list[str] | None = None) -> dict[str, Any]:
@@ -351,20 +352,31 @@ def model_dict(mv: ModelVersion, aliases: list[str] | None = None) -> dict[str, 
     return data
 
 
-def aliases_of(session: Session, version_id: str) -> list[str]:
-    from ragloop.store.models import ModelAlias
+def model_record(db: SessionOrUrl, name: str) -> dict[str, Any]:
+    """A version (by id or alias) with its aliases, as ``model_dict``: what ``ragloop models show --json``
+    prints and ``GET /api/models/{id}`` returns."""
+    with session_of(db) as session:
+        mv = get_model(session, name)
+        return model_dict(mv, aliases_of(session, mv.id))
 
-    return sorted(session.scalars(select(ModelAlias.name).where(ModelAlias.model_version_id == version_id)))
 
-
-def registry_events(session: Session, version_id: str | None = None, limit: int = 50) -> list[RegistryEvent]:
-    """Alias changes (and registrations), newest first; for one version when given."""
-    q = select(RegistryEvent).order_by(RegistryEvent.id.desc()).limit(limit)
-    if version_id:
-        q = q.where(
-            (RegistryEvent.model_version_id == version_id) | (RegistryEvent.previous_version_id == version_id)
+def aliases_of(db: SessionOrUrl, version_id: str) -> list[str]:
+    with session_of(db) as session:
+        return sorted(
+            session.scalars(select(ModelAlias.name).where(ModelAlias.model_version_id == version_id))
         )
-    return list(session.scalars(q))
+
+
+def registry_events(db: SessionOrUrl, version_id: str | None = None, limit: int = 50) -> list[RegistryEvent]:
+    """Alias changes (and registrations), newest first; for one version when given."""
+    with session_of(db) as session:
+        q = select(RegistryEvent).order_by(RegistryEvent.id.desc()).limit(limit)
+        if version_id:
+            q = q.where(
+                (RegistryEvent.model_version_id == version_id)
+                | (RegistryEvent.previous_version_id == version_id)
+            )
+        return list(session.scalars(q))
 
 
 def diff_models(a: ModelVersion, b: ModelVersion) -> dict[str, Any]:
