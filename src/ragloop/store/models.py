@@ -247,6 +247,9 @@ class DatasetVersion(Base):
     command: Mapped[str] = mapped_column(Text, default="")  # the command that rebuilds it
     contains_erased: Mapped[bool] = mapped_column(Boolean, default=False)
     erased_note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # ragloop.curation.pii.RECOGNIZER_VERSION when PII was replaced; None with PII off, or for a version
+    # built before it was recorded (migration 0005), i.e. with version 1.
+    pii_recognizer: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class DatasetSource(Base):
