@@ -48,3 +48,29 @@ def test_a_stage_error_is_one_line_and_exit_code_1_from_every_entry_point(home: 
     )
     assert done.returncode == 1, done.stderr
     assert "error: No interaction 'no-such-interaction'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_plain_forget_applies_the_retention_setting(kb_home: Settings) -> None:
+    """`ragloop forget` naming nothing expires what ``[records] retention_days`` says, and only that (the
+    default now lives in ``curation.erasure.forget``, not in the door)."""
+    from datetime import timedelta
+
+    from ragloop.generation.assistant import AnswerRequest, Assistant
+    from ragloop.store.db import session_scope
+    from ragloop.store.models import Interaction, utcnow
+
+    assistant = Assistant(kb_home)
+    old, recent = (
+        assistant.answer(
+            AnswerRequest(messages=[{"role": "user", "content": q}], max_tokens=2)
+        ).interaction_id
+        for q in ("How many vacation days?", "How high can fines be?")
+    )
+    with session_scope(kb_home.db_url) as s:
+        s.get(Interaction, old).created_at = utcnow() - timedelta(days=40)
+    home = ["--home", str(kb_home.home)]
+    assert CliRunner().invoke(app, ["forget", *home]).exit_code == 1  # no retention set: say what to forget
+    r = CliRunner().invoke(app, ["forget", *home], env={"RAGLOOP_RECORDS__RETENTION_DAYS": "30"})
+    assert r.exit_code == 0 and "deleted 1 interactions" in r.output, r.output
+    with session_scope(kb_home.db_url) as s:
+        assert s.get(Interaction, old) is None and s.get(Interaction, recent) is not None
