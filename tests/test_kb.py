@@ -113,20 +113,30 @@ def test_tag_is_idempotent_and_compact_keeps_tagged_versions(settings: Settings)
     old = chunks_for("A", ["kept at v1"])
     v1 = apply(kb, old)
     assert kb.tag(v1) == kb.tag(v1) == f"kb-v{v1}"
-    v2 = apply(kb, chunks_for("A", ["middle"]), delete=["A"])  # untagged
+    middle = chunks_for("A", ["middle"])
+    v2 = apply(kb, middle, delete=["A"])  # untagged
+    v3 = apply(kb, chunks_for("B", ["other"]))  # untagged
     apply(kb, chunks_for("A", ["latest"]), delete=["A"])
     kb.mark_committed()
     latest = kb.version
+    assert kb.get_chunks([middle[0].chunk_id], version=v2)  # readable before compaction
 
     stats = kb.compact()
-    assert stats.versions_after < stats.versions_before
+    assert stats.pruned  # pylance is a declared dependency: untagged history is really removed
+    kept = _versions(kb)
+    assert v1 in kept and not {v2, v3} & kept, (v1, v2, v3, kept)
+    assert stats.versions_after == len(kept) < stats.versions_before and stats.bytes_removed > 0
+    for version in (v2, v3):
+        with pytest.raises(NotFound):
+            kb.get_chunks([middle[0].chunk_id], version=version)
     assert kb.get_chunks([old[0].chunk_id], version=v1)[old[0].chunk_id]["text"] == "kept at v1"
-    assert {r["text"] for r in kb.random_chunks(5, seed=0)} == {"latest"}
+    assert {r["text"] for r in kb.random_chunks(5, seed=0)} == {"latest", "other"}
     # Compaction moves the table forward without changing its data: it stays the committed version.
     assert kb.version >= latest and kb.committed_version == kb.version
-    if stats.pruned:  # pylance installed: untagged history is really gone
-        with pytest.raises(NotFound):
-            kb.get_chunks(["x"], version=v2)
+
+
+def _versions(kb: KnowledgeBase) -> set[int]:
+    return {int(v["version"]) for v in kb.table().list_versions()}
 
 
 def test_mark_committed_moves_one_tag(settings: Settings) -> None:
