@@ -147,26 +147,24 @@ def test_train_config_loads_yaml_and_rejects_typos(tmp_path: Path) -> None:
         load_train_config(None, truncation="right")
 
 
-def test_device_setting_picks_a_gpu_only_when_there_is_one(
+def test_device_setting_without_a_gpu_is_the_cpu(
     monkeypatch: pytest.MonkeyPatch, trainable_model_dir: Path
 ) -> None:
-    import torch
-
+    """On a machine where torch sees no GPU (this one; the mock keeps it so on any): ``auto`` is the CPU,
+    and asking for a GPU is an error, not hours of CPU training."""
     from ragloop.accel import resolve_device
     from ragloop.generation.backends import TransformersBackend
 
-    has_gpu = torch.cuda.is_available()
-    assert resolve_device("auto").type == ("cuda" if has_gpu else "cpu")
-    assert resolve_device("cpu").type == "cpu"
-    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # `accelerate launch --cpu` wins over a GPU
-    assert resolve_device("auto").type == resolve_device("cuda").type == "cpu"
-    monkeypatch.delenv("ACCELERATE_USE_CPU")
-    if not has_gpu:  # asking for a GPU that is not there is an error, not hours of CPU training
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    cpu = torch.device("cpu")
+    assert resolve_device("auto") == resolve_device(None) == resolve_device(" CPU ") == cpu
+    for gpu in ("cuda", "cuda:0"):
         with pytest.raises(RagloopError, match="no CUDA GPU"):
-            resolve_device("cuda")
-        with pytest.raises(RagloopError, match="no CUDA GPU"):  # [generator] device = "cuda"
-            TransformersBackend(trainable_model_dir, device="cuda")
-    assert TransformersBackend(trainable_model_dir).model.device.type == resolve_device("auto").type
+            resolve_device(gpu)
+    with pytest.raises(RagloopError, match="no CUDA GPU"):  # [generator] device = "cuda"
+        TransformersBackend(trainable_model_dir, device="cuda")
+    assert TransformersBackend(trainable_model_dir).model.device == cpu
     with pytest.raises(RagloopError, match="not a device"):
         resolve_device("gpu0")
     with pytest.raises(RagloopError, match="device must be"):
@@ -176,6 +174,38 @@ def test_device_setting_picks_a_gpu_only_when_there_is_one(
     assert run_fingerprint("sft", "ds", "h", base) == run_fingerprint(
         "sft", "ds", "h", load_train_config(None, device="cpu")
     )
+
+
+def test_device_setting_with_gpus_picks_the_launcher_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With two GPUs (torch's view of the machine mocked: the one edge a CPU runner cannot have), ``auto``
+    and ``cuda`` take the GPU of ``LOCAL_RANK``, ``cuda:N`` that one, ``cpu`` and Accelerate's
+    ``--cpu`` stay on the CPU, and a GPU the machine does not have is an error."""
+    from ragloop.accel import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert resolve_device("auto") == resolve_device("cuda") == torch.device("cuda", 0)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_RANK", "1")  # the second process of `accelerate launch`
+    assert resolve_device("auto") == resolve_device("cuda") == torch.device("cuda", 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)  # an explicit index wins over the rank
+    with pytest.raises(RagloopError, match="has 2 CUDA GPU"):
+        resolve_device("cuda:2")
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # `accelerate launch --cpu` wins over the GPUs
+    assert resolve_device("auto") == resolve_device("cuda:1") == torch.device("cpu")
+
+
+@pytest.mark.gpu
+def test_device_setting_uses_the_gpu_torch_sees(trainable_model_dir: Path) -> None:
+    from ragloop.accel import resolve_device
+    from ragloop.generation.backends import TransformersBackend
+
+    assert resolve_device("auto") == torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    assert TransformersBackend(trainable_model_dir).model.device == resolve_device("cuda")
+    assert TransformersBackend(trainable_model_dir, device="cpu").model.device == torch.device("cpu")
 
 
 # Preflight ---------------------------------------------------------------------------------------------
