@@ -74,3 +74,24 @@ def test_plain_forget_applies_the_retention_setting(kb_home: Settings) -> None:
     assert r.exit_code == 0 and "deleted 1 interactions" in r.output, r.output
     with session_scope(kb_home.db_url) as s:
         assert s.get(Interaction, old) is None and s.get(Interaction, recent) is not None
+
+
+def test_ask_json_prints_the_record_the_api_returns(kb_home: Settings, live_server) -> None:  # type: ignore[no-untyped-def]
+    """`ragloop ask --json` and the API's ``ragloop`` object are one shape, built in one place: a script
+    reads the same fields from either door (plus ``answer``, which the API carries in ``choices``)."""
+    import json
+
+    question = "How many vacation days?"
+    r = CliRunner().invoke(app, ["ask", question, "--max-tokens", "4", "--json", "--home", str(kb_home.home)])
+    assert r.exit_code == 0, r.output
+    printed = json.loads(r.stdout)
+    with live_server.client() as client:
+        body = {"messages": [{"role": "user", "content": question}], "max_tokens": 4}
+        api = client.post("/v1/chat/completions", json=body).json()
+    assert set(printed) == {"answer", *api["ragloop"]}
+    assert printed["answer"] == api["choices"][0]["message"]["content"]
+    assert [set(p) for p in printed["passages"]] == [set(p) for p in api["ragloop"]["passages"]]
+    assert [p["passage_id"] for p in printed["passages"]] == [
+        p["passage_id"] for p in api["ragloop"]["passages"]
+    ]
+    assert set(printed["latency_ms"]) == set(api["ragloop"]["latency_ms"])

@@ -28,7 +28,7 @@ def ask(
     home: HomeOpt = None,
 ) -> None:
     """Answer one question with citations, recorded like an API call."""
-    from ragloop.generation.assistant import AnswerRequest, AnswerResult, Assistant
+    from ragloop.generation.assistant import AnswerRequest, AnswerResult, Assistant, answer_record
 
     settings = home_settings(home)
     assistant = Assistant(settings)
@@ -54,31 +54,9 @@ def ask(
             console.print(result.answer, markup=False, highlight=False)
     assert result is not None
     if as_json:
-        print(json.dumps(_result_json(result), ensure_ascii=False, indent=2))
+        print(json.dumps({"answer": result.answer, **answer_record(result)}, ensure_ascii=False, indent=2))
         return
     _print_sources(result)
-
-
-def _result_json(result) -> dict:  # type: ignore[no-untyped-def]
-    return {
-        "interaction_id": result.interaction_id,
-        "answer": result.answer,
-        "citations": result.citations,
-        "model_version": result.model_version,
-        "kb_version": result.kb_version,
-        "passages": [
-            {
-                "rank": i,
-                "passage_id": h.chunk_id,
-                "source_path": h.source_path,
-                "title": h.title,
-                "section": h.section,
-                "score": h.score,
-            }
-            for i, h in enumerate(result.passages, 1)
-        ],
-        "latency_ms": result.latency,
-    }
 
 
 def _print_sources(result) -> None:  # type: ignore[no-untyped-def]

@@ -73,6 +73,43 @@ class AnswerResult:
     latency: dict[str, float | None] = field(default_factory=dict)
 
 
+def passage_record(rank: int, hit: Hit) -> dict:
+    """A passage as the model saw it, numbered like its [n] citations."""
+    return {
+        "rank": rank,
+        "passage_id": hit.chunk_id,
+        "doc_id": hit.doc_id,
+        "collection": hit.collection,
+        "source_path": hit.source_path,
+        "title": hit.title,
+        "section": hit.section,
+        "text": hit.text,
+        "score": hit.score,
+        "score_dense": hit.score_dense,
+        "score_fulltext": hit.score_fulltext,
+    }
+
+
+def answer_record(result: AnswerResult) -> dict:
+    """An answered turn as JSON, the same from every door: the ``ragloop`` object of an API response (or of
+    a stream's final event) and what ``ragloop ask --json`` prints. It holds what a client needs to show
+    sources and to send feedback on this turn."""
+    return {
+        "interaction_id": result.interaction_id,
+        "conversation_id": result.conversation_id,
+        "turn_index": result.turn_index,
+        "kb_version": result.kb_version,
+        "model_version": result.model_version,
+        "model_alias": result.model_alias,
+        "citations": result.citations,
+        "passages": [passage_record(rank, hit) for rank, hit in enumerate(result.passages, start=1)],
+        "latency_ms": {
+            name.removesuffix("_ms"): None if value is None else round(value, 1)
+            for name, value in result.latency.items()
+        },
+    }
+
+
 @dataclass
 class _Prepared:
     req: AnswerRequest

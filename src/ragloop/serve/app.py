@@ -40,7 +40,7 @@ from ragloop.config import Settings
 from ragloop.curation.erasure import retention_task
 from ragloop.errors import NotFound, RagloopError
 from ragloop.feedback.service import add_feedback
-from ragloop.generation.assistant import AnswerRequest, AnswerResult, Assistant
+from ragloop.generation.assistant import AnswerRequest, AnswerResult, Assistant, answer_record
 from ragloop.ingest.pipeline import IngestReport, ingest_uploads, reconcile
 from ragloop.serve import schemas
 from ragloop.serve.auth import (
@@ -369,7 +369,7 @@ async def _sse_events(
         yield _sse(schemas.error_json("The answer was not recorded.", status=500, code="internal_error"))
         return
     final = schemas.chunk_json(stream_id, created, result.model_version, {}, result.finish_reason)
-    final["ragloop"] = schemas.answer_extras(result)
+    final["ragloop"] = answer_record(result)
     yield _sse(final)
     if include_usage:
         usage = schemas.chunk_json(stream_id, created, result.model_version, {})

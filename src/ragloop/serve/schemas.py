@@ -2,8 +2,9 @@
 
 Request bodies are pydantic models so malformed input fails before it reaches the assistant; responses are
 built here from the assistant's ``AnswerResult`` and the store's records, so the field names a client sees
-are decided in one place. OpenAI clients ignore the ``ragloop`` extras and keep working; ragloop-aware
-clients read interaction ids, citations and passages from them.
+are decided in one place. The ``ragloop`` object itself is the generation stage's ``answer_record``, which
+``ragloop ask --json`` prints too. OpenAI clients ignore the ``ragloop`` extras and keep working;
+ragloop-aware clients read interaction ids, citations and passages from them.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import inspect
 
-from ragloop.generation.assistant import AnswerResult
+from ragloop.generation.assistant import AnswerResult, answer_record
 from ragloop.ingest.pipeline import IngestReport
-from ragloop.retrieval.search import Hit
 from ragloop.store.models import Interaction, ModelVersion
 
 # Requests ------------------------------------------------------------------------------------------------
@@ -76,46 +76,11 @@ def error_json(message: str, *, status: int, code: str | None, param: str | None
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def passage_json(rank: int, hit: Hit) -> dict:
-    """A passage as the model saw it, numbered like its [n] citations."""
-    return {
-        "rank": rank,
-        "passage_id": hit.chunk_id,
-        "doc_id": hit.doc_id,
-        "collection": hit.collection,
-        "source_path": hit.source_path,
-        "title": hit.title,
-        "section": hit.section,
-        "text": hit.text,
-        "score": hit.score,
-        "score_dense": hit.score_dense,
-        "score_fulltext": hit.score_fulltext,
-    }
-
-
 def usage_json(result: AnswerResult) -> dict:
     return {
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
         "total_tokens": result.prompt_tokens + result.completion_tokens,
-    }
-
-
-def answer_extras(result: AnswerResult) -> dict:
-    """The ``ragloop`` object: what a client needs to show sources and to send feedback on this turn."""
-    return {
-        "interaction_id": result.interaction_id,
-        "conversation_id": result.conversation_id,
-        "turn_index": result.turn_index,
-        "kb_version": result.kb_version,
-        "model_version": result.model_version,
-        "model_alias": result.model_alias,
-        "citations": result.citations,
-        "passages": [passage_json(rank, hit) for rank, hit in enumerate(result.passages, start=1)],
-        "latency_ms": {
-            name.removesuffix("_ms"): None if value is None else round(value, 1)
-            for name, value in result.latency.items()
-        },
     }
 
 
@@ -135,7 +100,7 @@ def completion_json(result: AnswerResult, created: int) -> dict:
             }
         ],
         "usage": usage_json(result),
-        "ragloop": answer_extras(result),
+        "ragloop": answer_record(result),
     }
 
 
