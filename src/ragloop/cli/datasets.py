@@ -128,11 +128,14 @@ def _print_counts(counts: dict) -> None:
 
 @dataset_app.command("list")
 def dataset_list(home: HomeOpt = None) -> None:
-    """Dataset versions, newest first."""
-    from ragloop.datasets.build import list_datasets
+    """Dataset versions, newest first; those whose PII was replaced by older recognizers are marked, with
+    the models trained on them and the command that rebuilds them."""
+    from ragloop.datasets.build import list_datasets, older_pii_datasets
 
-    table = Table("id", "name", "created", "source", "train", "val", "test", "erased")
-    for dv in list_datasets(home_settings(home).db_url):
+    settings = home_settings(home)
+    older = older_pii_datasets(settings.db_url)
+    table = Table("id", "name", "created", "source", "train", "val", "test", "erased", "PII")
+    for dv in list_datasets(settings.db_url):
         ex = (dv.counts or {}).get("examples", {})
         table.add_row(
             dv.id,
@@ -141,8 +144,16 @@ def dataset_list(home: HomeOpt = None) -> None:
             dv.source,
             *(str(ex.get(k, 0)) for k in ("train", "val", "test")),
             "yes" if dv.contains_erased else "",
+            f"older (v{older[dv.id].built_with})" if dv.id in older else "",
         )
     console.print(table)
+    for o in older.values():
+        console.print(
+            f"{o.dataset_id}: PII replaced by recognizer v{o.built_with}, older than this ragloop's; names it "
+            f"missed may remain. Rebuild: {o.rebuild}"
+        )
+        if o.models:
+            console.print(f"  trained on it: {', '.join(o.models)} (retrain on the rebuilt dataset)")
 
 
 @dataset_app.command("show")

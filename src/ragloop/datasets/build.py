@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from ragloop.config import Settings
 from ragloop.curation.dedupe import near_duplicate_of
+from ragloop.curation.pii.entities import RECOGNIZER_VERSION
 from ragloop.curation.pipeline import apply_filters, load_candidates
 from ragloop.curation.policy import Policy
 from ragloop.curation.verify import quantities
@@ -29,7 +30,7 @@ from ragloop.datasets.raft import RaftConfig, RaftExample, build_raft_examples, 
 from ragloop.errors import NotFound, RagloopError
 from ragloop.generation.citations import CITE
 from ragloop.store.db import SessionOrUrl, session_of, session_scope
-from ragloop.store.models import DatasetSource, DatasetVersion
+from ragloop.store.models import DatasetSource, DatasetVersion, ModelVersion
 
 SPLITS = ("train", "val", "test")
 
@@ -73,9 +74,11 @@ def candidates_to_items(candidates) -> list[QAItem]:  # type: ignore[no-untyped-
 
 
 def anonymise_items(
-    items: list[QAItem], policy: Policy, vault: Path | None, secret: str
+    items: list[QAItem], policy: Policy, vault: Path | None, secret: str, *, many_origins: bool = True
 ) -> tuple[list[QAItem], dict]:
-    """Replace PII in question, answers, passages and rejected answer with the same pseudonym per entity."""
+    """Replace PII in question, answers, passages and rejected answer with the same pseudonym per entity,
+    across the whole set: a name found in one item is replaced in every other item that mentions it.
+    ``many_origins=False`` runs the recognizers as they were before issue 15 (bench/curation.py)."""
     if not policy.pii.get("enabled", True):
         return items, {}
     from ragloop.curation.pii import Anonymizer
@@ -84,10 +87,10 @@ def anonymise_items(
         entities=policy.pii.get("entities"),
         vault_path=vault if policy.pii.get("vault") else None,
         secret=secret,
+        many_origins=many_origins,
     )
-    out = []
-    for item in items:
-        fields = {
+    fields = [
+        {
             "question": item.question,
             "answers": list(item.answers),
             "gold": [p.text for p in item.gold],
@@ -95,7 +98,10 @@ def anonymise_items(
             "rejected": item.meta.get("rejected") or "",
             "reasoning": item.reasoning or "",
         }
-        a = anon.anonymize_example(fields)
+        for item in items
+    ]
+    out = []
+    for item, a in zip(items, anon.anonymize_examples(fields), strict=True):
         meta = dict(item.meta, rejected=a["rejected"] or None)
         out.append(
             replace(
@@ -278,8 +284,12 @@ def build_dataset(
     counts["examples"] = {s: len(v) for s, v in examples.items()}
     digest = content_hash(examples)
     dataset_id = f"ds-{digest[:12]}"
+    pii_recognizer = RECOGNIZER_VERSION if policy.pii.get("enabled", True) else None
     with session_scope(settings.db_url) as s:
-        if s.get(DatasetVersion, dataset_id) is not None:
+        existing = s.get(DatasetVersion, dataset_id)
+        if existing is not None:
+            if pii_recognizer and (existing.pii_recognizer or 1) < pii_recognizer:
+                existing.pii_recognizer = pii_recognizer  # the newer recognizers changed nothing in it
             return BuildReport(dataset_id, False, counts)
     folder = settings.data_dir / "datasets" / dataset_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -303,6 +313,7 @@ def build_dataset(
                 path=str(folder),
                 counts=counts,
                 command=command,
+                pii_recognizer=pii_recognizer,
             )
         )
         s.flush()
@@ -370,6 +381,43 @@ def diff_datasets(settings: Settings, a: str, b: str) -> dict[str, SplitDiff]:
 
 def rebuild_command(dv: DatasetVersion) -> str:
     return dv.command or f"ragloop dataset build --name {shlex.quote(dv.name)} --seed {dv.seed}"
+
+
+@dataclass
+class OlderPii:
+    """A dataset version whose PII was replaced by older recognizers than today's: its examples may still
+    hold names the current ones replace (names of other origins, issue 15). Its models, and theirs
+    (DPO on SFT), learnt from them."""
+
+    dataset_id: str
+    built_with: int
+    models: list[str]
+    rebuild: str
+
+
+def older_pii_datasets(db: SessionOrUrl) -> dict[str, OlderPii]:
+    """The dataset versions built with PII on and a recognizer version below RECOGNIZER_VERSION (a version
+    that recorded none was built with 1), each with the models trained on it and its rebuild command."""
+    out: dict[str, OlderPii] = {}
+    with session_of(db) as session:
+        for dv in session.scalars(select(DatasetVersion)):
+            built_with = dv.pii_recognizer or 1
+            if (dv.policy or {}).get("pii", {}).get("enabled", True) and built_with < RECOGNIZER_VERSION:
+                out[dv.id] = OlderPii(dv.id, built_with, [], rebuild_command(dv))
+        if not out:
+            return out
+        trained = session.execute(
+            select(ModelVersion.id, ModelVersion.dataset_id, ModelVersion.parent_id)
+        ).all()
+    source = {model: dataset for model, dataset, _ in trained if dataset in out}
+    while True:  # descendants learnt from the same data
+        more = {m: source[p] for m, _, p in trained if p in source and m not in source}
+        if not more:
+            break
+        source.update(more)
+    for model, dataset in sorted(source.items()):
+        out[dataset].models.append(model)
+    return out
 
 
 def dpo_pairs(examples: list[dict]) -> list[dict]:
