@@ -332,6 +332,35 @@ def report(result: NamesResult, records: list[dict]) -> list[str]:
     return lines
 
 
+def as_dataset(anonymizer: Any, records: list[dict]) -> list[str]:
+    """The whole set anonymised as one dataset (``anonymize_examples``, what ``ragloop dataset build``
+    does; added for issue 15): the ``other_record`` mentions can be found only this way."""
+    outputs = anonymizer.anonymize_examples([{"text": r["text"]} for r in records])
+    out = {r["id"]: o["text"] for r, o in zip(records, outputs, strict=True)}
+    later = [
+        (r, it)
+        for r in records
+        if r["context"] == "other_record"
+        for it in r["pii"]
+        if it["type"] == "PERSON"
+    ]
+    replaced = sum(not _surviving(it["person"], out[r["id"]]) for r, it in later)
+    leaked = sorted({p for r in records for p in {it["person"] for it in r["pii"] if it["type"] == "PERSON"}
+                     if _surviving(p, out[r["id"]])})  # fmt: skip
+    traps = [r["id"] for r in records if r["context"] == "trap" and out[r["id"]] != r["text"]]
+    # Offsets move as names are replaced: a word use is kept when its word is still there as often.
+    words = [(r["id"], k["value"]) for r in records for k in r.get("keep", [])
+             if len(re.findall(rf"(?<!\w){re.escape(k['value'])}(?!\w)", out[r["id"]]))
+             < sum(j["value"] == k["value"] for j in r["keep"])]  # fmt: skip
+    return [
+        "",
+        "The whole set as one dataset (`anonymize_examples`: names also carried across records):",
+        f"- other_record mentions replaced: {ratio(replaced, len(later))}",
+        f"- people with a name token left in some record: {len(leaked)} {leaked or ''}",
+        f"- trap records changed: {len(traps)} {traps or ''}; word uses of given names changed: {len(words)} {words or ''}",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ner", default="offline", help="as Anonymizer(ner=…)")
@@ -350,6 +379,9 @@ def main() -> None:
     lines = [f"# PII: names of many origins (ner={args.ner}, {len(records)} records)", ""]
     lines.append(names_tables(result, records))
     lines += report(result, records)
+
+    if hasattr(anonymizer, "anonymize_examples"):
+        lines += as_dataset(anonymizer, records)
 
     headers = ["set", "records with PII", "PERSON found", "PERSON after propagation", "patterns"]
     headers += ["all types", "trap findings", "identifiers left"]
