@@ -38,7 +38,7 @@ from ragloop.errors import RagloopError  # noqa: E402
 from ragloop.evaluation.review import _config  # noqa: E402
 from ragloop.evaluation.run import get_run, prepare, run_examples  # noqa: E402
 from ragloop.generation.assistant import Assistant  # noqa: E402
-from ragloop.store import registry  # noqa: E402
+from ragloop.store import aliases  # noqa: E402
 from ragloop.store.db import session_scope  # noqa: E402
 
 FEATURES = ("mean", "min", "first")
@@ -55,7 +55,7 @@ def confidences(settings, assistant: Assistant, run_id: str, limit: int) -> list
         for c in prepare(settings, _config(run.config), only_ids={e.example_id for e in examples}).cases
     }
     with session_scope(settings.db_url) as s:
-        version, _ = registry.resolve(s, run.model_version)
+        version, _ = aliases.resolve(s, run.model_version)
     backend, adapter = assistant.backend_for(version)
     model, ctx = backend._model_for(adapter)
     cache = OUT / "abstain_probe" / f"{run.id}.jsonl"

@@ -267,8 +267,8 @@ def sh(args: list[str], home: Path, log: Path) -> str:
 def model_version(home: Path, name: str) -> str | None:
     """The newest finished version trained under ``name`` (versions are named NAME-vN)."""
     from ragloop.config import load_settings
+    from ragloop.store.aliases import list_models
     from ragloop.store.db import session_scope
-    from ragloop.store.registry import list_models
 
     settings = load_settings(home)
     with session_scope(settings.db_url) as s:
@@ -535,8 +535,8 @@ def _sweep_label(version: str) -> str:
 def sweep_versions(home: Path, spec: SetSpec) -> list[str]:
     """Versions bench/sweep.py registered for a set (its grid of learning rates, epochs and data sizes)."""
     from ragloop.config import load_settings
+    from ragloop.store.aliases import list_models
     from ragloop.store.db import session_scope
-    from ragloop.store.registry import list_models
 
     with session_scope(load_settings(home).db_url) as s:
         return [mv.id for mv, _ in list_models(s) if mv.id.startswith(f"sweep-{spec.name}-")]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import ragloop
-from ragloop.training.registry import code_version
+from ragloop.training.lineage import code_version
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -15,7 +15,7 @@ from ragloop.generation.models import resolve_model
 from ragloop.generation.replay import replay
 from ragloop.store.db import session_scope
 from ragloop.store.models import RegistryEvent
-from test_registry import greedy, register_adapter, run_cli
+from test_lineage import greedy, register_adapter, run_cli
 
 QUESTION = "How many days of paid vacation do employees receive?"
 

@@ -25,7 +25,7 @@ from ragloop.generation.models import resolve_model
 from ragloop.store.db import session_scope
 from ragloop.store.models import DatasetVersion, Job, ModelVersion
 from ragloop.training import jobs
-from test_registry import FakeResult, make_adapter, make_dataset, run_cli
+from test_lineage import FakeResult, make_adapter, make_dataset, run_cli
 
 # One example per step (batch_size 1) over many epochs, so max_steps alone sets the length; small enough
 # for seconds on two CPU cores, and checkpointing often, so a kill always leaves a checkpoint to resume from.

@@ -14,7 +14,7 @@ from ragloop.config import Settings
 from ragloop.store.db import session_scope
 from ragloop.store.models import ModelAlias, RegistryEvent
 from test_hotswap import ask
-from test_registry import register_adapter, run_cli
+from test_lineage import register_adapter, run_cli
 
 WEIGHTS = "adapter_model.safetensors"
 

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from ragloop.errors import AuthError, NotFound
-from ragloop.store import registry
+from ragloop.store import aliases
 from ragloop.store.db import get_engine, session_scope
 from ragloop.store.keys import create_key, hash_key, revoke_key, verify_key
 from ragloop.store.models import ApiKey, Interaction, ModelVersion, Passage, utcnow
@@ -135,24 +135,24 @@ def test_keys_are_stored_hashed_and_verified(db_url):
         verify_key(s, secret)
 
 
-def test_registry_resolves_aliases_and_versions(db_url):
+def test_lineage_resolves_aliases_and_versions(db_url):
     with session_scope(db_url) as s:
-        base = registry.ensure_base_version(s, "packaged", "f" * 64)
-        assert registry.resolve(s, None)[0].id == base.id  # no production alias yet: base
-        assert registry.resolve(s, "base") == (base, "base")
-        assert registry.resolve(s, base.id) == (base, None)
-        assert registry.resolve(s, "production") == (base, "base")  # unpromoted production = base
+        base = aliases.ensure_base_version(s, "packaged", "f" * 64)
+        assert aliases.resolve(s, None)[0].id == base.id  # no production alias yet: base
+        assert aliases.resolve(s, "base") == (base, "base")
+        assert aliases.resolve(s, base.id) == (base, None)
+        assert aliases.resolve(s, "production") == (base, "base")  # unpromoted production = base
         s.add(ModelVersion(id="v1", base_model="packaged", base_hash="f" * 64, adapter_path="/a"))
-        registry.promote(s, "v1")
-        assert registry.resolve(s, None) == (s.get(ModelVersion, "v1"), "production")
-        assert registry.rollback(s) == ("v1", base.id)  # the first promotion rolls back to base
-        assert registry.resolve(s, "production")[0].id == base.id
+        aliases.promote(s, "v1")
+        assert aliases.resolve(s, None) == (s.get(ModelVersion, "v1"), "production")
+        assert aliases.rollback(s) == ("v1", base.id)  # the first promotion rolls back to base
+        assert aliases.resolve(s, "production")[0].id == base.id
         with pytest.raises(NotFound):
-            registry.rollback(s)
+            aliases.rollback(s)
         with pytest.raises(NotFound, match="Known models"):
-            registry.resolve(s, "gpt-4")
+            aliases.resolve(s, "gpt-4")
         with pytest.raises(NotFound):
-            registry.set_alias(s, "candidate", "nope")
+            aliases.set_alias(s, "candidate", "nope")
 
 
 def test_log_queries_filter_by_date_model_and_text(db_url):

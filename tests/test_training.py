@@ -425,7 +425,7 @@ def test_a_run_trained_elsewhere_registers_only_against_the_same_data(
     from typer.testing import CliRunner
 
     from ragloop.cli import app
-    from ragloop.training.registry import get_model
+    from ragloop.training.lineage import get_model
 
     splits = dataset(8, 2)
     register_dataset(home, splits)

@@ -1,5 +1,5 @@
 """``ragloop models``: model versions, their lineage and their release under aliases (logic in
-``ragloop.training.registry`` and ``ragloop.generation.release``)."""
+``ragloop.training.lineage`` and ``ragloop.generation.release``)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ models_app = typer.Typer(no_args_is_help=True, help="Model versions and aliases.
 @models_app.command("list")
 def models_list(home: HomeOpt = None) -> None:
     """Model versions with their aliases."""
-    from ragloop.store.registry import list_models
+    from ragloop.store.aliases import list_models
 
     table = Table("version", "aliases", "base", "adapter", "created")
     for mv, aliases in list_models(home_settings(home).db_url):
@@ -47,7 +47,7 @@ def models_alias(
 def models_show(version: Annotated[str, typer.Argument(help="Version id or alias.")], as_json: JsonOpt = False,
                 home: HomeOpt = None) -> None:  # fmt: skip
     """A version's lineage: base and hash, dataset and hash, policy, KB version, hyperparameters, metrics."""
-    from ragloop.training.registry import model_record, registry_events
+    from ragloop.training.lineage import model_record, registry_events
 
     db_url = home_settings(home).db_url
     data = model_record(db_url, version)
@@ -89,7 +89,7 @@ def models_show(version: Annotated[str, typer.Argument(help="Version id or alias
 def models_diff(a: Annotated[str, typer.Argument()], b: Annotated[str, typer.Argument()], as_json: JsonOpt = False,
                 home: HomeOpt = None) -> None:  # fmt: skip
     """What differs between two versions: base, lineage, dataset, policy, hyperparameters, metrics."""
-    from ragloop.training.registry import diff_models, get_model
+    from ragloop.training.lineage import diff_models, get_model
 
     db_url = home_settings(home).db_url
     diff = diff_models(get_model(db_url, a), get_model(db_url, b))
@@ -140,7 +140,7 @@ def models_export(
     home: HomeOpt = None,
 ) -> None:
     """Export a version: its LoRA adapter folder, or a merged model plain transformers loads."""
-    from ragloop.training.registry import export_model
+    from ragloop.training.lineage import export_model
 
     path = export_model(home_settings(home), version, out, merged=merged)
     console.print(f"exported {'merged model' if merged else 'adapter'} to {path}")

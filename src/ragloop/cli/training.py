@@ -161,7 +161,7 @@ def train_register_command(
 
     The run's dataset version must be in this home; its recorded fingerprint is checked against this home's
     data, base model and the run's settings before anything is registered."""
-    from ragloop.training.registry import register_model, registered_as
+    from ragloop.training.lineage import register_model, registered_as
     from ragloop.training.sft import completed_run
 
     settings = home_settings(home)

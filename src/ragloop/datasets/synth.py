@@ -173,9 +173,9 @@ def _passage(row: dict) -> dict:
 
 
 def _base_version(settings: Settings):  # type: ignore[no-untyped-def]
-    from ragloop.store import registry
+    from ragloop.store import aliases
     from ragloop.store.db import session_scope
 
     with session_scope(settings.db_url) as s:
-        version, _ = registry.resolve(s, "base")
+        version, _ = aliases.resolve(s, "base")
         return version

@@ -39,7 +39,7 @@ from ragloop.evaluation.metrics import aggregate, score_answer
 from ragloop.generation.backends import Generation, GenParams
 from ragloop.generation.prompts import get_template
 from ragloop.proc import Periodic
-from ragloop.store import claims, registry
+from ragloop.store import aliases, claims
 from ragloop.store.db import session_scope
 from ragloop.store.models import DatasetVersion, EvalExample, EvalRun, ModelVersion, utcnow
 
@@ -291,7 +291,7 @@ def run_eval(
         raise RagloopError(f"--batch-size must be at least 1, got {config.batch_size}.")
     assistant = assistant or Assistant(settings)
     with session_scope(settings.db_url) as s:
-        version, alias = registry.resolve(s, config.model)
+        version, alias = aliases.resolve(s, config.model)
     live = config.condition == "live"
     kb_version = (assistant.kb.version or None) if live else None
     if live and kb_version is None:
@@ -525,7 +525,7 @@ def planned_key(
     """The key a run of ``config`` would get, computed without generating (for reuse). ``live`` runs are
     keyed by the KB version, so they are only reused while the knowledge base is unchanged."""
     with session_scope(settings.db_url) as s:
-        version, _ = registry.resolve(s, config.model)
+        version, _ = aliases.resolve(s, config.model)
         s.expunge(version)
     k = default_k(config.condition, config.n_distractors)
     top_k = (config.top_k or settings.retrieval.top_k) if config.condition == "live" else None
@@ -563,7 +563,7 @@ def list_runs(settings: Settings, model: str | None = None, limit: int = 50) -> 
     with session_scope(settings.db_url) as s:
         q = select(EvalRun).order_by(EvalRun.created_at.desc()).limit(limit)
         if model:
-            version, _ = registry.resolve(s, model)
+            version, _ = aliases.resolve(s, model)
             q = q.where(EvalRun.model_version == version.id)
         runs = list(s.scalars(q))
         s.expunge_all()

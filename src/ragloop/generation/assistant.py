@@ -23,7 +23,7 @@ from ragloop.generation.backends import Backend, Generation, GenParams, OpenAIBa
 from ragloop.generation.citations import parse_citations
 from ragloop.generation.models import resolve_model
 from ragloop.generation.prompts import get_template, prompt_sha256
-from ragloop.store import registry
+from ragloop.store import aliases
 from ragloop.store.db import session_scope
 from ragloop.store.models import Interaction, KBVersion, ModelVersion, Passage
 
@@ -194,7 +194,7 @@ class Assistant:
         else:
             raise RagloopError(f"Unknown generator backend {gen.backend!r}: use 'transformers' or 'openai'.")
         with session_scope(settings.db_url) as s:
-            self.base_version_id = registry.ensure_base_version(s, self.base_name, self.base_hash).id
+            self.base_version_id = aliases.ensure_base_version(s, self.base_name, self.base_hash).id
 
     # Models ----------------------------------------------------------------------------------------
     # The knowledge base opens on first use: an evaluation with its own passages (every condition but
@@ -257,7 +257,7 @@ class Assistant:
     def warm_up(self) -> None:
         """Load the default model now rather than on the first request."""
         with session_scope(self.settings.db_url) as s:
-            version, _ = registry.resolve(s, None)
+            version, _ = aliases.resolve(s, None)
         self.backend_for(version)
         self.retriever.embed_query("warm up")  # loads the embedding model too
 
@@ -287,7 +287,7 @@ class Assistant:
         params = GenParams(max_new_tokens=max_tokens, temperature=temperature, seed=req.seed)
 
         with session_scope(self.settings.db_url) as s:
-            version, alias = registry.resolve(s, req.model)
+            version, alias = aliases.resolve(s, req.model)
             conversation_id, turn_index = self._conversation(s, req, messages)
         backend, adapter = self.backend_for(version)
 

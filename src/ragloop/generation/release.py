@@ -3,7 +3,7 @@
 Both doors call it (``ragloop models promote|rollback|alias``, ``POST /api/models/{id}/promote`` and
 ``/api/models/rollback``), so a release is checked, moved and recorded the same way whichever door a person
 used: the version is loaded first, through the backend code that answers requests, and only a version that
-loads moves the alias; the move records a RegistryEvent (``store.registry``). A broken adapter therefore
+loads moves the alias; the move records a RegistryEvent (``store.aliases``). A broken adapter therefore
 never reaches the running servers, which pick up an alias change on their next request.
 
 Loading is this stage's job; what loads a version is a hook (``Loader``), so a server passes its live
@@ -19,7 +19,7 @@ from pathlib import Path
 from ragloop.config import Settings
 from ragloop.errors import GenerationError, RagloopError
 from ragloop.generation.models import file_sha256
-from ragloop.store import registry
+from ragloop.store import aliases
 from ragloop.store.db import session_scope
 from ragloop.store.models import ModelAlias, ModelVersion
 
@@ -56,7 +56,7 @@ def in_process_loader(settings: Settings) -> Loader:
 def promote(
     settings: Settings,
     version: str,
-    alias: str = registry.DEFAULT_ALIAS,
+    alias: str = aliases.DEFAULT_ALIAS,
     *,
     note: str | None = None,
     load: Loader | None = None,
@@ -79,7 +79,7 @@ def set_alias(
 
 def rollback(
     settings: Settings,
-    alias: str = registry.DEFAULT_ALIAS,
+    alias: str = aliases.DEFAULT_ALIAS,
     *,
     note: str | None = None,
     load: Loader | None = None,
@@ -87,11 +87,11 @@ def rollback(
     """Point ``alias`` back at the version it had before its last promotion, if that version still loads
     (an adapter can break after it was served: a restored backup, a full disk)."""
     with session_scope(settings.db_url) as s:
-        origin, target = registry.rollback_target(s, alias)
+        origin, target = aliases.rollback_target(s, alias)
         version = s.get(ModelVersion, target)
     check_loads(version, alias, load or in_process_loader(settings))  # type: ignore[arg-type]
     with session_scope(settings.db_url) as s:
-        moved = registry.rollback(s, alias, note=note)
+        moved = aliases.rollback(s, alias, note=note)
         if moved != (origin, target):  # raising here rolls the move back
             raise RagloopError(
                 f"{alias!r} changed while {target} was being loaded (it now rolls back to {moved[1]}); "
@@ -103,12 +103,12 @@ def rollback(
 def _move(
     settings: Settings, version: str, alias: str, action: str, note: str | None, load: Loader | None
 ) -> Release:
-    mv, _ = registry.resolve(settings.db_url, version)
+    mv, _ = aliases.resolve(settings.db_url, version)
     check_loads(mv, alias, load or in_process_loader(settings))
     with session_scope(settings.db_url) as s:
         current = s.get(ModelAlias, alias)
         previous = current.model_version_id if current is not None else None
-        registry.set_alias(s, alias, mv.id, action=action, note=note)
+        aliases.set_alias(s, alias, mv.id, action=action, note=note)
     return Release(alias, mv.id, previous)
 
 

@@ -20,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from ragloop.config import Settings
 from ragloop.generation import release
 from ragloop.serve.auth import OPEN, Caller, authenticate, require_admin
-from ragloop.store import registry
+from ragloop.store import aliases
 from ragloop.training import jobs
-from ragloop.training.registry import model_record
+from ragloop.training.lineage import model_record
 
 _bearer = HTTPBearer(auto_error=False, description="An admin API key from `ragloop keys create --admin`.")
 
@@ -61,7 +61,7 @@ class JobRequest(BaseModel):
 class AliasRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    alias: str = registry.DEFAULT_ALIAS
+    alias: str = aliases.DEFAULT_ALIAS
 
 
 # Jobs --------------------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ from ragloop.serve.auth import (
     require_collection,
 )
 from ragloop.serve.ui import ui_router
-from ragloop.store import queries, registry
+from ragloop.store import aliases, queries
 from ragloop.store.claims import Scheduler
 
 log = logging.getLogger("ragloop.serve")
@@ -159,7 +159,7 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
     # Health ------------------------------------------------------------------------------------------
     def health() -> dict:
         try:
-            model = registry.resolve(db_url, None)[0].id
+            model = aliases.resolve(db_url, None)[0].id
         except NotFound:
             model = None
         return {"status": "ok", "kb_version": assistant.kb.version or None, "model": model}
@@ -201,7 +201,7 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
             # error, not a broken stream. The model id labels the chunks; the final one carries the
             # version that actually answered.
             stream = assistant.stream(req)
-            model = registry.resolve(db_url, req.model)[0].id
+            model = aliases.resolve(db_url, req.model)[0].id
             return stream, model
 
         stream, model = await anyio.to_thread.run_sync(start, limiter=answer_threads)
@@ -218,9 +218,9 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
     def list_models(who: Caller = Depends(caller)) -> dict:
         """Every model version and every alias (``production``, ``base``...), each usable as ``model``."""
         data = []
-        for version, aliases in registry.list_models(db_url):
-            data.append(schemas.model_json(version, aliases))
-            data.extend(schemas.model_json(version, aliases, model_id=alias) for alias in aliases)
+        for version, names in aliases.list_models(db_url):
+            data.append(schemas.model_json(version, names))
+            data.extend(schemas.model_json(version, names, model_id=alias) for alias in names)
         return {"object": "list", "data": data}
 
     # Records -----------------------------------------------------------------------------------------

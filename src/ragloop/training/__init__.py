@@ -2,7 +2,7 @@
 
 ``config`` holds every training knob, ``preflight`` tokenizes and checks the loss mask, ``packing`` builds
 padding-free batches with per-example attention, ``sft`` and ``dpo`` train, ``run`` is the command-line
-entry point of one run; ``jobs`` / ``worker`` run trainings in the background and ``registry`` records
+entry point of one run; ``jobs`` / ``worker`` run trainings in the background and ``lineage`` records
 their adapters as model versions. Names are imported lazily: the CLI imports this package without paying
 for torch.
 """

@@ -103,7 +103,7 @@ def validate_job(settings: Settings, kind: str, config: dict[str, Any]) -> dict[
         raise RagloopError("--from is for DPO; SFT starts from the base model (--base).")
     name = config.get("name")
     if name is not None:
-        from ragloop.training.registry import NAME
+        from ragloop.training.lineage import NAME
 
         if not NAME.match(str(name)):
             raise RagloopError(f"Model name {name!r} must be letters, digits, '.', '_' or '-'.")
@@ -120,7 +120,7 @@ def validate_job(settings: Settings, kind: str, config: dict[str, Any]) -> dict[
                 f"{dv.command or 'ragloop dataset build'}"
             )
         if from_id:
-            from ragloop.store.registry import resolve
+            from ragloop.store.aliases import resolve
 
             parent, _ = resolve(s, from_id)
             from_id = parent.id
@@ -502,7 +502,7 @@ def _finish(settings: Settings, job: Job, result: Any, *, cancelled: bool) -> Jo
     if cancelled:
         _log(job, "cancelled: stopped at the trainer's next step; nothing registered")
         return _set_status(settings, job, "cancelled", None, result=_result_dict(result))
-    from ragloop.training.registry import register_model
+    from ragloop.training.lineage import register_model
 
     with session_scope(settings.db_url) as s:
         row = s.get(Job, job.id)

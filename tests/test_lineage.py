@@ -26,7 +26,7 @@ from ragloop.errors import NotFound, RagloopError
 from ragloop.generation.models import resolve_model
 from ragloop.store.db import session_scope
 from ragloop.store.models import DatasetVersion, ModelAlias, ModelVersion, RegistryEvent
-from ragloop.training.registry import diff_models, export_model, register_model
+from ragloop.training.lineage import diff_models, export_model, register_model
 
 SYSTEM = "Answer only from the numbered sources and cite them like [1]."
 FACTS = [

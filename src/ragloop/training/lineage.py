@@ -28,7 +28,7 @@ import ragloop
 from ragloop.config import Settings
 from ragloop.errors import ConfigError, NotFound, RagloopError
 from ragloop.generation.models import file_sha256, resolve_model
-from ragloop.store import registry
+from ragloop.store.aliases import resolve
 from ragloop.store.db import SessionOrUrl, session_of, session_scope
 from ragloop.store.models import DatasetVersion, Job, ModelAlias, ModelVersion, RegistryEvent, utcnow
 
@@ -341,7 +341,7 @@ def _copy_adapter(src: Path, target: Path, card: dict[str, Any]) -> Path:
 
 def get_model(db: SessionOrUrl, name: str) -> ModelVersion:
     """A version by id or alias."""
-    return registry.resolve(db, name)[0]
+    return resolve(db, name)[0]
 
 
 def model_dict(mv: ModelVersion, aliases: list[str] | None = None) -> dict[str, Any]:
