@@ -100,7 +100,7 @@ def _places() -> frozenset[str]:
 def _keys(word: str) -> set[str]:
     """A hyphenated name under its whole spelling and each part ("Opoku-Agyemang")."""
     key = name_key(word.strip(".,"))
-    return {k for k in (key, *key.split("-")) if len(k) > 1}
+    return {k for k in (key, *key.split("-")) if len(k) > 1 and not any(c.isspace() for c in k)}
 
 
 def _latin(word: str) -> bool:
