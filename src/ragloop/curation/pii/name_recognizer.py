@@ -226,7 +226,9 @@ class CensusNameRecognizer(LocalRecognizer):
         """A name whose words no census list holds: a given name or a surname of some origin, or words no
         list or dictionary knows, placed where a person's name stands in prose."""
         tok = run[k].group()
-        if not self.namelike(tok) and not self.given(tok):
+        # An ordinary word opens a name only if the census has it as a first name ("Grace Kowalczyk"):
+        # other lists hold words as given names too ("Wells Fargo", "Comfort Zone").
+        if not self.namelike(tok) and not self.names.is_first(tok):
             return None
         end = self._extend(run, k, free=False, unknown=True)
         while end - k > 2 and self.ordinary(run[end - 1].group()) and not self.family(run[end - 1].group()):
