@@ -80,11 +80,11 @@ def test_recall_per_entity_type(anonymizer):
 
 
 def test_held_out_records_stay_where_they_were_measured(anonymizer):
-    # Regression guard at the measured level, not a target: names the census does not know and no cue
-    # announces ("Ask Dmitri Volkov in IT") need a NER model (ner="spacy:…").
+    # Regression guard at the measured level, not a target: 13/18 PERSON with the census alone, 17/18
+    # with the names of many origins of issue 15 (docs/curation.md).
     found, total = recall_by_type(anonymizer, [r for r in HELD_OUT if r["pii"]])
     assert sum(found[t] for t in PATTERN_TYPES) == sum(total[t] for t in PATTERN_TYPES) - 1
-    assert found["PERSON"] >= 13 and sum(found.values()) >= 32, (found, total)
+    assert found["PERSON"] >= 17 and sum(found.values()) >= 36, (found, total)
     traps = [r for r in HELD_OUT if not r["pii"]]
     assert sum(len(anonymizer.detect(r["text"])) for r in traps) <= 1  # "Morgan Stanley"
 
