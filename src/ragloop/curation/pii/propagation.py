@@ -90,6 +90,9 @@ class NameIndex:
             else:
                 i += 1
                 continue
+            particle = re.search(r"(?<![\w])([^\W\d_]+)[ \t]$", text[max(0, start - 8) : start])
+            if particle and particle.group(1).lower() in PARTICLES:  # "Ó Súilleabháin", "van Dijk"
+                start -= len(particle.group(0))
             if all(stop <= f.start or start >= f.end for f in findings):
                 findings.append(Finding("PERSON", start, stop, 0.5))
             i = j
