@@ -13,7 +13,7 @@ A mention is found when PERSON findings, after in-example propagation (``detect_
 accents. Each record is anonymised alone, as one example; ``other_record`` mentions (a surname alone, in
 a later record than the full name) can only be found by propagation across a dataset.
 
-    python bench/pii_names.py [--ner offline] [--out]   # a few seconds after Presidio's import
+    python bench/pii_names.py [--ner offline] [--out] [--set pii_names_dev.jsonl]   # a few seconds
 """
 
 from __future__ import annotations
@@ -365,6 +365,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ner", default="offline", help="as Anonymizer(ner=…)")
     parser.add_argument("--out", action="store_true", help="also write bench/out/pii_names.md")
+    parser.add_argument(
+        "--set",
+        default="pii_names_heldout.jsonl",
+        help="the names set under tests/fixtures/curation (pii_names_dev.jsonl: the development set)",
+    )
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -372,7 +377,7 @@ def main() -> None:
 
     anonymizer = Anonymizer(secret="bench-pii-names", ner=args.ner)
     ready = time.perf_counter()
-    records = load("pii_names_heldout.jsonl")
+    records = load(args.set)
     result = score_names(anonymizer, records)
     per_record_ms = (time.perf_counter() - ready) / len(records) * 1000
 
