@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -34,8 +33,9 @@ from ragloop.evaluation.run import (
 )
 from ragloop.feedback.service import add_feedback
 from ragloop.generation.assistant import Assistant
+from ragloop.store import claims
 from ragloop.store.db import session_scope
-from ragloop.store.models import DatasetVersion, EvalExample, Interaction, ModelVersion, ReviewItem
+from ragloop.store.models import DatasetVersion, EvalExample, EvalRun, Interaction, ModelVersion, ReviewItem
 
 VACATION = (
     "Employees receive twenty-five days of paid vacation per year. "
@@ -378,7 +378,7 @@ def test_two_processes_cannot_both_continue_one_interrupted_run(kb_home: Setting
     with session_scope(kb_home.db_url) as s:
         s.get(type(run), run.id).status = "interrupted"
     cases = prepare(kb_home, config).cases
-    first = _take_over(kb_home, run, cases, {**run.config, "owner": {"pid": os.getpid()}})
+    first = _take_over(kb_home, run, cases, run.config)
     assert first is not None and first[0].status == "running" and len(first[1]) == len(ITEMS)
     assert _take_over(kb_home, run, cases, run.config) is None
     other = run_eval(kb_home, config)  # the run is claimed (running, by a live pid): not continued
@@ -404,7 +404,7 @@ def test_a_stale_interrupt_cannot_take_a_run_from_its_new_owner(kb_home: Setting
     """The race ``mark_interrupted`` used to lose: process A sees a dead owner; before A writes, process B
     marks the run interrupted and claims it (a new heartbeat). A's mark, fenced on the heartbeat it saw,
     changes nothing, so B keeps the run and no third process can claim it too."""
-    from ragloop.evaluation.run import _interrupt, _take_over, prepare
+    from ragloop.evaluation.run import _take_over, prepare
 
     config = EvalConfig(data=str(qa_file), condition="oracle", max_new_tokens=4, batch_size=4)
     run = run_eval(kb_home, config)
@@ -415,13 +415,11 @@ def test_a_stale_interrupt_cannot_take_a_run_from_its_new_owner(kb_home: Setting
         seen_by_a = row.heartbeat_at
     assert seen_by_a is not None  # every run is created with a heartbeat
     with session_scope(kb_home.db_url) as s:  # B: interrupt, then claim
-        assert _interrupt(s, run.id, seen_by_a) == 1
-    claimed = _take_over(
-        kb_home, run, prepare(kb_home, config).cases, {**run.config, "owner": {"pid": os.getpid()}}
-    )
+        assert claims.mark_interrupted(s, EvalRun, run.id, seen_by_a)
+    claimed = _take_over(kb_home, run, prepare(kb_home, config).cases, run.config)
     assert claimed is not None
     with session_scope(kb_home.db_url) as s:  # A, late, with what it saw before B
-        assert _interrupt(s, run.id, seen_by_a) == 0
+        assert not claims.mark_interrupted(s, EvalRun, run.id, seen_by_a)
         assert s.get(type(run), run.id).status == "running"
     assert _take_over(kb_home, run, prepare(kb_home, config).cases, run.config) is None
 

@@ -18,7 +18,6 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -478,11 +477,6 @@ def mark_interrupted(settings: Settings) -> int:
     instead of taking the run from under its new owner."""
     with session_scope(settings.db_url) as s:
         return len(claims.interrupt_dead(s, EvalRun))
-
-
-def _interrupt(s: Any, run_id: str, seen: datetime | None) -> int:
-    """``running`` → ``interrupted``, only if the heartbeat is still the one seen; returns rows changed."""
-    return int(claims.mark_interrupted(s, EvalRun, run_id, seen))
 
 
 def prompts_digest(cases: Sequence[EvalCase]) -> str:
