@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import selectinload
 
 from ragloop.config import ServerSettings
 from ragloop.feedback.service import add_feedback
 from ragloop.store.db import SessionOrUrl, session_of
 from ragloop.store.models import Feedback, Interaction, Passage, ReviewItem, utcnow
+from ragloop.store.queries import get_interaction
 
 if TYPE_CHECKING:
     from ragloop.ingest.kb import KnowledgeBase
@@ -134,11 +134,7 @@ def get_review_item(db: SessionOrUrl, item_id: int) -> tuple[ReviewItem, Interac
         item = session.get(ReviewItem, item_id)
         if item is None:
             return None
-        interaction = session.scalars(
-            select(Interaction)
-            .options(selectinload(Interaction.passages))
-            .where(Interaction.id == item.interaction_id)
-        ).first()
+        interaction = get_interaction(session, item.interaction_id)
         return None if interaction is None else (item, interaction)
 
 

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ragloop.errors import NotFound, RagloopError
+from ragloop.errors import RagloopError
 from ragloop.store.db import SessionOrUrl, session_of
 from ragloop.store.models import Feedback, Interaction, ReviewItem, utcnow
+from ragloop.store.queries import visible_interaction
 
 if TYPE_CHECKING:
     from ragloop.ingest.kb import KnowledgeBase
@@ -151,11 +152,7 @@ def _add_feedback(
     readable: list[str] | None,
     may_read: Callable[[str | None], bool] | None,
 ) -> Feedback:
-    interaction = session.get(Interaction, interaction_id)
-    if may_read is not None and (interaction is None or not may_read(interaction.api_key_id)):
-        raise NotFound(f"No interaction {interaction_id!r} visible to this API key.")
-    if interaction is None:
-        raise NotFound(f"No interaction {interaction_id!r}.")
+    interaction = visible_interaction(session, interaction_id, may_read)
     values = validate_feedback(data, len(interaction.passages))
     if values["evidence"]:
         values["evidence"], shown_gold = _pin_evidence(interaction, values["evidence"], kb, readable)

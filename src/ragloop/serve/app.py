@@ -228,10 +228,8 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
     def get_interaction(interaction_id: str, who: Caller = Depends(caller)) -> dict:
         """One recorded turn with its passages. A non-admin key reads only the turns it created; others'
         answer 404, as if absent, so ids cannot be probed."""
-        interaction = queries.get_interaction(db_url, interaction_id)
-        if interaction is None or not may_read_interaction(who, interaction.api_key_id):
-            raise NotFound(f"No interaction {interaction_id!r} visible to this API key.")
-        return schemas.interaction_json(interaction)
+        may_read = functools.partial(may_read_interaction, who)
+        return schemas.interaction_json(queries.visible_interaction(db_url, interaction_id, may_read))
 
     # Ingest ------------------------------------------------------------------------------------------
     @app.post(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 
 from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import selectinload
 
+from ragloop.errors import NotFound
 from ragloop.store.db import SessionOrUrl, session_of
 from ragloop.store.models import Interaction
 
@@ -64,3 +65,17 @@ def get_interaction(db: SessionOrUrl, interaction_id: str) -> Interaction | None
             .options(selectinload(Interaction.passages))
             .where(Interaction.id == interaction_id)
         ).first()
+
+
+def visible_interaction(
+    db: SessionOrUrl, interaction_id: str, may_read: Callable[[str | None], bool] | None = None
+) -> Interaction:
+    """The interaction, or NotFound. ``may_read(api_key_id)`` says whether the caller may see one made
+    with that key (None: it sees all); one it may not see is reported as absent, so ids cannot be probed.
+    The API's ``GET`` of a record and feedback on it share this rule."""
+    interaction = get_interaction(db, interaction_id)
+    if may_read is not None and (interaction is None or not may_read(interaction.api_key_id)):
+        raise NotFound(f"No interaction {interaction_id!r} visible to this API key.")
+    if interaction is None:
+        raise NotFound(f"No interaction {interaction_id!r}.")
+    return interaction
