@@ -53,7 +53,7 @@ class SampleReport:
 
 
 def sample_queue(
-    db: SessionOrUrl, n: int = 20, *, queue: str = "default", low_score_share: float = 0.5, seed: int = 0
+    db: SessionOrUrl, n: int = 20, *, queue: str = DEFAULT_QUEUE, low_score_share: float = 0.5, seed: int = 0
 ) -> SampleReport:
     """Add up to ``n`` interactions not yet queued: every thumbs-down first, then the lowest top-passage
     dense scores, then random ones."""
@@ -105,7 +105,7 @@ def sample_queue(
         return report
 
 
-def pending(db: SessionOrUrl, queue: str = "default", limit: int = 50) -> list[ReviewItem]:
+def pending(db: SessionOrUrl, queue: str = DEFAULT_QUEUE, limit: int = 50) -> list[ReviewItem]:
     with session_of(db) as session:
         return list(
             session.scalars(
@@ -117,7 +117,7 @@ def pending(db: SessionOrUrl, queue: str = "default", limit: int = 50) -> list[R
         )
 
 
-def queue_counts(db: SessionOrUrl, queue: str = "default") -> dict[str, int]:
+def queue_counts(db: SessionOrUrl, queue: str = DEFAULT_QUEUE) -> dict[str, int]:
     with session_of(db) as session:
         rows = session.execute(
             select(ReviewItem.status, func.count())
