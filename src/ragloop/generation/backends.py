@@ -21,6 +21,7 @@ from typing import Protocol
 
 from ragloop import torch_thread
 from ragloop.errors import ConfigError, GenerationError, RagloopError
+from ragloop.generation.models import file_sha256
 
 
 @dataclass
@@ -269,7 +270,8 @@ class TransformersBackend:
 
 class OpenAIBackend:
     """Any OpenAI-compatible ``/v1/chat/completions`` server. ``adapter`` becomes the model name (vLLM
-    serves each LoRA under its own name).
+    serves each LoRA under its own name); ``load_adapter`` has a vLLM server that allows runtime LoRA
+    updates load one (``[generator] runtime_lora``).
 
     The ``openai`` client does the wire work: SSE parsing, error events inside a stream, and retries with
     backoff on connection errors, timeouts, 408/409/429 and 5xx (``max_retries``). Its errors become
@@ -300,8 +302,92 @@ class OpenAIBackend:
             timeout=openai.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
             max_retries=max_retries,
         )
+        self.adapters: dict[str, str] = {}  # adapter name -> folder, loaded on the server by load_adapter
+        self._adapters_lock = threading.Lock()
+
+    # Adapters (vLLM's runtime LoRA loading) ----------------------------------------------------------
+    def load_adapter(self, name: str, path: str) -> None:
+        """Have the server serve the PEFT adapter in ``path`` as model ``name``: ``POST /load_lora_adapter``
+        (vLLM with ``--enable-lora`` and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``), unless it already does.
+
+        Idempotent across processes: the CLI that promotes and every server of the home call it, so the
+        server's ``/models`` is read first, and vLLM's 400 "has already been loaded" (a load that raced
+        ours) counts as loaded. A name the server serves from another folder is refused unless its files
+        are the same: requests would silently get another adapter. Raises GenerationError (or ConfigError
+        for a refused key) with the server's own message."""
+        if self.adapters.get(name) == path:
+            return
+        with self._adapters_lock:
+            if self.adapters.get(name) == path:
+                return
+            if name not in self._served(name, path):
+                self._post_load(name, path)
+            self.adapters[name] = path
+
+    def _served(self, name: str, path: str) -> set[str]:
+        """The names among the server's models that stand for this adapter (``name``, when it serves that
+        folder or identical files), or raise when it serves another adapter under ``name``."""
+        import openai
+
+        try:
+            models = list(self.client.models.list(extra_headers=self._headers))
+        except openai.OpenAIError as exc:
+            raise self._failure(exc, name) from exc
+        root = next((getattr(m, "root", None) for m in models if m.id == name), False)
+        if root is False:
+            return set()
+        if root in (None, path) or _same_adapter(Path(str(root)), Path(path)):
+            return {name}
+        raise GenerationError(
+            f"The generator at {self.base_url} already serves a model named {name!r}, from {root}, not "
+            f"this version's adapter ({path}). Unload it there (POST {self.base_url}/unload_lora_adapter "
+            f'with {{"lora_name": "{name}"}}) and release the version again.'
+        )
+
+    def _post_load(self, name: str, path: str) -> None:
+        import openai
+
+        try:
+            self.client.post(
+                "/load_lora_adapter",
+                body={"lora_name": name, "lora_path": path},
+                cast_to=str,
+                options={"headers": self._headers},
+            )
+        except openai.APIStatusError as exc:
+            message = _server_message(exc)
+            if exc.status_code == 400 and "already" in message:
+                return  # another process loaded it between our /models and this request
+            hint = (
+                " Start vLLM with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True (without them it "
+                "has no such route), make the folder readable there at this path, or set [generator] "
+                "runtime_lora = false and serve the adapter with --lora-modules."
+                if exc.status_code == 404
+                else ""
+            )
+            if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+                raise self._failure(exc, name) from exc
+            raise GenerationError(
+                f"The generator at {self.base_url} did not load the adapter {path} as {name!r} "
+                f"({exc.status_code}: {message}).{hint}"
+            ) from exc
+        except openai.OpenAIError as exc:
+            raise self._failure(exc, name) from exc
 
     def _create(self, messages: list[dict], params: GenParams, adapter: str | None, stream: bool):  # type: ignore[no-untyped-def]
+        import openai
+
+        try:
+            return self._request(messages, params, adapter, stream)
+        except openai.NotFoundError:
+            # A vLLM restart forgets the adapters loaded at run time: load it again, once, and retry.
+            path = self.adapters.pop(adapter, None) if adapter else None
+            if path is None:
+                raise
+            self.load_adapter(adapter, path)  # type: ignore[arg-type]
+            return self._request(messages, params, adapter, stream)
+
+    def _request(self, messages: list[dict], params: GenParams, adapter: str | None, stream: bool):  # type: ignore[no-untyped-def]
         extra = {"stream_options": {"include_usage": True}} if stream else {}
         return self.client.chat.completions.create(
             model=adapter or self.model,
@@ -416,6 +502,17 @@ class OpenAIBackend:
             first_token_s=first,
             generate_s=time.perf_counter() - start,
         )
+
+
+def _same_adapter(a: Path, b: Path) -> bool:
+    """Whether two adapter folders hold the same weights and config (both readable from here)."""
+    try:
+        return all(
+            file_sha256(a / name) == file_sha256(b / name)
+            for name in ("adapter_config.json", "adapter_model.safetensors")
+        )
+    except OSError:
+        return False
 
 
 def _server_message(exc: Exception) -> str:
