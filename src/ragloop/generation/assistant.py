@@ -21,6 +21,7 @@ from ragloop.config import Settings
 from ragloop.errors import RagloopError
 from ragloop.generation.backends import Backend, Generation, GenParams, OpenAIBackend, TransformersBackend
 from ragloop.generation.citations import parse_citations
+from ragloop.generation.llamacpp import LlamaCppBackend
 from ragloop.generation.models import resolve_model
 from ragloop.generation.prompts import get_template, prompt_sha256
 from ragloop.store import aliases
@@ -71,6 +72,7 @@ class AnswerResult:
     completion_tokens: int
     finish_reason: str
     latency: dict[str, float | None] = field(default_factory=dict)
+    cached_prompt_tokens: int | None = None  # prompt tokens the engine did not prefill again (llamacpp)
 
 
 def passage_record(rank: int, hit: Hit) -> dict:
@@ -188,11 +190,15 @@ class Assistant:
             self.base_name = f"{gen.base_url}#{gen.model}"
             self.base_hash = hashlib.sha256(self.base_name.encode()).hexdigest()
             self.base_dir = None
-        elif gen.backend == "transformers":
+        elif gen.backend in ("transformers", "llamacpp"):
+            # The same base either way (llamacpp serves a GGUF written from this folder), so versions
+            # trained on it are served by both.
             self.base_dir, self.base_hash = resolve_model(gen.model, settings.model_cache_dir)
             self.base_name = gen.model
         else:
-            raise RagloopError(f"Unknown generator backend {gen.backend!r}: use 'transformers' or 'openai'.")
+            raise RagloopError(
+                f"Unknown generator backend {gen.backend!r}: use 'transformers', 'llamacpp' or 'openai'."
+            )
         with session_scope(settings.db_url) as s:
             self.base_version_id = aliases.ensure_base_version(s, self.base_name, self.base_hash).id
 
@@ -239,10 +245,36 @@ class Assistant:
                         gen.timeout_s,
                         gen.max_retries,
                     )
+                elif gen.backend == "llamacpp":
+                    backend = self._llamacpp()
                 else:
                     backend = TransformersBackend(self.base_dir, threads=gen.threads, device=gen.device)  # type: ignore[arg-type]
                 self._backends[base_hash] = backend
             return backend
+
+    def _llamacpp(self) -> LlamaCppBackend:
+        """The llama.cpp engine over the base GGUF in ``base_format``, written once into the model cache.
+
+        The cores are split so: the engine's threads take every core (``engine_threads``) because decoding
+        is where a request spends its time, and torch, which here only embeds the query (a few ms per
+        request on one core), gets one thread unless ``[generator] threads`` says otherwise, so it takes
+        at most one core from the engine for those milliseconds instead of contending for all of them."""
+        import torch
+
+        from ragloop import torch_thread
+        from ragloop.generation.gguf import base_gguf
+
+        gen = self.settings.generator
+        torch_thread.run(torch.set_num_threads, gen.threads or 1)  # all torch work runs on that thread
+        return LlamaCppBackend(
+            base_gguf(self.settings, gen.base_format),
+            self.base_dir,  # type: ignore[arg-type]
+            slots=gen.slots,
+            ctx_per_slot=gen.ctx_per_slot,
+            max_adapters=gen.max_adapters,
+            queue=gen.queue,
+            threads=gen.engine_threads,
+        )
 
     def backend_for(self, version: ModelVersion) -> tuple[Backend, str | None]:
         """The loaded backend and adapter name for a model version (adapters are loaded on first use:
@@ -256,6 +288,10 @@ class Assistant:
             return backend, None
         if isinstance(backend, TransformersBackend) or (remote_lora and isinstance(backend, OpenAIBackend)):
             backend.load_adapter(version.id, version.adapter_path)
+        elif isinstance(backend, LlamaCppBackend) and not backend.knows(version.id):
+            from ragloop.generation.gguf import gguf_adapter_for
+
+            backend.load_adapter(version.id, gguf_adapter_for(self.settings, version))
         return backend, version.id
 
     def warm_up(self) -> None:
@@ -412,6 +448,7 @@ class Assistant:
             prompt_tokens=gen.prompt_tokens,
             completion_tokens=gen.completion_tokens,
             finish_reason=gen.finish_reason,
+            cached_prompt_tokens=gen.extra.get("cached_prompt_tokens"),
             latency={
                 "retrieve_ms": interaction.latency_retrieve_ms,
                 "generate_ms": interaction.latency_generate_ms,
@@ -431,14 +468,22 @@ class Assistant:
         Validation and retrieval happen before the first yield, so a bad request fails before any
         streaming response has started."""
         p = self._prepare(req)
-        return self._stream(p)
+        # Opened here, not at the first item: a full engine (llamacpp) refuses now, so the door answers
+        # 503 instead of breaking off a stream it has started.
+        items = p.backend.stream(p.prompt, p.params, p.adapter)
+        return self._stream(p, items)
 
-    def _stream(self, p: _Prepared) -> Iterator[str | AnswerResult]:
+    def _stream(self, p: _Prepared, items: Iterator[str | Generation]) -> Iterator[str | AnswerResult]:
         final: Generation | None = None
-        for item in p.backend.stream(p.prompt, p.params, p.adapter):
-            if isinstance(item, Generation):
-                final = item
-            else:
-                yield item
+        try:
+            for item in items:
+                if isinstance(item, Generation):
+                    final = item
+                else:
+                    yield item
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:  # a consumer that stopped stops the generation (llamacpp frees the slot)
+                close()
         assert final is not None
         yield self._record(p, final)

@@ -9,7 +9,8 @@ response, so every answer a client received is on disk.
 
 Status codes: 400 malformed or invalid input, 401 missing or wrong key, 403 not admin or outside the key's
 collections, 404 unknown model or record, 413 body or file too large, 422 an upload of which no file could
-be ingested, 500 anything unexpected (details go to the server log, never to the client).
+be ingested, 500 anything unexpected (details go to the server log, never to the client), 503 with
+``Retry-After`` when the generator's slots and queue are full (llamacpp backend; nothing is recorded).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragloop.config import Settings
 from ragloop.curation.erasure import retention_task
-from ragloop.errors import NotFound, RagloopError
+from ragloop.errors import NotFound, Overloaded, RagloopError
 from ragloop.feedback.service import add_feedback
 from ragloop.generation.assistant import AnswerRequest, AnswerResult, Assistant, answer_record
 from ragloop.ingest.pipeline import IngestReport, ingest_uploads, reconcile
@@ -527,6 +528,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RagloopError)
     async def ragloop_error(_: Request, exc: RagloopError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        if isinstance(exc, Overloaded):  # every generation slot busy and the queue full
+            headers = {"Retry-After": str(exc.retry_after)}
         body = schemas.error_json(
             str(exc), status=exc.status, code=exc.code, param=getattr(exc, "param", None)
         )

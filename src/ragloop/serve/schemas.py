@@ -77,11 +77,14 @@ def error_json(message: str, *, status: int, code: str | None, param: str | None
 
 
 def usage_json(result: AnswerResult) -> dict:
-    return {
+    usage: dict[str, Any] = {
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
         "total_tokens": result.prompt_tokens + result.completion_tokens,
     }
+    if result.cached_prompt_tokens is not None:  # OpenAI's field: prompt tokens served from the cache
+        usage["prompt_tokens_details"] = {"cached_tokens": result.cached_prompt_tokens}
+    return usage
 
 
 def completion_json(result: AnswerResult, created: int) -> dict:
