@@ -19,7 +19,8 @@ The package, one idea per module, in the order detection then replacement runs:
 - ``entities.py``: the entity types looked for, and a Finding;
 - ``census.py``: the census name lists; ``name_lists.py``: given and family names of many origins
   (Faker's lists); ``english_words.py``: which words are ordinary English words; ``name_cues.py``: the
-  words and cues around a name; ``name_recognizer.py``: CensusNameRecognizer, PERSON from those;
+  words and cues around a name; ``places.py``: towns and countries (GeoNames), which are no person;
+  ``name_recognizer.py``: CensusNameRecognizer, PERSON from those;
 - ``pattern_recognizers.py``: every recognizer that works from a value's shape (email, phone, address…);
 - ``analyzer.py``: build_analyzer, the Presidio AnalyzerEngine with all of them registered;
 - ``identifier_names.py``: names an email or phone number gives away; ``propagation.py``: a name found

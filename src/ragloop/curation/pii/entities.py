@@ -9,8 +9,9 @@ LANGUAGE = "en"
 # The version of what counts as personal data here, recorded with every dataset built (DatasetVersion.
 # pii_recognizer): bump it whenever a change finds more, so `ragloop dataset list` can say which datasets
 # were built with an older one. 1: census names and patterns; 2: names of many origins, person contexts,
-# names given away by identifiers, propagation across a dataset (issue 15).
-RECOGNIZER_VERSION = 2
+# names given away by identifiers, propagation across a dataset (issue 15); 3: known places (GeoNames) are
+# no person, a given name that is a word opens a name before an unknown name-shaped word and a verb.
+RECOGNIZER_VERSION = 3
 DEFAULT_ENTITIES = [
     "PERSON",
     "EMAIL_ADDRESS",

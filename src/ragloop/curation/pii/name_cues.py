@@ -102,6 +102,8 @@ THING_BEFORE = words(
     "the a an this these those our your their its in at near into onto inside across within via using"
 )
 OPENS_SENTENCE = re.compile(r"(?:^|[.!?:;\n\"“(])\s*$")
+# The word after a name; in small letters it is mostly a verb ("Joy Tshabalala approved").
+WORD_AFTER = re.compile(r"[ \t]+([^\W\d_]+)")
 COUPLE_BEFORE = re.compile(r"(?<![\w])([^\W\d_]+)[ \t]+(?:and|&)[ \t]+$")
 GIVEN_AFTER_COMMA = re.compile(r",[ \t]*([^\W\d_]+(?:-[^\W\d_]+)?)")
 

@@ -28,11 +28,13 @@ from ragloop.curation.pii.name_cues import (
     THING_BEFORE,
     TITLES,
     WEAK_CUE,
+    WORD_AFTER,
     is_capitalised,
     is_name_shaped,
     is_org_word,
 )
 from ragloop.curation.pii.name_lists import OriginNames, name_key, origin_names
+from ragloop.curation.pii.places import Gazetteer, place_names
 
 
 class CensusNameRecognizer(LocalRecognizer):
@@ -58,7 +60,12 @@ class CensusNameRecognizer(LocalRecognizer):
     * it is two to four words no dictionary knows (english_words.py) and no place, followed by a word in
       small letters, not in Title Case and not after "the", "in", "using"… ("Lubna Bensaïd won the
       hackathon", "yesterday Niamh Breathnach fixed it"): 0.5. A word that is also a given name
-      ("Comfort", "Favour") is no evidence here.
+      ("Comfort", "Joy") is no evidence here, except before one or two such words that no town is
+      called and a word in small letters ("Joy Tshabalala approved it"): 0.5.
+
+    A known place (Faker's lists, GeoNames' towns and countries: places.py) is no person without a cue
+    ("Rahim Yar Khan", "Ha Long"); one whose words are a census given name and surname ("Juan Díaz") only
+    after "in", "the"….
 
     A run followed by an organisation word ("Grace Kelly Foundation", "Contoso Ltd") is not a person.
     """
@@ -68,6 +75,7 @@ class CensusNameRecognizer(LocalRecognizer):
         self.many_origins = many_origins
         self.origins: OriginNames | None = origin_names() if many_origins else None
         self.words = english_words() if many_origins else EnglishWords(frozenset(), frozenset())
+        self.places = place_names() if many_origins else Gazetteer(frozenset(), frozenset())
         super().__init__(
             supported_entities=["PERSON"], supported_language=LANGUAGE, name="CensusNameRecognizer"
         )
@@ -188,6 +196,8 @@ class CensusNameRecognizer(LocalRecognizer):
             return None  # one word; an organisation; a possessive ("Sam's Club")
         span = run[k].start(), run[end - 1].end()
         last = run[end - 1].group()
+        if self._known_place([m.group() for m in run[k:end]], text, run[k].start()):
+            return None  # "in Hai Phong", "Alice Springs", "Ciudad Juárez"
         surname_known = self.names.is_last(last)
         opens_sentence = OPENS_SENTENCE.search(text, 0, run[k].start()) is not None
         # In Title Case text ("Other Important Information Governing Law") capitals say nothing.
@@ -226,9 +236,11 @@ class CensusNameRecognizer(LocalRecognizer):
         """A name whose words no census list holds: a given name or a surname of some origin, or words no
         list or dictionary knows, placed where a person's name stands in prose."""
         tok = run[k].group()
-        # An ordinary word opens a name only if the census has it as a first name ("Grace Kowalczyk"):
-        # other lists hold words as given names too ("Wells Fargo", "Comfort Zone").
-        if not self.namelike(tok) and not self.names.is_first(tok):
+        # An ordinary word opens a name on list evidence only if the census has it as a first name ("Grace
+        # Kowalczyk"): other lists hold words as given names too ("Wells Fargo", "Comfort Zone"). Any
+        # given name that is a word may still open one before a word of a name's shape (``word_given``).
+        word_given = not self.namelike(tok) and not self.names.is_first(tok)
+        if word_given and not self.given(tok):
             return None
         end = self._extend(run, k, free=False, unknown=True)
         while end - k > 2 and self.ordinary(run[end - 1].group()) and not self.family(run[end - 1].group()):
@@ -239,8 +251,8 @@ class CensusNameRecognizer(LocalRecognizer):
         if len(names) < 2 or re.search(r"['’]s$", names[0]):
             return None
         first, last = names[0], names[-1]
-        if self.origins and name_key(" ".join(names)) in self.origins.places:
-            return None  # "Puerto Rico", "Costa Rica"
+        if self._known_place([m.group() for m in run[k:end]], text, run[k].start()):
+            return None  # "Puerto Rico", "Costa Rica", "Hai Phong"
         listed_first = self.given(first) and self.namelike(first)
         listed_last = self.family(last) and self.namelike(last)
         if not (self.namelike(last) or self.family(last)) or not all(
@@ -260,10 +272,22 @@ class CensusNameRecognizer(LocalRecognizer):
         # the words would name ("Comfort Zone"), and no place ("Kuala Lumpur is hot" aside).
         reads = (end == len(run) or not is_capitalised(run[end].group())) and not self._place(names)
         shaped = self.namelike(last) and self.namelike(first)  # a word that is a given name is no evidence
+        # A given name that is also a word ("Joy", "Gift", "Favour"), then one or two words of a name's
+        # shape that no list or dictionary knows and no town is called, then a verb: "Joy Tshabalala
+        # approved it", not "Joy Division played", "Hope Kenya raised" or "Wells Fargo announced".
+        word_name = (
+            reads
+            and self.given(first)
+            and len(names) <= 3
+            and all(self.namelike(t) and name_key(t) not in self.places.towns for t in names[1:])
+            and self._verb_after(text, run[end - 1].end())
+        )
         if word_before and word_before.group(1).lower() in THING_BEFORE:
             evidence = listed_first and listed_last  # "in Puerto Rico", "using Mozilla Firefox"
+        elif word_given:
+            evidence = word_name
         else:
-            evidence = listed_first or listed_last or (reads and shaped)
+            evidence = listed_first or listed_last or (reads and shaped) or word_name
         if not evidence:
             return None
         return run[k].start(), run[end - 1].end(), 0.6 if listed_first or listed_last else 0.5, end
@@ -302,6 +326,21 @@ class CensusNameRecognizer(LocalRecognizer):
         knows it, the shape of most people's names in English text."""
         return self.many_origins and len(token) > 1 and is_name_shaped(token) and not self.ordinary(token)
 
+    def _known_place(self, names: list[str], text: str, start: int) -> bool:
+        """All the words together are a known place: a country or a town of Faker's lists ("Puerto
+        Rico"), or of GeoNames' ("Hai Phong", "Rahim Yar Khan"). A place that reads as a census given name
+        and surname ("Alice Springs", "Juan Díaz") is one only after "in", "near", "the"…"""
+        key = name_key(" ".join(names))
+        if self.origins is not None and key in self.origins.places:
+            return True
+        if len(names) < 2 or key not in self.places.whole:
+            return False
+        first, last = names[0], names[-1]
+        if self._strong_first(first) and self.names.is_last(last):
+            before = re.search(r"([^\W\d_]+)[ \t]+$", text[max(0, start - 30) : start])
+            return before is not None and before.group(1).lower() in THING_BEFORE
+        return True
+
     def _place(self, names: list[str]) -> bool:
         """Some of the words, or all of them together, are a place ("Lagos", "Hai Phong")."""
         if self.origins is None:
@@ -327,6 +366,11 @@ class CensusNameRecognizer(LocalRecognizer):
             and (self.namelike(first) or self.given(first) or len(first) == 1)
             and (self.namelike(last) or self.family(last))
         )
+
+    @staticmethod
+    def _verb_after(text: str, end: int) -> bool:
+        after = WORD_AFTER.match(text, end)
+        return after is not None and after.group(1).islower()
 
     @staticmethod
     def _org_follows(run: list[re.Match[str]], end: int) -> bool:
