@@ -175,6 +175,37 @@ def test_given_names_that_are_words_stay_where_they_are_words(anonymizer):
     assert not out["answer"].startswith("Patience ")  # the person, alone, at the start of a sentence
 
 
+def test_a_given_name_that_is_a_word_opens_a_sentence_before_an_unknown_surname(anonymizer):
+    """A given name that is also a word ("Joy", "Precious") opening a sentence, before a surname no list
+    holds and a verb, is a person; the word before a word, a country or a name's lookalike is not."""
+
+    def people(text: str) -> list[str]:
+        return [text[f.start : f.end] for f in anonymizer.detect(text) if f.entity_type == "PERSON"]
+
+    assert people("Joy Mabuza-Sithole approved the refund on Friday.") == ["Joy Mabuza-Sithole"]
+    assert people("The export failed twice. Precious Chiwenga restarted it at noon.") == ["Precious Chiwenga"]
+    assert people("Destiny Nwankwo-Okeke wants a copy of the invoice.") == ["Destiny Nwankwo-Okeke"]
+    for text in (
+        "Hope Namibia funded the school roof.",
+        "Joy Luck opened a second restaurant.",
+        "Grace Cathedral hosts the concert on Sunday.",
+        "Charity Navigator rates the foundation highly.",
+    ):
+        assert people(text) == [], text
+
+
+def test_places_that_read_as_a_given_name_and_a_surname_are_no_one(anonymizer):
+    """A town or country of GeoNames is not a person, even when its words are a given name and a surname;
+    one whose words are a census given name and surname is a place only after "in", "near"…"""
+
+    def people(text: str) -> list[str]:
+        return [text[f.start : f.end] for f in anonymizer.detect(text) if f.entity_type == "PERSON"]
+
+    assert people("Call volumes from Abu Dhabi and Ras Al Khaimah doubled.") == []
+    assert people("Our branch in Bento Gonçalves closed; the new office in Juan Díaz opens in May.") == []
+    assert people("Juan Díaz signed the lease last week.") == ["Juan Díaz"]
+
+
 def test_dataset_list_marks_older_recognizers_and_their_models(home):
     policy = {"pii": {"enabled": True}}
     with session_scope(home.db_url) as s:
