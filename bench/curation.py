@@ -118,9 +118,10 @@ def main() -> None:
     from ragloop.curation.pii import Anonymizer
     from ragloop.curation.pii.english_words import english_words
     from ragloop.curation.pii.name_lists import origin_names
+    from ragloop.curation.pii.places import place_names
 
     t = time.perf_counter()
-    origin_names(), english_words()
+    origin_names(), english_words(), place_names()
     lists_load = time.perf_counter() - t  # once per process, only the new path needs them
     Anonymizer(secret="warm-up")  # Presidio's import and its recognizers: paid once, by both paths
     t = time.perf_counter()
