@@ -199,20 +199,23 @@ def score_names(anonymizer: Any, records: list[dict]) -> NamesResult:
             if item["type"] == "PERSON":
                 res.mentions.append((r, item, covered(item, findings, r["text"])))
         for person in {item["person"] for item in r["pii"] if item["type"] == "PERSON"}:
-            res.leaks[(person, r["id"])] = _surviving(person, output)
+            res.leaks[(person, r["id"])] = _surviving(person, output, [k["value"] for k in r.get("keep", [])])
         if r["context"] == "trap" and output != r["text"]:
             res.traps_changed.append(r["id"])
     return res
 
 
-def _surviving(person: str, output: str) -> list[str]:
+def _surviving(person: str, output: str, kept: list[str]) -> list[str]:
     """Name tokens of ``person`` still standing as words in ``output``: as written, without accents
-    ("Yilmaz" for "Yılmaz") or in capitals. Lower-case words are not names ("patience"), so case counts."""
-    texts = (output, plain(output))
+    ("Yilmaz" for "Yılmaz") or in capitals. Lower-case words are not names ("patience"), so case counts.
+    A token the record also uses as an ordinary word (its ``keep`` spans: "The Comfort Plus heating plan")
+    leaks only when it stands more often than those word uses, which must stay."""
     left = []
     for token in name_tokens(person):
         forms = {token, plain(token), token.upper(), plain(token).upper()}
-        if any(re.search(rf"(?<!\w){re.escape(f)}(?!\w)", t) for f in forms for t in texts):
+        pattern = "|".join(rf"(?<!\w){re.escape(f)}(?!\w)" for f in sorted(forms))
+        standing = max(len(re.findall(pattern, t)) for t in (output, plain(output)))
+        if standing > sum(1 for word in kept if plain(word) == plain(token)):
             left.append(token)
     return left
 
@@ -344,9 +347,13 @@ def as_dataset(anonymizer: Any, records: list[dict]) -> list[str]:
         for it in r["pii"]
         if it["type"] == "PERSON"
     ]
-    replaced = sum(not _surviving(it["person"], out[r["id"]]) for r, it in later)
+
+    def kept(r: dict) -> list[str]:
+        return [k["value"] for k in r.get("keep", [])]
+
+    replaced = sum(not _surviving(it["person"], out[r["id"]], kept(r)) for r, it in later)
     leaked = sorted({p for r in records for p in {it["person"] for it in r["pii"] if it["type"] == "PERSON"}
-                     if _surviving(p, out[r["id"]])})  # fmt: skip
+                     if _surviving(p, out[r["id"]], kept(r))})  # fmt: skip
     traps = [r["id"] for r in records if r["context"] == "trap" and out[r["id"]] != r["text"]]
     # Offsets move as names are replaced: a word use is kept when its word is still there as often.
     words = [(r["id"], k["value"]) for r in records for k in r.get("keep", [])
