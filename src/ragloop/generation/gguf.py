@@ -14,18 +14,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import gguf
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from ragloop.config import Settings
-from ragloop.errors import ConfigError, RagloopError
-from ragloop.generation.models import PACKAGED, packaged_gguf, resolve_model
+from ragloop.errors import ConfigError, GenerationError, RagloopError
+from ragloop.generation.models import PACKAGED, file_sha256, packaged_gguf, resolve_model
+from ragloop.store.models import ModelVersion
 
-WRITER_VERSION = 1  # bump when the bytes written for the same input change: cached files are keyed by it
+# Bump when the bytes written for the same input change: cached base files and each adapter's lineage
+# are keyed by it, so every file written by an older converter is written again on next use.
+CONVERTER_VERSION = 1
 FTYPES = ("f32", "f16", "q8_0")  # written from safetensors; "q4_1" is the packaged file as shipped
 
 _FILE_TYPES = {
@@ -87,7 +91,7 @@ def write_base_gguf(hf_dir: Path, out: Path, ftype: str = "q8_0", *, _permute: b
 
 def base_gguf(settings: Settings, ftype: str = "q8_0") -> Path:
     """The base GGUF of ``[generator] model`` in format ``ftype``, written once into the model cache
-    beside its Hugging Face folder (keyed by the base's content hash, the format and WRITER_VERSION) and
+    beside its Hugging Face folder (keyed by the base's content hash, the format and CONVERTER_VERSION) and
     reused by every home. ``q4_1`` is the packaged file itself: it is what the packaged safetensors were
     dequantised from, so no other file is needed for it."""
     model = settings.generator.model
@@ -101,7 +105,7 @@ def base_gguf(settings: Settings, ftype: str = "q8_0") -> Path:
     if ftype not in _FILE_TYPES:
         raise ConfigError(f"Base format {ftype!r} is unknown; choose q4_1 or one of {', '.join(FTYPES)}.")
     hf_dir, base_hash = resolve_model(model, settings.model_cache_dir)
-    target = settings.model_cache_dir / f"{base_hash}.{ftype}.w{WRITER_VERSION}.gguf"
+    target = settings.model_cache_dir / f"{base_hash}.{ftype}.w{CONVERTER_VERSION}.gguf"
     if not target.is_file():
         write_base_gguf(hf_dir, target, ftype)
     return target
@@ -207,6 +211,208 @@ def _pre_tokenizer(hf_dir: Path, tokenizer: dict[str, Any], by_id: dict[int, str
         f"{hf_dir}: pre-tokenizer {pre} has no llama.cpp counterpart known to ragloop (GPT-2's byte-level "
         "regex, optionally after splitting digits, is)."
     )
+
+
+# LoRA adapters ---------------------------------------------------------------------------------------
+
+GGUF_DIR = "gguf"  # inside the version's adapter folder
+# A subfolder, not files beside the adapter's: a version's identity and integrity check (adapter_files)
+# and its export cover the folder's plain files only, and the converted file is derived, not registered.
+_PEFT_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
+# PEFT options whose effect a GGUF LoRA (one B·A per linear layer, no extra tensors) cannot carry.
+_UNSUPPORTED = {
+    "use_dora": "DoRA (its magnitude vectors)",
+    "modules_to_save": "modules_to_save (fully trained layers)",
+    "lora_bias": "LoRA bias terms",
+    "fan_in_fan_out": "fan_in_fan_out (Conv1D layers, not a Llama's)",
+    "layer_replication": "layer_replication",
+    "alora_invocation_tokens": "aLoRA",
+    "trainable_token_indices": "trainable tokens",
+}
+
+
+def convert_lora(adapter_dir: Path, base_hf_dir: Path, out: Path, *, _permute: bool = True) -> dict[str, Any]:
+    """Write ``out``, the GGUF LoRA adapter llama.cpp loads beside the base GGUF of ``base_hf_dir``, from
+    the PEFT adapter folder ``adapter_dir``; returns a summary (pairs, ranks, alpha, whether scaling was
+    folded). Adapters with a feature llama.cpp cannot apply are refused by name. Tensors are F32 so that
+    the adapter adds no rounding of its own.
+
+    Scaling: llama.cpp multiplies each B·A by ``alpha / rank`` (rank read from that pair) when alpha is set,
+    and by 1 when it is 0. Plain PEFT LoRA (alpha/r, rank_pattern included) is that; rsLoRA (alpha/sqrt r)
+    and alpha_pattern are not, so their per-module scaling is folded into lora_b and alpha is written 0.
+    ``_permute=False`` leaves out the rotary permutation: wrong on purpose, for the tests."""
+    adapter_dir = Path(adapter_dir)
+    peft = _peft_config(adapter_dir)
+    config = _llama_config(Path(base_hf_dir))
+    pairs = _lora_pairs(adapter_dir)
+    alpha = float(peft["lora_alpha"])
+    fold = bool(peft.get("use_rslora") or peft.get("alpha_pattern"))
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
+    shapes = _linear_shapes(config)
+    writer = gguf.GGUFWriter(None, _LLAMA)  # the loader refuses an adapter of another architecture
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 0.0 if fold else alpha)
+    ranks = set()
+    for module, (lora_a, lora_b) in sorted(pairs.items()):
+        name = names.get_name(module + ".weight", try_suffixes=(".weight",))
+        kind = name.split(".")[-2] if name and name.startswith("blk.") else None
+        if kind not in shapes:
+            raise RagloopError(
+                f"{adapter_dir}: LoRA on {module} is not supported; llama.cpp adapters apply to the "
+                "attention and MLP projections of a Llama only."
+            )
+        rank = lora_a.shape[0]
+        if lora_b.shape[1] != rank or (lora_a.shape[1], lora_b.shape[0]) != shapes[kind]:
+            raise RagloopError(
+                f"{adapter_dir}: {module} has lora_A {lora_a.shape} and lora_B {lora_b.shape}, which do not "
+                f"fit the base's {kind} (in, out) = {shapes[kind]}: an adapter for another base model?"
+            )
+        ranks.add(rank)
+        if fold:
+            module_alpha = float(_pattern_value(peft.get("alpha_pattern") or {}, module, alpha))
+            lora_b = lora_b * np.float32(module_alpha / (rank**0.5 if peft.get("use_rslora") else rank))
+        heads = _rotary_heads(name, config)
+        if heads is not None and _permute:
+            lora_b = _rotary_permute(lora_b, heads)
+        # numpy's (r, in) and (out, r) are GGUF's ne = [in, r] and [r, out]: what llama.cpp expects.
+        writer.add_tensor(f"{name}.lora_a", np.ascontiguousarray(lora_a))
+        writer.add_tensor(f"{name}.lora_b", np.ascontiguousarray(lora_b))
+    _write_atomically(writer, Path(out))
+    return {"pairs": len(pairs), "ranks": sorted(ranks), "alpha": 0.0 if fold else alpha, "folded": fold}
+
+
+def gguf_adapter_for(settings: Settings, version: ModelVersion) -> Path:
+    """The GGUF LoRA adapter of a registered version, converted on first use and kept in the home beside
+    its PEFT adapter (``<adapter_path>/gguf/adapter.gguf``) with its lineage in ``adapter.gguf.json``: the
+    sha256 of each source file, the base's hash, the converter version and the GGUF's own sha256. A file
+    whose lineage does not match (the adapter or the converter changed) is converted again. The source
+    files are checked against the sha256s the version was registered with first, so a truncated or
+    overwritten adapter is refused with what is wrong instead of being converted."""
+    if not version.adapter_path:
+        raise RagloopError(f"Model version {version.id} is a base model: it has no adapter to convert.")
+    folder = Path(version.adapter_path)
+    sources = _verified_sources(version, folder)
+    out = folder / GGUF_DIR / "adapter.gguf"
+    record = out.with_name("adapter.gguf.json")
+    lineage = {
+        "version": version.id,
+        "source_files": sources,
+        "base_hash": version.base_hash,
+        "converter_version": CONVERTER_VERSION,
+    }
+    try:
+        kept = json.loads(record.read_text())
+    except (OSError, ValueError):
+        kept = None
+    current = kept and {k: kept.get(k) for k in lineage} == lineage and out.is_file()
+    if current and file_sha256(out) == kept.get("sha256"):
+        return out
+    base_dir, base_hash = resolve_model(version.base_model, settings.model_cache_dir)
+    if version.base_hash and base_hash != version.base_hash:
+        raise ConfigError(
+            f"The base model {version.base_model!r} on this machine (hash {base_hash[:12]}) is not the one "
+            f"{version.id} was trained on ({version.base_hash[:12]}); put the original weights back to serve it."
+        )
+    try:
+        summary = convert_lora(folder, base_dir, out)
+    except (OSError, ValueError, SafetensorError) as exc:  # how a damaged file shows
+        raise GenerationError(
+            f"The adapter of model version {version.id} at {folder} cannot be read ({exc}); restore it from "
+            "a backup, or register the training run again."
+        ) from exc
+    # Written last and atomically: a lineage record on disk always describes a whole adapter.gguf.
+    lineage |= {"sha256": file_sha256(out), "summary": summary}
+    tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(lineage, indent=2))
+    os.replace(tmp, record)
+    return out
+
+
+def _peft_config(adapter_dir: Path) -> dict[str, Any]:
+    path = adapter_dir / "adapter_config.json"
+    try:
+        peft = json.loads(path.read_text())
+    except OSError as exc:
+        raise GenerationError(f"{adapter_dir} has no readable adapter_config.json ({exc}).") from exc
+    except ValueError as exc:
+        raise GenerationError(f"{path} is not valid JSON ({exc}): a damaged adapter.") from exc
+    if peft.get("peft_type", "LORA") != "LORA":
+        raise RagloopError(f"{adapter_dir}: a {peft.get('peft_type')} adapter; only LoRA converts to GGUF.")
+    unsupported = [what for key, what in _UNSUPPORTED.items() if peft.get(key)]
+    if peft.get("bias", "none") != "none":
+        unsupported.append(f"bias={peft['bias']!r}")
+    if unsupported:
+        raise RagloopError(
+            f"{adapter_dir} uses {', '.join(unsupported)}, which llama.cpp's LoRA format cannot apply; "
+            "serve this version with the transformers backend."
+        )
+    return peft
+
+
+def _lora_pairs(adapter_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """HF module name -> (lora_A (r, in), lora_B (out, r)) as F32, from adapter_model.safetensors."""
+    halves: dict[str, dict[str, np.ndarray]] = {}
+    with safe_open(str(adapter_dir / "adapter_model.safetensors"), framework="numpy") as weights:
+        for key in weights.keys():  # noqa: SIM118 - safe_open is not iterable
+            match = _PEFT_KEY.match(key)
+            if match is None:
+                raise RagloopError(
+                    f"{adapter_dir}: tensor {key!r} is not a LoRA matrix (embeddings, lm_head or norms "
+                    "trained in the adapter), which llama.cpp's LoRA format cannot carry."
+                )
+            halves.setdefault(match["module"], {})[match["ab"]] = weights.get_tensor(key).astype(np.float32)
+    if not halves:
+        raise GenerationError(f"{adapter_dir}/adapter_model.safetensors holds no LoRA tensors.")
+    incomplete = sorted(module for module, ab in halves.items() if set(ab) != {"A", "B"})
+    if incomplete:
+        raise GenerationError(f"{adapter_dir}: {incomplete[0]} lacks lora_A or lora_B: a damaged adapter.")
+    return {module.removeprefix("base_model.model."): (ab["A"], ab["B"]) for module, ab in halves.items()}
+
+
+def _linear_shapes(config: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """(in, out) of each adapted projection of a Llama, by its GGUF name."""
+    hidden, ffn = config["hidden_size"], config["intermediate_size"]
+    n_head = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or hidden // n_head
+    kv = (config.get("num_key_value_heads") or n_head) * head_dim
+    return {
+        "attn_q": (hidden, n_head * head_dim),
+        "attn_k": (hidden, kv),
+        "attn_v": (hidden, kv),
+        "attn_output": (n_head * head_dim, hidden),
+        "ffn_gate": (hidden, ffn),
+        "ffn_up": (hidden, ffn),
+        "ffn_down": (ffn, hidden),
+    }
+
+
+def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
+    """PEFT's rank_pattern / alpha_pattern lookup: a key matches the module name or a dotted suffix of it."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def _verified_sources(version: ModelVersion, folder: Path) -> dict[str, str]:
+    """sha256 of the adapter files the conversion reads, checked against the registered ones."""
+    expected: dict[str, str] = (version.meta or {}).get("adapter_files") or {}
+    problems = []
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        if not (folder / name).is_file():
+            problems.append(f"{name} is missing from {folder}")
+        elif name in expected and file_sha256(folder / name) != expected[name]:
+            size = (folder / name).stat().st_size
+            problems.append(
+                f"{name} is not the file registered ({size:,} bytes now: truncated or overwritten)"
+            )
+    if problems:
+        raise GenerationError(
+            f"The adapter of model version {version.id} cannot be converted for llama.cpp: {'; '.join(problems)}. "
+            "Restore its adapter folder from a backup, or register the training run again."
+        )
+    return {name: file_sha256(folder / name) for name in ("adapter_config.json", "adapter_model.safetensors")}
 
 
 # Shared helpers --------------------------------------------------------------------------------------
