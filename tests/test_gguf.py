@@ -20,6 +20,7 @@ import pytest
 import xllamacpp as xl
 
 from conftest import make_home
+from ragloop.config import Settings
 from ragloop.errors import ConfigError, GenerationError, RagloopError
 from ragloop.generation.gguf import (
     CONVERTER_VERSION,
@@ -41,29 +42,29 @@ MESSAGES = [
 ]
 
 
-def engine(model: Path, loras: list[Path] = (), n_ctx: int = 1024) -> xl.Server:
-    """One llama.cpp engine in this process, F32 KV cache, adapters loaded at scale 0 (FINDINGS 2.1)."""
+def engine(model: Path, loras: list[Path] = (), slots: int = 1, kv: str = "f32") -> xl.Server:
+    """One llama.cpp engine in this process, F32 KV cache unless ``kv`` says f16, adapters loaded at
+    scale 0 and every request naming each adapter's scale (an absent or empty list means "as before")."""
     params = xl.CommonParams()
     params.model.path = str(model)
-    params.n_parallel = 1
-    params.n_ctx = n_ctx
+    params.n_parallel = slots
+    params.n_ctx = 1024 * slots  # the total, split between the slots
     params.cpuparams.n_threads = 2
     params.cpuparams_batch.n_threads = 2
-    params.cache_type_k = xl.ggml_type.GGML_TYPE_F32
-    params.cache_type_v = xl.ggml_type.GGML_TYPE_F32
+    params.cache_type_k = params.cache_type_v = getattr(xl.ggml_type, f"GGML_TYPE_{kv.upper()}")
     params.lora_init_without_apply = True
     params.lora_adapters = [xl.CommonAdapterLoraInfo(str(path), 0.0) for path in loras]
     return xl.Server(params)
 
 
-def next_tokens(server: xl.Server, ids: list[int], lora: list[dict[str, Any]]) -> list[int]:
-    """The engine's greedy token after every prefix ids[:t] (t >= 1): one 1-token completion per
+def next_tokens(server: xl.Server, ids: list[int], lora: list[dict[str, Any]], start: int = 1) -> list[int]:
+    """The engine's greedy token after every prefix ids[:t] (t >= start): one 1-token completion per
     position, the shared prefix cached so each step prefills one token. Through llama-server's native
     /completion with return_tokens: the OpenAI endpoint drops logprobs (the only place ids are) for a
     token that is an incomplete UTF-8 sequence, which byte-level BPE produces."""
     out = []
     with httpx.Client(base_url=server.listening_address, timeout=60) as http:
-        for t in range(1, len(ids) + 1):
+        for t in range(start, len(ids) + 1):
             body = {"prompt": ids[:t], "n_predict": 1, "temperature": 0, "return_tokens": True, "lora": lora}
             result = http.post("/completion", json=body).json()
             assert len(result.get("tokens", [])) == 1, result
@@ -199,9 +200,12 @@ def test_base_gguf_is_written_once_into_the_model_cache(tmp_path: Path, tiny_mod
 # LoRA adapters ---------------------------------------------------------------------------------------
 
 
-def random_lora(base_dir: Path, out: Path, sigma: float, seed: int = 0, **config: Any) -> Path:
-    """A PEFT LoRA on every linear layer with random A and B: strong enough (sigma) that the adapted
-    model disagrees with its base at most positions, so a conversion error cannot hide in agreement."""
+def random_lora(
+    base_dir: Path, out: Path, sigma: float, seed: int = 0, qk: float = 1.0, **config: Any
+) -> Path:
+    """A PEFT LoRA on every linear layer with random A and B: strong enough (sigma; ``qk`` times that on
+    q and k, where the rotary permutation applies) that the adapted model disagrees with its base at
+    most positions, so a conversion error cannot hide in agreement."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -213,7 +217,7 @@ def random_lora(base_dir: Path, out: Path, sigma: float, seed: int = 0, **config
     with torch.no_grad():
         for name, param in peft.named_parameters():
             if "lora_B" in name:
-                param.normal_(0, sigma)
+                param.normal_(0, sigma * (qk if ".q_proj." in name or ".k_proj." in name else 1.0))
     peft.save_pretrained(out)
     return out
 
@@ -334,3 +338,120 @@ def test_unsupported_adapters_are_refused_by_name(
     with pytest.raises(RagloopError, match=named):
         convert_lora(adapter, tiny_model_dir, tmp_path / "out.gguf")
     assert not (tmp_path / "out.gguf").exists()
+
+
+# The packaged SmolLM2 (integration) ---------------------------------------------------------------------
+
+SMOL_QUESTIONS = [
+    "What is the right to erasure?",
+    "When must a personal data breach be notified?",
+    "Who must designate a data protection officer?",
+    "What is personal data?",
+    "Can I withdraw my consent at any time?",
+    "How high can fines be under the GDPR?",
+    "What does the principle of data minimisation mean?",
+    "Which rights does a data subject have?",
+    "What is a data protection impact assessment?",
+    "When may personal data be transferred to a third country?",
+    "What is the role of a supervisory authority?",
+    "How long may personal data be stored?",
+    "What is pseudonymisation?",
+    "Explain the right to data portability in two sentences.",
+    "Is an IP address personal data?",
+    "What must a privacy notice contain?",
+    "Who is a controller and who is a processor?",
+    "What counts as a special category of personal data?",
+    "Write a short poem about privacy.",
+    "List three lawful bases for processing, numbered 1 to 3.",
+]
+
+
+def smollm_reference(base_dir: Path, adapter: Path, new_tokens: int) -> list[tuple[list[int], int]]:
+    """transformers+PEFT greedy answers to the chat prompts, one batch: (prompt + answer ids, prompt length)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir), padding_side="left")
+    model = peft_model(base_dir, adapter)
+    prompts = [
+        tokenizer(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False
+            )
+        )["input_ids"]
+        for q in SMOL_QUESTIONS
+    ]
+    batch = tokenizer.pad({"input_ids": prompts}, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(
+            **batch, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )
+    sequences = []
+    for prompt, row in zip(prompts, out[:, batch["input_ids"].shape[1] :].tolist(), strict=True):
+        answer = row[: row.index(tokenizer.eos_token_id) + 1] if tokenizer.eos_token_id in row else row
+        sequences.append((prompt + answer, len(prompt)))
+    return sequences
+
+
+def answer_agreement(
+    server: xl.Server, sequences: list[tuple[list[int], int]], lora: list[dict[str, Any]], workers: int = 1
+) -> float:
+    """Teacher-forced top-1 agreement on the reference answers, one request per disagreement rather than
+    per position: while the engine's greedy continuation equals the reference, its prefix is the true
+    prefix, so each of its tokens is its teacher-forced top-1; at the first difference (one miss) it is
+    asked again from the true prefix one token further. ``workers`` sequences run at once, batched by
+    the engine's slots."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def matches(item: tuple[list[int], int]) -> int:
+        ids, t = item
+        same = 0
+        with httpx.Client(base_url=server.listening_address, timeout=120) as http:
+            while t < len(ids):
+                body = {
+                    "prompt": ids[:t],
+                    "n_predict": len(ids) - t,
+                    "temperature": 0,
+                    "return_tokens": True,
+                    "lora": lora,
+                }
+                got = http.post("/completion", json=body).json()["tokens"]
+                assert got, ids[:t]
+                k = next((i for i, (a, b) in enumerate(zip(got, ids[t:], strict=False)) if a != b), len(got))
+                same += k
+                t += k + (k < len(got))  # past a miss, or on from where a short answer stopped
+        return same
+
+    with ThreadPoolExecutor(workers) as pool:
+        same = sum(pool.map(matches, sequences))
+    return same / sum(len(ids) - start for ids, start in sequences)
+
+
+@pytest.mark.integration
+def test_packaged_smollm2_adapter_agrees_with_peft(tmp_path: Path) -> None:
+    """The issue's proof on the real packaged SmolLM2-135M: a strong random all-linear LoRA (r=16,
+    alpha=32, q/k heavier), transformers+PEFT greedy answers to 20 chat prompts, then llama.cpp over the
+    F16 base GGUF (F32 KV cache) with the converted adapter, teacher-forced on those answers: ≥ 95 %
+    top-1 agreement, while the base alone agrees far less (the adapter really changes the answers).
+    Figures for the other formats and the F16 KV cache: bench/gguf_agreement.py, docs/benchmarks.md."""
+    import torch
+
+    from ragloop.generation.models import resolve_model
+
+    settings = Settings(home=tmp_path)  # the machine's model cache: the base files are written once
+    base_dir, _ = resolve_model("packaged", settings.model_cache_dir)
+    adapter = random_lora(base_dir, tmp_path / "adapter", sigma=0.05, qk=4.0, r=16, lora_alpha=32)
+    converted = tmp_path / "adapter.gguf"
+    convert_lora(adapter, base_dir, converted)
+    reference = smollm_reference(base_dir, adapter, new_tokens=16)
+    server = engine(base_gguf(settings, "f16"), [converted], slots=4)
+    assert answer_agreement(server, reference, [{"id": 0, "scale": 1.0}], workers=4) >= 0.95
+
+    base = peft_model(base_dir, adapter)
+    same = total = 0
+    with torch.no_grad(), base.disable_adapter():
+        for ids, start in reference:
+            top1 = base(torch.tensor([ids])).logits[0, start - 1 : -1].argmax(-1).tolist()
+            same += sum(a == b for a, b in zip(top1, ids[start:], strict=True))
+            total += len(ids) - start
+    assert same / total < 0.8
