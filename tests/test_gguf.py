@@ -134,25 +134,27 @@ def test_base_gguf_predicts_what_transformers_predicts(tmp_path: Path, sharp_dir
     assert agreement(engine(wrong), model, sequences, []) < 0.5
 
 
+def assert_same_prompts(server: xl.Server, tokenizer: Any, conversations: list[list[dict[str, str]]]) -> None:
+    """llama.cpp's rendering of each conversation with the GGUF's jinja template, and its tokens with the
+    GGUF's tokenizer (what a chat request is prefilled with), are transformers' exactly."""
+    with httpx.Client(base_url=server.listening_address) as http:
+        for messages in conversations:
+            expected = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            prompt = http.post("/apply-template", json={"messages": messages}).json()["prompt"]
+            assert prompt == expected
+            ids = http.post("/tokenize", json={"content": prompt, "add_special": True}).json()["tokens"]
+            assert ids == tokenizer(expected)["input_ids"], messages
+            usage = server.handle_chat_completions({"messages": messages, "max_tokens": 1})["usage"]
+            assert usage["prompt_tokens"] == len(ids)
+
+
 def test_base_gguf_tokenizer_and_chat_template_match_transformers(
     tmp_path: Path, tiny_model_dir: Path, tiny
 ) -> None:
-    """The GGUF's own tokenizer and jinja chat template (what llama.cpp applies to a chat request) give
-    exactly the token ids transformers' tokenizer and template give, special tokens and all."""
+    """The GGUF's own tokenizer and chat template give transformers' token ids, special tokens and all."""
     _, tokenizer = tiny
     server = engine(write_base_gguf(tiny_model_dir, tmp_path / "tiny.q8_0.gguf", "q8_0"))
-    base = server.listening_address
-    for messages in MESSAGES:
-        expected = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        prompt = httpx.post(f"{base}/apply-template", json={"messages": messages}).json()["prompt"]
-        assert prompt == expected
-        ids = httpx.post(f"{base}/tokenize", json={"content": prompt, "add_special": True}).json()["tokens"]
-        assert ids == tokenizer(expected, add_special_tokens=True)["input_ids"]
-        usage = server.handle_chat_completions({"messages": messages, "max_tokens": 1})["usage"]
-        assert usage["prompt_tokens"] == len(ids)
-    for text in CORPUS:
-        ids = httpx.post(f"{base}/tokenize", json={"content": text, "add_special": True}).json()["tokens"]
-        assert ids == tokenizer(text)["input_ids"], text
+    assert_same_prompts(server, tokenizer, MESSAGES + [[{"role": "user", "content": t}] for t in CORPUS])
 
 
 def test_base_gguf_formats_and_refusals(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -366,19 +368,22 @@ SMOL_QUESTIONS = [
 ]
 
 
+def smol_chat(question: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": "Answer in English."}, {"role": "user", "content": question}]
+
+
 def smollm_reference(base_dir: Path, adapter: Path, new_tokens: int) -> list[tuple[list[int], int]]:
-    """transformers+PEFT greedy answers to the chat prompts, one batch: (prompt + answer ids, prompt length)."""
+    """transformers+PEFT greedy answers to the chat prompts, one batch: (prompt + answer ids, prompt length).
+    A short system message replaces SmolLM2's default one: prefill is most of the time here."""
     import torch
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir), padding_side="left")
     model = peft_model(base_dir, adapter)
     prompts = [
-        tokenizer(
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False
-            )
-        )["input_ids"]
+        tokenizer(tokenizer.apply_chat_template(smol_chat(q), add_generation_prompt=True, tokenize=False))[
+            "input_ids"
+        ]
         for q in SMOL_QUESTIONS
     ]
     batch = tokenizer.pad({"input_ids": prompts}, return_tensors="pt")
@@ -432,9 +437,11 @@ def test_packaged_smollm2_adapter_agrees_with_peft(tmp_path: Path) -> None:
     """The issue's proof on the real packaged SmolLM2-135M: a strong random all-linear LoRA (r=16,
     alpha=32, q/k heavier), transformers+PEFT greedy answers to 20 chat prompts, then llama.cpp over the
     F16 base GGUF (F32 KV cache) with the converted adapter, teacher-forced on those answers: ≥ 95 %
-    top-1 agreement, while the base alone agrees far less (the adapter really changes the answers).
+    top-1 agreement (measured 100 %), while the base alone agrees far less (74 %: the adapter really
+    changes the answers). The GGUF's chat template and tokenizer give transformers' prompt tokens.
     Figures for the other formats and the F16 KV cache: bench/gguf_agreement.py, docs/benchmarks.md."""
     import torch
+    from transformers import AutoTokenizer
 
     from ragloop.generation.models import resolve_model
 
@@ -446,6 +453,11 @@ def test_packaged_smollm2_adapter_agrees_with_peft(tmp_path: Path) -> None:
     reference = smollm_reference(base_dir, adapter, new_tokens=16)
     server = engine(base_gguf(settings, "f16"), [converted], slots=4)
     assert answer_agreement(server, reference, [{"id": 0, "scale": 1.0}], workers=4) >= 0.95
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    texts = [*SMOL_QUESTIONS, "Fines: 20 000 000 EUR, 4 %, Art. 17(1)(a) — “déjà vu” 日本 🙂\n\n\t  end"]
+    assert_same_prompts(
+        server, tokenizer, [smol_chat(t) for t in texts[:4]] + [[{"role": "user", "content": texts[-1]}]]
+    )
 
     base = peft_model(base_dir, adapter)
     same = total = 0

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -314,16 +315,10 @@ def gguf_adapter_for(settings: Settings, version: ModelVersion) -> Path:
             f"The base model {version.base_model!r} on this machine (hash {base_hash[:12]}) is not the one "
             f"{version.id} was trained on ({version.base_hash[:12]}); put the original weights back to serve it."
         )
-    try:
-        summary = convert_lora(folder, base_dir, out)
-    except (OSError, ValueError, SafetensorError) as exc:  # how a damaged file shows
-        raise GenerationError(
-            f"The adapter of model version {version.id} at {folder} cannot be read ({exc}); restore it from "
-            "a backup, or register the training run again."
-        ) from exc
+    summary = convert_lora(folder, base_dir, out)
     # Written last and atomically: a lineage record on disk always describes a whole adapter.gguf.
     lineage |= {"sha256": file_sha256(out), "summary": summary}
-    tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+    tmp = _tmp_beside(record)
     tmp.write_text(json.dumps(lineage, indent=2))
     os.replace(tmp, record)
     return out
@@ -353,15 +348,23 @@ def _peft_config(adapter_dir: Path) -> dict[str, Any]:
 def _lora_pairs(adapter_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """HF module name -> (lora_A (r, in), lora_B (out, r)) as F32, from adapter_model.safetensors."""
     halves: dict[str, dict[str, np.ndarray]] = {}
-    with safe_open(str(adapter_dir / "adapter_model.safetensors"), framework="numpy") as weights:
-        for key in weights.keys():  # noqa: SIM118 - safe_open is not iterable
-            match = _PEFT_KEY.match(key)
-            if match is None:
-                raise RagloopError(
-                    f"{adapter_dir}: tensor {key!r} is not a LoRA matrix (embeddings, lm_head or norms "
-                    "trained in the adapter), which llama.cpp's LoRA format cannot carry."
-                )
-            halves.setdefault(match["module"], {})[match["ab"]] = weights.get_tensor(key).astype(np.float32)
+    path = adapter_dir / "adapter_model.safetensors"
+    try:
+        with safe_open(str(path), framework="numpy") as weights:
+            tensors = {key: weights.get_tensor(key) for key in weights.keys()}  # noqa: SIM118
+    except (OSError, SafetensorError) as exc:  # what a truncated or overwritten file raises
+        raise GenerationError(
+            f"{path} cannot be read ({exc}): the adapter is damaged. Restore it from a backup, or register "
+            "the training run again."
+        ) from exc
+    for key, value in tensors.items():
+        match = _PEFT_KEY.match(key)
+        if match is None:
+            raise RagloopError(
+                f"{adapter_dir}: tensor {key!r} is not a LoRA matrix (embeddings, lm_head or norms "
+                "trained in the adapter), which llama.cpp's LoRA format cannot carry."
+            )
+        halves.setdefault(match["module"], {})[match["ab"]] = value.astype(np.float32)
     if not halves:
         raise GenerationError(f"{adapter_dir}/adapter_model.safetensors holds no LoRA tensors.")
     incomplete = sorted(module for module, ab in halves.items() if set(ab) != {"A", "B"})
@@ -440,7 +443,7 @@ def _rotary_permute(rows: np.ndarray, n_head: int) -> np.ndarray:
 def _write_atomically(writer: gguf.GGUFWriter, out: Path) -> None:
     """Write to a temporary name beside ``out``, then rename: readers see the whole file or none."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp = _tmp_beside(out)
     try:
         writer.write_header_to_file(path=tmp)
         writer.write_kv_data_to_file()
@@ -451,3 +454,9 @@ def _write_atomically(writer: gguf.GGUFWriter, out: Path) -> None:
         writer.close()
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _tmp_beside(path: Path) -> Path:
+    """A temporary name in ``path``'s folder (so the final rename is atomic), unique per writer: two
+    threads or processes converting the same file never write into one another's."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
