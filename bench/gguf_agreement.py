@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from ragloop.config import Settings  # noqa: E402
 from ragloop.generation.gguf import base_gguf, convert_lora  # noqa: E402
 from ragloop.generation.models import resolve_model  # noqa: E402
-from test_gguf import answer_agreement, engine, random_lora, smollm_reference  # noqa: E402
+from test_gguf import answer_agreement, engine, peft_model, random_lora, smollm_reference  # noqa: E402
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     adapter = random_lora(base_dir, work / "adapter", sigma=0.05, qk=4.0, r=16, lora_alpha=32)
     convert_lora(adapter, base_dir, work / "ok.gguf")
     convert_lora(adapter, base_dir, work / "noperm.gguf", _permute=False)
-    reference = smollm_reference(base_dir, adapter, args.new_tokens)
+    reference = smollm_reference(peft_model(base_dir, adapter), base_dir, args.new_tokens)
     positions = sum(len(ids) - start for ids, start in reference)
     print(f"{len(reference)} prompts, {positions} answer positions\n")
     print("| base GGUF | KV cache | adapter | without permutation | base alone | seconds |")

@@ -161,6 +161,8 @@ def _add_tokenizer(writer: gguf.GGUFWriter, hf_dir: Path, vocab_size: int) -> No
         raise RagloopError(
             f"{hf_dir}: only byte-level BPE tokenizers are converted, not {model.get('type')}."
         )
+    if tokenizer.get("normalizer"):
+        raise RagloopError(f"{hf_dir}: the tokenizer normalizes text first, which llama.cpp's BPE does not.")
     by_id: dict[int, str] = {i: token for token, i in model["vocab"].items()}
     types = {i: gguf.TokenType.NORMAL for i in by_id}
     for added in tokenizer.get("added_tokens", []):
@@ -185,8 +187,9 @@ def _add_tokenizer(writer: gguf.GGUFWriter, hf_dir: Path, vocab_size: int) -> No
 # Pre-tokenizers llama.cpp implements, by the pre_tokenizer of tokenizer.json that they reproduce.
 _GPT2_BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}
 _DIGITS = {"type": "Digits", "individual_digits": True}
-# SmolLM/SmolLM2's vocabulary (sha256 of its tokens by id): trained with "smollm" (digits split one by one,
-# then GPT-2's regex), even when a folder converted from its GGUF by transformers lost the Digits step.
+# SmolLM/SmolLM2's vocabulary (sha256 of its tokens by id): "smollm" (digits split one by one, then GPT-2's
+# regex) as in the shipped GGUF, although the folder transformers converts from that GGUF lost the Digits
+# step. The vocabulary has no multi-digit token, so both split every text into the same tokens.
 _KNOWN_VOCABS = {"d1f2ce856b324081b621d9e2e8dbd22879f462329f3fd4aa39fa758dddb2ce55": "smollm"}
 
 
