@@ -294,6 +294,16 @@ class Assistant:
             backend.load_adapter(version.id, gguf_adapter_for(self.settings, version))
         return backend, version.id
 
+    def close(self) -> None:
+        """Stop the engines this assistant started (llamacpp); a later request starts them again."""
+        with self._lock:
+            backends = list(self._backends.values())
+            self._backends.clear()
+        for backend in backends:
+            close = getattr(backend, "close", None)
+            if close is not None:
+                close()
+
     def warm_up(self) -> None:
         """Load the default model now rather than on the first request."""
         with session_scope(self.settings.db_url) as s:

@@ -123,7 +123,8 @@ class LlamaCppBackend:
         self._closed = False
         self._engine = self._start(())
         self._draining: list[_Engine] = []
-        # Each engine start after the first: its adapters and seconds (bench/serving.py reads them).
+        # Each engine start after the first: its adapters, seconds, and the requests the old engine still
+        # had (bench/serving.py reads them).
         self.swaps: list[dict] = []
 
     # Engines ---------------------------------------------------------------------------------------------
@@ -140,9 +141,13 @@ class LlamaCppBackend:
         params.lora_adapters = [xl.CommonAdapterLoraInfo(str(self._paths[name]), 0.0) for name in adapters]
         params.api_keys = [secrets.token_hex(32)]  # locks the engine's own HTTP port: see the module doc
         params.verbosity = 1  # errors only: llama.cpp's per-request info lines would flood the server log
+        params.endpoint_metrics = True
         started = time.perf_counter()
         try:
             server = xl.Server(params)
+            # Returns once the engine's loop runs. An engine dropped before its loop has started never
+            # stops (its destructor waits forever: seen with xllamacpp 2026.10), so none leaves here earlier.
+            server.handle_metrics()
         except Exception as exc:  # xllamacpp says only "Failed to init server"; llama.cpp's log says why
             what = f"adapter(s) {', '.join(adapters)}" if adapters else "no adapter"
             raise GenerationError(
@@ -150,6 +155,20 @@ class LlamaCppBackend:
                 "llama.cpp printed just before this say which file it could not load."
             ) from exc
         return _Engine(server, adapters, started_s=time.perf_counter() - started)
+
+    def metrics(self) -> dict[str, float]:
+        """llama.cpp's counters of the engine that takes new requests (tokens predicted, prompt tokens
+        processed and cached, decode calls...), by their Prometheus names without the ``llamacpp:``."""
+        with self._lock:
+            server = self._engine.server
+        if server is None:
+            return {}
+        values = {}
+        for line in server.handle_metrics().splitlines():
+            if line.startswith("llamacpp:"):
+                name, _, value = line.partition(" ")
+                values[name.removeprefix("llamacpp:")] = float(value)
+        return values
 
     def knows(self, name: str) -> bool:
         """Whether adapter ``name`` was loaded once (it may have been evicted since: it comes back on use)."""
@@ -195,7 +214,13 @@ class LlamaCppBackend:
                 idle = old.active == 0
                 if not idle:
                     self._draining.append(old)
-                self.swaps.append({"adapters": list(adapters), "seconds": time.perf_counter() - started})
+                self.swaps.append(
+                    {
+                        "adapters": list(adapters),
+                        "seconds": time.perf_counter() - started,
+                        "draining_requests": old.active,  # the old engine finishes these, then goes
+                    }
+                )
             if idle:
                 old.close()
             log.info(
