@@ -32,6 +32,23 @@ from ragloop.testing import build_tiny_model
 
 pytest_plugins = ["skip_policy"]  # a skip outside the declared markers fails the run
 
+# The in-process generator backends. A module marked ``pytest.mark.backends(*BACKENDS)`` runs each of its
+# tests that uses a home once per backend: the server and replay tests must behave the same on all.
+BACKENDS = ("transformers", "llamacpp")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "backends(*names): run the module's tests that use a home once per generator backend"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("backends")
+    if marker is not None and "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", marker.args or BACKENDS)
+
+
 # Two collections with distinct vocabularies, so a scope leak shows up as a passage from the wrong one.
 DOCS: dict[str, list[tuple[str, bytes]]] = {
     "handbook": [
@@ -103,15 +120,19 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
-def make_home(folder: Path, model_dir: Path) -> Settings:
-    """A project home in ``folder`` answering with the model in ``model_dir``. The overrides are written
-    into its ``ragloop.toml`` (not passed in-process) so a server started as a subprocess sees them too."""
+def make_home(folder: Path, model_dir: Path, backend: str = "transformers", **generator: Any) -> Settings:
+    """A project home in ``folder`` answering with the model in ``model_dir`` through ``backend``
+    (``generator`` sets more ``[generator]`` keys). The overrides are written into its ``ragloop.toml``
+    (not passed in-process) so a server started as a subprocess sees them too."""
     root = init_home(folder / "home")
+    extra = "".join(f"{key} = {json.dumps(value)}\n" for key, value in generator.items())
     (root / "ragloop.toml").write_text(
         f"model_cache = {json.dumps(str(folder / 'model-cache'))}\n\n"
         "[generator]\n"
+        f"backend = {json.dumps(backend)}\n"
         f"model = {json.dumps(str(model_dir))}\n"
-        "max_new_tokens = 16\n\n"
+        "max_new_tokens = 16\n"
+        f"{extra}\n"
         "[retrieval]\n"
         "top_k = 3\n"
     )
@@ -119,9 +140,25 @@ def make_home(folder: Path, model_dir: Path) -> Settings:
 
 
 @pytest.fixture
-def home(tmp_path: Path, tiny_model_dir: Path) -> Settings:
-    """A fresh, empty project home answering with the tiny model."""
-    return make_home(tmp_path, tiny_model_dir)
+def backend() -> str:
+    """The generator backend of ``home``; a module marked ``backends`` runs on each (see BACKENDS)."""
+    return "transformers"
+
+
+@pytest.fixture
+def home(tmp_path: Path, tiny_model_dir: Path, backend: str) -> Iterator[Settings]:
+    """A fresh, empty project home answering with the tiny model (through ``backend``)."""
+    if backend != "llamacpp":
+        yield make_home(tmp_path, tiny_model_dir, backend)
+        return
+    import torch
+
+    from ragloop import torch_thread
+
+    # The llamacpp backend leaves torch one thread (the engine takes the cores): give later tests theirs.
+    threads = torch_thread.run(torch.get_num_threads)
+    yield make_home(tmp_path, tiny_model_dir, backend)
+    torch_thread.run(torch.set_num_threads, threads)
 
 
 @pytest.fixture(scope="session")
@@ -205,6 +242,9 @@ def start_server() -> Iterator[Callable[..., LiveServer]]:
             server.should_exit = True
             thread.join(timeout=15)
             sock.close()
+            close = getattr(app.state.assistant, "close", None)
+            if close is not None:  # llama.cpp engines stop now rather than whenever they are collected
+                close()
 
         running.append(stop)
         return LiveServer(url=f"http://127.0.0.1:{port}", settings=settings, stop=stop)

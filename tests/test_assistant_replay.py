@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from ragloop.cli import app
@@ -17,6 +18,8 @@ from ragloop.store.db import session_scope
 from ragloop.store.models import Interaction, KBVersion
 
 Q = [{"role": "user", "content": "How many days of paid vacation do employees receive?"}]
+
+pytestmark = pytest.mark.backends("transformers", "llamacpp")  # the same behaviour on both
 
 
 def test_answer_is_recorded_with_everything_replay_needs(kb_home):

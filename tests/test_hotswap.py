@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import select
 
 from ragloop.generation.models import resolve_model
@@ -18,6 +19,8 @@ from ragloop.store.models import RegistryEvent
 from test_lineage import greedy, register_adapter, run_cli
 
 QUESTION = "How many days of paid vacation do employees receive?"
+
+pytestmark = pytest.mark.backends("transformers", "llamacpp")  # the same behaviour on both
 
 
 def ask(client: httpx.Client, model: str | None = None) -> dict[str, Any]:

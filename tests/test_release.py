@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from ragloop.config import Settings
@@ -17,6 +18,8 @@ from test_hotswap import ask
 from test_lineage import register_adapter, run_cli
 
 WEIGHTS = "adapter_model.safetensors"
+
+pytestmark = pytest.mark.backends("transformers", "llamacpp")  # the same behaviour on both
 
 
 def truncate_adapter(adapter_path: str) -> None:

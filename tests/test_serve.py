@@ -24,6 +24,8 @@ from ragloop.store.db import session_scope
 from ragloop.store.keys import create_key, revoke_key
 
 QUESTION = "How many days of paid vacation do employees receive?"
+
+pytestmark = pytest.mark.backends("transformers", "llamacpp")  # the same behaviour on both
 FINES_QUESTION = "How high can fines reach in EUR or percent of worldwide annual turnover?"
 
 
