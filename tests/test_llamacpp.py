@@ -220,3 +220,29 @@ def test_an_adapter_llama_cpp_refuses_leaves_the_engine_serving(kb_home: Setting
     assert backend.loaded_adapters() == (v1.id,)
     assert backend.generate(messages, params, v2.id).text == other
     assistant.close()
+
+
+def test_a_batch_is_decoded_together_and_answers_as_one_by_one(kb_home: Settings) -> None:
+    """Evaluation's batches go to the engine at once (up to ``slots``) and answer as single requests do."""
+    assistant = Assistant(with_overrides(kb_home, generator={"slots": 2}))
+    backend, _ = assistant.backend_for(aliases.resolve(kb_home.db_url, "base")[0])
+    prompts = [[{"role": "user", "content": f"{QUESTION} ({n})"}] for n in range(5)]
+    params = GenParams(max_new_tokens=12, temperature=0.7)  # batches are greedy whatever is asked
+    greedy = GenParams(max_new_tokens=12)
+    batch = backend.generate_batch(prompts, params)
+    single = [backend.generate(p, greedy) for p in prompts]
+    assert [(g.text, g.completion_tokens, g.prompt_tokens) for g in batch] == [
+        (g.text, g.completion_tokens, g.prompt_tokens) for g in single
+    ]
+    assistant.close()
+
+
+def test_a_prompt_longer_than_a_slot_is_refused_with_what_to_change(kb_home: Settings, start_server) -> None:
+    server, _ = serve(kb_home, start_server, ctx_per_slot=128)
+    with server.client() as client:
+        response = client.post(
+            "/v1/chat/completions", json={"messages": [{"role": "user", "content": QUESTION}]}
+        )
+    assert response.status_code == 400, response.text
+    assert "ctx_per_slot" in response.json()["error"]["message"]
+    assert interactions(kb_home) == 0

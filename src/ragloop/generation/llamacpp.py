@@ -31,6 +31,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -419,6 +420,16 @@ class LlamaCppBackend:
                 final = item
         assert final is not None
         return final
+
+    def generate_batch(
+        self, batch: list[list[dict]], params: GenParams, adapter: str | None = None
+    ) -> list[Generation]:
+        """Greedy answers to several prompts, decoded together in the engine's slots (evaluation's
+        throughput path; greedy like the transformers backend's batches). At most ``slots`` are sent at
+        once, so a batch never fills the queue; each keeps its own timings."""
+        greedy = GenParams(max_new_tokens=params.max_new_tokens, temperature=0.0)
+        with ThreadPoolExecutor(max_workers=max(1, min(len(batch), self.slots))) as pool:
+            return list(pool.map(lambda messages: self.generate(messages, greedy, adapter), batch))
 
 
 def _engine_error(chunk: dict) -> RagloopError:
