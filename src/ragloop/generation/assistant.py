@@ -21,7 +21,7 @@ from ragloop.config import Settings
 from ragloop.errors import RagloopError
 from ragloop.generation.backends import Backend, Generation, GenParams, OpenAIBackend, TransformersBackend
 from ragloop.generation.citations import parse_citations
-from ragloop.generation.llamacpp import LlamaCppBackend, prepare_process
+from ragloop.generation.llamacpp import LlamaCppBackend
 from ragloop.generation.models import resolve_model
 from ragloop.generation.prompts import get_template, prompt_sha256
 from ragloop.store import aliases
@@ -191,8 +191,6 @@ class Assistant:
             self.base_hash = hashlib.sha256(self.base_name.encode()).hexdigest()
             self.base_dir = None
         elif gen.backend in ("transformers", "llamacpp"):
-            if gen.backend == "llamacpp":
-                prepare_process()  # before anything loads torch: see there
             # The same base either way (llamacpp serves a GGUF written from this folder), so versions
             # trained on it are served by both.
             self.base_dir, self.base_hash = resolve_model(gen.model, settings.model_cache_dir)

@@ -52,19 +52,6 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def prepare_process() -> None:
-    """Make this process's OpenMP threads wait passively; call it before torch or xllamacpp is imported
-    (the Assistant of a llamacpp home does, first thing). A value already set is kept.
-
-    llama.cpp's threads meet at a barrier after every step of a decode, and libgomp spins there by
-    default. On cores that also do anything else (the query embedder, the HTTP server, another process),
-    a spinning thread waits for one that has lost its core: on this 2-core machine under another
-    process's load, decoding with 2 threads fell to 1-54 tokens/s, and was 58-59 with passive waiting (1
-    thread: 68-76). torch and xllamacpp share one libgomp (the first loaded), which reads this once; in a
-    llamacpp home torch runs single-threaded, so its own speed does not depend on it."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
-
-
 @dataclass(eq=False)
 class _Engine:
     """One ``xllamacpp.Server`` and the adapters it was started with (their ids are positions here)."""
@@ -109,7 +96,9 @@ class LlamaCppBackend:
         queue: int = 16,
         threads: int | None = None,
     ):
-        prepare_process()
+        # OpenMP waits as libgomp does by default (spin briefly, then sleep). Measured on the idle 2-core
+        # machine (bench/serving.py, single stream): passive waiting halved ragloop's decode (34 against
+        # 61 tokens/s); where the cores are shared with other busy processes, OMP_WAIT_POLICY=passive helps.
         try:
             import xllamacpp
         except ImportError as exc:  # pragma: no cover - install problem
