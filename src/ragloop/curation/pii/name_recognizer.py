@@ -201,12 +201,7 @@ class CensusNameRecognizer(LocalRecognizer):
         surname_known = self.names.is_last(last)
         opens_sentence = OPENS_SENTENCE.search(text, 0, run[k].start()) is not None
         # In Title Case text ("Other Important Information Governing Law") capitals say nothing.
-        prev = run[k - 1] if k > 0 else None
-        title_case = (
-            prev is not None
-            and is_capitalised(prev.group())
-            and OPENS_SENTENCE.search(text, 0, prev.start()) is None
-        ) or (end < len(run) and is_capitalised(run[end].group()))
+        title_case = _in_title_case(run, k, end, text)
         if len(tok) == 1:  # an initial: "J. Smith"
             if surname_known and last.lower() not in AMBIGUOUS_FIRST_NAMES:
                 return *span, 0.6, end
@@ -259,13 +254,7 @@ class CensusNameRecognizer(LocalRecognizer):
             self.namelike(t) or self.given(t) or self.family(t) for t in names[1:-1]
         ):
             return None
-        prev = run[k - 1] if k > 0 else None
-        title_case = (
-            prev is not None
-            and is_capitalised(prev.group())
-            and OPENS_SENTENCE.search(text, 0, prev.start()) is None
-        ) or (end < len(run) and is_capitalised(run[end].group()))
-        if title_case:
+        if _in_title_case(run, k, end, text):
             return None
         word_before = re.search(r"([^\W\d_]+)[ \t]+$", text[max(0, run[k].start() - 30) : run[k].start()])
         # Followed by a word in small letters (a verb: "… Bensaïd won the hackathon"), not by a noun
@@ -402,3 +391,14 @@ class CensusNameRecognizer(LocalRecognizer):
         while end > k and run[end - 1].group().lower() in PARTICLES:  # a particle cannot end a name
             end -= 1
         return end
+
+
+def _in_title_case(run: list[re.Match], k: int, end: int, text: str) -> bool:
+    """Whether the capitalised words ``run[k:end]`` stand inside Title Case text: a capitalised word before
+    them that does not open a sentence, or one right after them. There capitals say nothing of a name."""
+    prev = run[k - 1] if k > 0 else None
+    return (
+        prev is not None
+        and is_capitalised(prev.group())
+        and OPENS_SENTENCE.search(text, 0, prev.start()) is None
+    ) or (end < len(run) and is_capitalised(run[end].group()))
