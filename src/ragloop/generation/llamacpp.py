@@ -365,39 +365,25 @@ class LlamaCppBackend:
         finish: str | None = None
         usage: dict = {}
         timings: dict = {}
-        ended = False
         try:
-            while not ended:
-                # Every chunk waiting in the queue goes out as one delta: a consumer that lags (the HTTP door
-                # hops threads per item, and competes with the engine's threads for 2 cores) then costs one
-                # hop per batch of tokens instead of one per token, and never slows the engine down.
-                batch = [request.items.get()]
-                while batch[-1] is not _END:
-                    try:
-                        batch.append(request.items.get_nowait())
-                    except queue.Empty:
-                        break
-                text = []
-                for item in batch:
-                    if item is _END:
-                        ended = True
-                        break
-                    if isinstance(item, BaseException):
-                        raise GenerationError(f"llama.cpp failed: {item}") from item
-                    if "error" in item or "choices" not in item:
-                        raise _engine_error(item)
-                    usage = item.get("usage") or usage
-                    timings = item.get("timings") or timings
-                    for choice in item["choices"]:
-                        finish = choice.get("finish_reason") or finish
-                        if choice.get("text"):
-                            text.append(choice["text"])
-                if text:
-                    if first is None:
-                        first = time.perf_counter() - start
-                    piece = "".join(text)
-                    pieces.append(piece)
-                    yield piece
+            while True:
+                item = request.items.get()
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    raise GenerationError(f"llama.cpp failed: {item}") from item
+                if "error" in item or "choices" not in item:
+                    raise _engine_error(item)
+                usage = item.get("usage") or usage
+                timings = item.get("timings") or timings
+                for choice in item["choices"]:
+                    finish = choice.get("finish_reason") or finish
+                    piece = choice.get("text")
+                    if piece:
+                        if first is None:
+                            first = time.perf_counter() - start
+                        pieces.append(piece)
+                        yield piece
         finally:
             request.cancel.set()  # a consumer that stopped early stops the engine at its next token
         if finish is None:
