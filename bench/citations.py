@@ -43,7 +43,7 @@ def main() -> None:
     said_cases = [bool(groundedness(c["answer"], c["passages"])) for c in cases]
     want_cases = [c["grounded"] for c in cases]
 
-    print("| set (of \"supported\" / \"grounded\") | n | TP | FP | FN | precision | recall |")
+    print('| set (of "supported" / "grounded") | n | TP | FP | FN | precision | recall |')
     print("|---|---|---|---|---|---|---|")
     print(_row("pairs, first half (tuning)", said_pairs[:half], want_pairs[:half]))
     print(_row("pairs, second half (held out)", said_pairs[half:], want_pairs[half:]))

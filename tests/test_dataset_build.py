@@ -342,3 +342,28 @@ def test_a_correction_whose_evidence_the_retriever_missed_becomes_an_example(kb_
             fb.evidence = [{**e, "text_sha256": "0" * 64} for e in fb.evidence or []] or None
     [candidate] = load_candidates(kb_home)
     assert len(candidate.passages) == 1 and candidate.oracle_ranks == []
+
+
+def test_curation_keeps_a_correct_multi_hop_answer_citing_its_bridge_passage():
+    """Issue 21: the answer's passage and the bridge passage cited together support the answer; a wrong
+    span whose citations each support something else is still dropped."""
+    from ragloop.curation.pipeline import Candidate, apply_filters
+    from ragloop.feedback.service import Judgement
+    from ragloop.generation.replay import ShownPassage
+
+    texts = [
+        "The Westbrook Mirror is a weekly newspaper owned by the Sun Journal Media Group since 2004.",
+        "The Sun Journal Media Group is a media company in Lewiston, Maine, and a subsidiary of Gannett Holdings.",
+    ]
+    passages = [ShownPassage(f"c{i}", f"d{i}", f"doc {i}", "news.txt", "", t) for i, t in enumerate(texts, 1)]
+    liked = Judgement(reviewers=["r"], accepted=True, mean_rating=5.0, gold_ranks=[])
+    question = "Which company owns the group that owns the Westbrook Mirror?"
+
+    def cand(answer: str) -> Candidate:
+        return Candidate("i", "c", 1, question, passages, answer, False, liked, answer, [1, 2], shown=2)
+
+    kept, reports = apply_filters(
+        [cand("Gannett Holdings [1][2]"), cand("Lewiston Holdings [1][2]")], Policy()
+    )
+    assert [c.answer for c in kept] == ["Gannett Holdings [1][2]"]
+    assert next(r for r in reports if r.name == "verify_citations").reasons == {"unsupported citation": 1}

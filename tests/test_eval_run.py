@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from ragloop.config import Settings
 from ragloop.datasets.importers import read_qa_file
 from ragloop.datasets.raft import RaftConfig, build_raft_examples
+from ragloop.errors import RagloopError
 from ragloop.evaluation.compare import compare_runs
 from ragloop.evaluation.review import EVAL_QUEUE, agreement, sample_for_review
 from ragloop.evaluation.robustness import run_robustness
@@ -28,6 +29,7 @@ from ragloop.evaluation.run import (
     list_runs,
     mark_interrupted,
     prepare,
+    rescore_run,
     run_eval,
     run_examples,
 )
@@ -468,3 +470,31 @@ def test_a_running_eval_heartbeats(kb_home: Settings, qa_file: Path, monkeypatch
     last = get_run(kb_home, run.id).heartbeat_at
     time.sleep(0.3)
     assert get_run(kb_home, run.id).heartbeat_at == last  # the thread stopped with the run
+
+
+def test_rescore_scores_stored_answers_again_into_a_new_run(kb_home: Settings, qa_file: Path) -> None:
+    from ragloop.cli import app
+
+    run = run_eval(kb_home, EvalConfig(data=str(qa_file), n_distractors=1, max_new_tokens=2, batch_size=4))
+    # A multi-hop style answer citing the answer's passage and another one together, stored as scored by
+    # the old rule (each cited passage alone): not grounded.
+    with session_scope(kb_home.db_url) as s:
+        row = s.scalars(
+            select(EvalExample).where(EvalExample.run_id == run.id, EvalExample.example_id == "vacation")
+        ).one()
+        row.output = "Twenty-five days [1][2]"
+        row.scores = {**row.scores, "grounded": False, "prompt_tokens": 123}
+    new = rescore_run(kb_home, run.id[:10])
+    assert new.id != run.id and new.config["rescored_from"] == run.id and new.status == "done"
+    old_rows = {e.example_id: e for e in run_examples(kb_home, run.id)}
+    new_rows = {e.example_id: e for e in run_examples(kb_home, new.id)}
+    assert old_rows.keys() == new_rows.keys()
+    assert all(new_rows[k].output == old_rows[k].output for k in old_rows)  # nothing generated again
+    again = new_rows["vacation"].scores
+    assert again["grounded"] is True and again["prompt_tokens"] == 123 and again["correct"] is True
+    assert old_rows["vacation"].scores["grounded"] is False  # the stored run is left as it was
+    result = CliRunner().invoke(app, ["eval", "rescore", run.id, "--home", str(kb_home.home)])
+    assert result.exit_code == 0 and "new run:" in result.stdout, result.output
+    qa_file.write_text(qa_file.read_text() + "\n")  # the data changed: the passages cannot be rebuilt
+    with pytest.raises(RagloopError, match="content hash differs"):
+        rescore_run(kb_home, run.id)

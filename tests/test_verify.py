@@ -11,10 +11,13 @@ from ragloop.curation.verify import (
     DEFAULT_THRESHOLD,
     SUPPORT_METHOD,
     Verdict,
+    is_span,
     quantities,
     verify_answer,
+    verify_cited,
     verify_statement,
 )
+from ragloop.evaluation.metrics import groundedness
 
 PAIRS = [
     json.loads(line)
@@ -107,7 +110,7 @@ def test_numbers_compare_by_value_not_by_spelling():
     assert (
         quantities("fines up to EUR 20 million") == quantities("fines up to 20 000 000 EUR") == {"20000000"}
     )
-    assert quantities("on 25 May 2018 at 9:00") == {"2018-05-25", "9:00"}
+    assert quantities("on 25 May 2018 at 9:00") == {"2018-05-25", "2018-05", "2018", "9:00"}
     assert quantities("within three weeks") == {"3"}
     assert quantities("zero tolerance, the third report") == {"0", "3"}  # 0 is falsy: once a KeyError
 
@@ -137,24 +140,83 @@ def test_verify_answer_checks_each_citation_against_its_own_passage():
         "Fines can reach 4 % of worldwide annual turnover [2], and the supervisory authority must be "
         "notified without undue delay [1][2]. Repeat offenders go to prison [3]."
     )
-    got = [(n, v.supported) for n, _, v in verify_answer(answer, passages)]
-    assert got[:2] == [(1, True), (2, True)]
-    assert (3, False) in got
-    out_of_range = next(v for n, _, v in verify_answer(answer, passages) if n == 3)
-    assert out_of_range.method == "citation" and "2 passage(s)" in out_of_range.reason
+    checks = verify_answer(answer, passages)
+    assert [(c.cited, c.supported) for c in checks[:3]] == [((1,), True), ((2,), True), ((1, 2), True)]
+    # [2] (fines) supports nothing of "the supervisory authority must be notified without undue delay"
+    assert checks[2].unnecessary == (2,)
+    out_of_range = checks[3]
+    assert out_of_range.cited == (3,) and not out_of_range.supported
+    assert out_of_range.verdict.method == "citation" and "2 passage(s)" in out_of_range.verdict.reason
 
 
 def test_verify_answer_splits_a_sentence_between_its_citations():
     passages = [PASSAGE, "Fines can reach EUR 20 000 000 or 4 % of the total worldwide annual turnover."]
     answer = "The supervisory authority must be told of a breach within 72 hours [1] and fines can reach 4 % of annual turnover [2]."
-    (n1, s1, v1), (n2, s2, v2) = verify_answer(answer, passages)
-    assert (n1, n2) == (1, 2) and v1.supported and v2.supported
-    assert "fines" not in s1 and "fines" in s2
+    first, second = verify_answer(answer, passages)
+    assert (first.cited, second.cited) == ((1,), (2,)) and first.supported and second.supported
+    assert "fines" not in first.statement and "fines" in second.statement
 
 
 def test_uncited_quotes_must_come_from_some_passage():
     passages = ["Unrelated text about cookies.", PASSAGE]
     found = verify_answer('As the law puts it, "without undue delay and, where feasible".', passages)
-    assert [(n, v.supported) for n, _, v in found] == [(2, True)]
+    assert [(c.cited, c.supported) for c in found] == [((2,), True)]
     invented = verify_answer('It says "immediately and in all cases".', passages)
-    assert [(n, v.supported) for n, _, v in invented] == [(0, False)]
+    assert [(c.cited, c.supported) for c in invented] == [((), False)]
+
+
+# --- several passages cited together (issue 21) -------------------------------------------------------------
+
+CASES = [
+    json.loads(line)
+    for line in (Path(__file__).parent / "fixtures" / "curation" / "multi_citation_cases.jsonl")
+    .read_text()
+    .splitlines()
+]
+
+
+def test_multi_citation_answers_are_judged_on_their_citations_together():
+    # Precision and recall of "grounded" on the hand-written answers (docs/curation.md): the rule of one
+    # passage per citation scored 0.50 / 0.06 here, calling every correct multi-hop answer unsupported.
+    said = [bool(groundedness(c["answer"], c["passages"])) for c in CASES]
+    want = [c["grounded"] for c in CASES]
+    tp = sum(s and w for s, w in zip(said, want, strict=True))
+    fp = sum(s and not w for s, w in zip(said, want, strict=True))
+    fn = sum(w and not s for s, w in zip(said, want, strict=True))
+    assert tp / (tp + fp) >= 0.85 and tp / (tp + fn) >= 0.9, (tp, fp, fn)
+    for kind in ("bridge_span", "wrong_span", "irrelevant_citation", "all_irrelevant"):
+        assert all(s == c["grounded"] for s, c in zip(said, CASES, strict=True) if c["kind"] == kind), kind
+
+
+def test_a_citation_that_supports_nothing_is_reported_not_failed():
+    for case in CASES:
+        if case["unnecessary"] is None:
+            continue
+        checks = verify_answer(case["answer"], case["passages"])
+        assert sorted({n for c in checks for n in c.unnecessary}) == case["unnecessary"], case["answer"]
+
+
+def test_a_wrong_name_cannot_be_gathered_from_two_passages():
+    passages = ["Harbour Lights stars Helen Mirren.", "Alan Pryce directed Harbour Lights."]
+    assert verify_cited("Helen Pryce", {1: passages[0], 2: passages[1]})[0].supported is False
+    assert verify_cited("Alan Pryce", {1: passages[0], 2: passages[1]})[0].supported
+    assert is_span("Tyrol, Austria") and is_span("14 March 1941") and not is_span("Maeve was born in 1962")
+
+
+def test_a_joined_claim_needs_each_clause_in_one_cited_passage():
+    owner = "The Westbrook Mirror is owned by the Sun Journal Media Group."
+    parent = "The Sun Journal Media Group is a subsidiary of Gannett Holdings."
+    verdict, _ = verify_cited("The Westbrook Mirror is owned by Sun Journal, a subsidiary of Gannett Holdings",
+                              {1: owner, 2: parent})  # fmt: skip
+    assert verdict.supported and verdict.method == "joint"
+    wrong, _ = verify_cited("The Westbrook Mirror is a subsidiary of Gannett Holdings", {1: owner, 2: parent})
+    assert not wrong.supported
+
+
+def test_a_year_is_supported_by_the_full_date():
+    assert verify_statement(
+        "Alan Pryce was born in 1941.", "Alan Pryce (born 14 March 1941) directs films."
+    ).supported
+    assert not verify_statement(
+        "Alan Pryce was born on 14 March 1942.", "Alan Pryce was born in 1942."
+    ).supported

@@ -157,6 +157,35 @@ def eval_show(
         console.print(Text(f"output: {e.output}"), style="dim")
 
 
+@eval_app.command("rescore")
+def eval_rescore(
+    run_id: Annotated[str, typer.Argument(help="Run id or unique prefix.")],
+    as_json: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Score a finished run's stored answers again with the current metrics (no generation): a new run."""
+    from ragloop.evaluation.run import get_run, rescore_run
+
+    settings = home_settings(home)
+    old = get_run(settings, run_id)
+    new = rescore_run(settings, old.id)
+    if as_json:
+        print(json.dumps({"run_id": new.id, "rescored_from": old.id, "before": old.metrics, "after": new.metrics},
+                         indent=2, default=str))  # fmt: skip
+        return
+    table = Table("metric", f"{old.id[:12]} (stored)", f"{new.id[:12]} (rescored)", title="scores again")
+    for key in dict.fromkeys([*(old.metrics or {}), *(new.metrics or {})]):
+        a, b = (old.metrics or {}).get(key), (new.metrics or {}).get(key)
+        if a != b:
+            table.add_row(
+                key, *("–" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in (a, b))
+            )
+    console.print(table if table.row_count else "No metric changed.")
+    console.print(
+        f"new run: {new.id} (compare: ragloop eval compare {old.id[:12]} {new.id[:12]})", highlight=False
+    )
+
+
 @eval_app.command("list")
 def eval_list(
     model: Annotated[str | None, typer.Option(help="Only this model version or alias.")] = None,

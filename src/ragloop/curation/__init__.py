@@ -12,8 +12,10 @@ from ragloop.curation.refusal import ABSTAIN_ANSWER, is_refusal
 from ragloop.curation.verify import (
     DEFAULT_THRESHOLD,
     SUPPORT_METHOD,
+    Check,
     Verdict,
     verify_answer,
+    verify_cited,
     verify_statement,
 )
 
@@ -21,6 +23,7 @@ __all__ = [
     "ABSTAIN_ANSWER",
     "DEFAULT_THRESHOLD",
     "SUPPORT_METHOD",
+    "Check",
     "Verdict",
     "exact_key",
     "find_duplicates",
@@ -28,5 +31,6 @@ __all__ = [
     "near_duplicate_of",
     "normalise_question",
     "verify_answer",
+    "verify_cited",
     "verify_statement",
 ]

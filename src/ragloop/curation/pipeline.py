@@ -158,16 +158,17 @@ def _cites(c: Candidate) -> str | None:
 
 
 def _verified(c: Candidate, threshold: float | None) -> str | None:
-    """Every cited (or quoted) statement must be supported by its passage. An answer that cites nothing
+    """Every cited (or quoted) statement must be supported by the passages it cites (together: a multi-hop
+    answer citing its bridge passage is kept, ``verify_cited``). An answer that cites nothing
     (its oracle came from a reviewer's gold marks) must have every sentence supported by an oracle passage:
     a thumbs-up on a fluent but unfounded answer must not turn it into training data."""
     if c.from_correction:  # a reviewer wrote it against the passages: trusted
         return None
     t = threshold if threshold is not None else DEFAULT_THRESHOLD
     texts = [p.text for p in c.passages]
-    verdicts = verify_answer(c.answer, texts, t)
-    if verdicts:
-        return "unsupported citation" if any(not v.supported for _, _, v in verdicts) else None
+    checks = verify_answer(c.answer, texts, t)
+    if checks:
+        return "unsupported citation" if any(not check.supported for check in checks) else None
     oracle = [texts[r - 1] for r in c.oracle_ranks if 1 <= r <= len(texts)]
     for s, e in split_sentences(c.answer):
         if not any(verify_statement(c.answer[s:e], p, t).supported for p in oracle):

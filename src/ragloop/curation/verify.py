@@ -138,7 +138,8 @@ def _canonical(value: float) -> str:
 def quantities(text: str) -> set[str]:
     """Canonical forms of the dates, times and numbers in ``text`` (``"2018-05-25"``, ``"9:00"``,
     ``"20000000"``), so "EUR 20 million" equals "20 000 000 EUR" and "25 May 2016" differs from
-    "25 May 2018" even though both contain 25."""
+    "25 May 2018" even though both contain 25. A date brings its year and month along (``"2018"``,
+    ``"2018-05"``), so a statement may name the year of a dated event."""
     text = normalise_for_matching(text)
     found: set[str] = set()
 
@@ -148,6 +149,9 @@ def quantities(text: str) -> set[str]:
 
     for pattern in _DATES:
         text = pattern.sub(lambda m: take(_date_key(m)), text)
+    # A date also states its month and year: "born in 1941" is supported by "born 14 March 1941".
+    for key in [k for k in found if "-" in k]:
+        found.update({key[:4], key[:7]})
     text = _TIME.sub(lambda m: take(f"{int(m.group(1))}:{m.group(2)}"), text)
     text = _NUMBER.sub(lambda m: take(_number_key(m)), text)
     for m in _WORD_NUMBER.finditer(text):
@@ -333,10 +337,31 @@ def verify_statement(statement: str, passage: str, threshold: float = DEFAULT_TH
     return Verdict(True, score, SUPPORT_METHOD, f"support {score:.2f} at threshold {threshold:.2f}")
 
 
-def _cited_statements(sentence: str) -> list[tuple[int, str]]:
-    """(n, statement) for each citation in a sentence. "A [1] and B [2]." attributes "A" to [1] and
-    "and B" to [2]; a fragment too short to check on its own falls back to the whole sentence."""
-    out: list[tuple[int, str]] = []
+@dataclass(frozen=True)
+class Check:
+    """One cited statement of an answer and its verdict.
+
+    ``cited`` are the passage numbers the statement cites together (1-based; ``(n,)`` for one citation,
+    ``(n,)`` or ``()`` for a quote in a sentence that cites nothing: the passage it was found in, if any).
+    ``unnecessary`` are cited passages that support nothing of the statement (no content word, number or
+    quote of it): reported, not held against a statement the other citations support.
+    """
+
+    cited: tuple[int, ...]
+    statement: str
+    verdict: Verdict
+    unnecessary: tuple[int, ...] = ()
+
+    @property
+    def supported(self) -> bool:
+        return self.verdict.supported
+
+
+def _cited_statements(sentence: str) -> list[tuple[tuple[int, ...], str]]:
+    """(numbers, statement) for each group of citations in a sentence. "A [1] and B [2]." attributes "A"
+    to [1] and "and B" to [2]; adjacent markers ("[1][2]", "[1] [2]") and lists ("[1, 2]") cite the text
+    before them together; a fragment too short to check on its own falls back to the whole sentence."""
+    out: list[tuple[tuple[int, ...], str]] = []
     start, pending = 0, []
     marks = list(CITE.finditer(sentence))
     for i, m in enumerate(marks):
@@ -346,34 +371,153 @@ def _cited_statements(sentence: str) -> list[tuple[int, str]]:
         fragment = sentence[start : pending[0].start()]
         if len(content_stems(fragment)) < 3:
             fragment = sentence
+        numbers: list[int] = []
         for p in pending:
             for raw in re.split(r"\s*[,;]\s*", p.group(1)):
-                out.append((int(raw), _strip_citations(fragment)))
+                if int(raw) not in numbers:
+                    numbers.append(int(raw))
+        out.append((tuple(numbers), _strip_citations(fragment)))
         start, pending = m.end(), []
     return out
 
 
-def verify_answer(
-    answer: str, passages: list[str], threshold: float = DEFAULT_THRESHOLD
-) -> list[tuple[int, str, Verdict]]:
-    """One (n, statement, verdict) per citation [n] in ``answer`` (n is 1-based into ``passages``; a
-    number outside the list is unsupported), plus one per quote in a sentence that cites nothing: it must
-    appear in some passage, and n is that passage's number (0 if none)."""
-    out: list[tuple[int, str, Verdict]] = []
+# --- several passages cited together ------------------------------------------------------------------------
+
+# Words a name may hold in lower case ("League of Ireland", "Leonardo da Vinci").
+_NAME_JOINERS = frozenset(_split("of the and de da del della di du la le van von der den y for on upon in"))
+_TOKENS = re.compile(r"\w+")
+# Where a claim joined from several passages splits into its parts: clause commas and semicolons, and the
+# conjunctions and relative pronouns that start a new clause.
+_CLAUSE = re.compile(r"\s*[;,]\s*|\s+(?:and|but|while|whereas|which|who|whose|where|although)\s+", re.I)
+MIN_PART_STEMS = 2  # a clause with fewer content words is joined to the one before it
+
+
+def _tokens(text: str) -> list[str]:
+    return _TOKENS.findall(normalise_for_matching(text))
+
+
+def is_span(statement: str) -> bool:
+    """A bare answer span rather than a claim: a name, a place, a date or a number ("Gannett Holdings",
+    "Tyrol, Austria", "14 March 1941") — every word capitalised, a number, or a joiner inside a name."""
+    words = re.findall(r"[\w'’-]+", _strip_citations(statement))
+    if not words or len(words) > 8:
+        return False
+    return all(w[0].isupper() or w[0].isdigit() or w.lower() in _NAME_JOINERS for w in words) and any(
+        w[0].isupper() or w[0].isdigit() for w in words
+    )
+
+
+def _contains_run(passage: str, span: str) -> bool:
+    """The span's words, in order and contiguous, are in the passage (case, punctuation and quotes
+    ignored; a leading article may be missing from the passage)."""
+    want, have = _tokens(span), _tokens(passage)
+    while want and want[0] in ("the", "a", "an"):
+        want = want[1:]
+    return bool(want) and any(have[i : i + len(want)] == want for i in range(len(have) - len(want) + 1))
+
+
+def _clauses(statement: str) -> list[str]:
+    parts: list[str] = []
+    for piece in _CLAUSE.split(statement):
+        if not piece.strip():
+            continue
+        if parts and len(content_stems(piece)) < MIN_PART_STEMS:
+            parts[-1] = f"{parts[-1]} {piece}"
+        else:
+            parts.append(piece)
+    if len(parts) > 1 and len(content_stems(parts[0])) < MIN_PART_STEMS:
+        parts[1] = f"{parts[0]} {parts[1]}"
+        parts = parts[1:]
+    return parts
+
+
+def _shares_something(statement: str, passage: str) -> bool:
+    """The passage holds at least one content word, number or quote of the statement."""
+    stems = content_stems(statement)
+    window = content_stems(passage)
+    if any(_matches(s, window) for s in stems) or quantities(statement) & quantities(passage):
+        return True
+    norm = normalise_for_matching(passage)
+    return any(normalise_for_matching(q).strip(" .,;:") in norm for q in find_quotes(statement))
+
+
+def verify_cited(
+    statement: str, cited: dict[int, str], threshold: float = DEFAULT_THRESHOLD
+) -> tuple[Verdict, tuple[int, ...]]:
+    """Do the passages a statement cites (``{n: text}``) support it together? Returns the verdict and the
+    cited passages that support nothing of it.
+
+    The rule (docs/curation.md, "Several citations"): every quote must be in one of the cited passages; a
+    bare answer span (a name, place, date, number) must be found whole, in order, in one of them — the
+    bridge passage of a multi-hop answer need not hold it, and the words of a wrong name cannot be
+    gathered from two passages; a claim is supported when one cited passage supports all of it, or when
+    it splits into clauses that each are supported by one cited passage ("X is owned by Y [1], a
+    subsidiary of Z [2]" written as "... [1][2]"). With one citation this is ``verify_statement``.
+    """
+    statement = _strip_citations(statement)
+    unnecessary = tuple(n for n, p in cited.items() if not _shares_something(statement, p))
+    passages = list(cited.values())
+    if len(passages) == 1:
+        return verify_statement(statement, passages[0], threshold), unnecessary
+    norms = [normalise_for_matching(p) for p in passages]
+    quotes = find_quotes(statement)
+    for q in quotes:
+        if not any(normalise_for_matching(q).strip(" .,;:") in n for n in norms):
+            return Verdict(
+                False, 0.0, "exact_quote", f"quoted text in no cited passage: {q[:80]!r}"
+            ), unnecessary
+    if any(len(q.split()) >= MIN_QUOTE_WORDS for q in quotes):
+        return Verdict(True, 1.0, "exact_quote", "quoted text found verbatim in a cited passage"), unnecessary
+    if is_span(statement):
+        n = next((n for n, p in cited.items() if _contains_run(p, statement)), None)
+        if n is None:
+            return Verdict(False, 0.0, "span", "answer span in no cited passage as a whole"), unnecessary
+        return Verdict(True, 1.0, "span", f"answer span found in passage [{n}]"), unnecessary
+    verdicts = [verify_statement(statement, p, threshold) for p in passages]
+    best = max(verdicts, key=lambda v: (v.supported, v.score))
+    if best.supported:
+        return best, unnecessary
+    parts = _clauses(statement)
+    if len(parts) > 1:
+        found = [max((verify_statement(part, p, threshold) for p in passages), key=lambda v: (v.supported, v.score))
+                 for part in parts]  # fmt: skip
+        if all(v.supported for v in found):
+            score = min(v.score for v in found)
+            reason = (
+                f"each of its {len(parts)} clauses supported by a cited passage (lowest support {score:.2f})"
+            )
+            return Verdict(True, score, "joint", reason), unnecessary
+        missing = next(part for part, v in zip(parts, found, strict=True) if not v.supported)
+        reason = f"clause {missing.strip()[:60]!r} supported by no cited passage"
+        return Verdict(False, best.score, "joint", reason), unnecessary
+    return best, unnecessary
+
+
+def verify_answer(answer: str, passages: list[str], threshold: float = DEFAULT_THRESHOLD) -> list[Check]:
+    """One Check per cited statement of ``answer`` (the [n] are 1-based into ``passages``; a number outside
+    the list makes its statement unsupported), plus one per quote in a sentence that cites nothing: it
+    must appear in some passage, and ``cited`` is that passage's number (empty if none)."""
+    out: list[Check] = []
     for s, e in split_sentences(answer) or [(0, len(answer))]:
         sentence = answer[s:e]
         cited = _cited_statements(sentence)
-        for n, statement in cited:
-            if not 1 <= n <= len(passages):
-                reason = f"cites [{n}] but {len(passages)} passage(s) were shown"
-                out.append((n, statement, Verdict(False, 0.0, "citation", reason)))
-            else:
-                out.append((n, statement, verify_statement(statement, passages[n - 1], threshold)))
+        for numbers, statement in cited:
+            bad = [n for n in numbers if not 1 <= n <= len(passages)]
+            if bad:
+                reason = f"cites [{bad[0]}] but {len(passages)} passage(s) were shown"
+                out.append(Check(numbers, statement, Verdict(False, 0.0, "citation", reason)))
+                continue
+            verdict, unnecessary = verify_cited(statement, {n: passages[n - 1] for n in numbers}, threshold)
+            out.append(Check(numbers, statement, verdict, unnecessary))
         if cited:
             continue
         for quote in find_quotes(sentence):
             verdicts = [verify_statement(f'"{quote}"', p, threshold) for p in passages]
             n = next((i for i, v in enumerate(verdicts, 1) if v.supported), 0)
-            reason = "quoted text not in any passage"
-            out.append((n, quote, verdicts[n - 1] if n else Verdict(False, 0.0, "exact_quote", reason)))
+            if n:
+                out.append(Check((n,), quote, verdicts[n - 1]))
+            else:
+                out.append(
+                    Check((), quote, Verdict(False, 0.0, "exact_quote", "quoted text not in any passage"))
+                )
     return out

@@ -35,6 +35,10 @@ from ragloop.generation.citations import CITE
 CORRECT_F1 = 0.5
 _ABSTAINED = extract_answer(ABSTAIN_ANSWER)
 
+# Stored with every run: 2 judges a statement citing several passages on the passages together (issue 21);
+# 1 required each cited passage to support it alone. `ragloop eval rescore RUN` re-scores an older run.
+SCORER_VERSION = 2
+
 # Per-example scores that are averaged into a run's metrics (and bootstrapped by ``compare``), with the
 # run-level name each one is reported under.
 MEAN_SCORES = {
@@ -47,6 +51,7 @@ MEAN_SCORES = {
     "citation_recall": "citation_recall",
     "cites": "cite_rate",
     "grounded": "grounded",
+    "cites_unnecessary": "unnecessary_citation_rate",
     "abstained": "abstain_rate",
     "abstain_ok": "abstention_accuracy",
     "false_abstention": "false_abstention_rate",
@@ -139,12 +144,20 @@ def citation_scores(output: str, shown_ids: Sequence[str], gold_ids: Sequence[st
 
 def groundedness(output: str, shown_texts: Sequence[str]) -> bool | None:
     """True when the answer cites (or quotes) something and every cited statement is supported by the
-    passage it cites (curation's ``verify_answer``); False when one is not, or when an answer shown
+    passages it cites, together (curation's ``verify_answer``: a multi-hop answer citing the passage that
+    holds the answer and the bridge passage is grounded); False when one is not, or when an answer shown
     passages cites nothing at all. None when there is nothing to ground (no passages shown)."""
+    return grounding(output, shown_texts)[0]
+
+
+def grounding(output: str, shown_texts: Sequence[str]) -> tuple[bool | None, int | None]:
+    """``groundedness`` and the number of unnecessary citations (cited passages that support nothing of
+    their statement); both None when no passage was shown."""
     if not shown_texts:
-        return None
-    verdicts = verify_answer(output, list(shown_texts))
-    return bool(verdicts) and all(v.supported for _, _, v in verdicts)
+        return None, None
+    checks = verify_answer(output, list(shown_texts))
+    unnecessary = sum(len(c.unnecessary) for c in checks)
+    return bool(checks) and all(c.supported for c in checks), unnecessary
 
 
 def score_answer(
@@ -171,7 +184,10 @@ def score_answer(
     # Abstaining is right when the answer is not in front of the model, wrong when it is.
     scores["abstain_ok"] = refused if not gold_shown else None
     scores["false_abstention"] = refused if gold_shown and answers else None
-    scores["grounded"] = None if refused else groundedness(output, shown_texts)
+    grounded, unnecessary = (None, None) if refused else grounding(output, shown_texts)
+    scores["grounded"] = grounded
+    # an answer that cites something: does it cite a passage that supports nothing of what it says?
+    scores["cites_unnecessary"] = bool(unnecessary) if unnecessary is not None and scores["cites"] else None
     return Scored(prediction, scores)
 
 

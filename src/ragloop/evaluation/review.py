@@ -14,7 +14,6 @@ Agreement answers "can we trust the numbers?": the share of reviewed answers whe
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import random
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from sqlalchemy import select
 from ragloop.config import Settings
 from ragloop.errors import RagloopError
 from ragloop.evaluation.metrics import cohens_kappa
-from ragloop.evaluation.run import EvalConfig, get_run, prepare, run_examples
+from ragloop.evaluation.run import get_run, rebuild_cases, run_examples
 from ragloop.feedback.service import judgement
 from ragloop.generation.citations import parse_citations
 from ragloop.store.db import session_scope
@@ -50,11 +49,6 @@ def pick_for_review(examples: list[Any], n: int, seed: int) -> list[Any]:
     return out
 
 
-def _config(run_config: dict[str, Any]) -> EvalConfig:
-    names = {f.name for f in dataclasses.fields(EvalConfig)}
-    return EvalConfig(**{k: v for k, v in run_config.items() if k in names})
-
-
 def sample_for_review(
     settings: Settings, run_id: str, n: int = 20, *, seed: int = 0, queue: str = EVAL_QUEUE
 ) -> list[str]:
@@ -66,22 +60,7 @@ def sample_for_review(
     chosen = pick_for_review(pending, n, seed)
     if not chosen:
         return []
-    retriever = None
-    if run.condition == "live":
-        from ragloop.retrieval.search import Retriever
-
-        retriever = Retriever(settings)
-    prep = prepare(settings, _config(run.config), retriever=retriever, kb_version=run.config.get("kb_version"),
-                   only_ids={e.example_id for e in chosen})  # fmt: skip
-    if prep.data.hash != run.dataset_hash:
-        raise RagloopError(f"{run.dataset} changed since run {run.id} (content hash differs): the passages shown "
-                           "cannot be rebuilt. Re-run the evaluation on the current file.")  # fmt: skip
-    cases = {c.item.id: c for c in prep.cases}
-    for e in chosen:
-        case = cases.get(e.example_id)
-        if case is None or case.prompt_sha256 != e.prompt_sha256:
-            raise RagloopError(f"The prompt of {e.example_id} in run {run.id} could not be rebuilt byte for byte "
-                               "(data, template or knowledge base changed); re-run the evaluation.")  # fmt: skip
+    cases = rebuild_cases(settings, run, chosen)
     template = run.config.get("template") or {}
     ids = []
     with session_scope(settings.db_url) as s:

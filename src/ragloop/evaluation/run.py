@@ -12,6 +12,7 @@ outputs (``key``), so the robustness report can reuse a run instead of generatin
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -34,7 +35,7 @@ from ragloop.evaluation.conditions import (
     default_k,
     skip_reason,
 )
-from ragloop.evaluation.metrics import aggregate, score_answer
+from ragloop.evaluation.metrics import SCORER_VERSION, aggregate, score_answer
 from ragloop.generation.backends import Generation, GenParams
 from ragloop.generation.prompts import get_template
 from ragloop.proc import Periodic
@@ -226,10 +227,17 @@ def run_key(fields: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
+def engine_id(settings: Settings) -> str:
+    """Which engine generates: outputs of the same version differ between engines and base formats
+    (llama.cpp's Q8_0 base is not transformers' fp32), so a run of one never stands in for another."""
+    g = settings.generator
+    return f"llamacpp/{g.base_format}" if g.backend == "llamacpp" else g.backend
+
+
 def _key_fields(
-    config: EvalConfig, version: ModelVersion, prep: Prepared, template: Any, max_new: int
+    config: EvalConfig, version: ModelVersion, prep: Prepared, template: Any, max_new: int, engine: str
 ) -> dict:
-    return {
+    fields = {
         "model_version": version.id,
         "dataset": prep.data.label,
         "dataset_hash": prep.data.hash,
@@ -245,6 +253,9 @@ def _key_fields(
         "max_new_tokens": max_new,
         "template": [template.id, template.version],
     }
+    if engine != "transformers":  # the reference engine keeps the keys of runs stored before engines differed
+        fields["engine"] = engine
+    return fields
 
 
 # --- generating -----------------------------------------------------------------------------------------
@@ -307,7 +318,7 @@ def run_eval(
     template = get_template(settings.prompt.template)
     max_new = config.max_new_tokens or settings.generator.max_new_tokens
     params = GenParams(max_new_tokens=max_new, temperature=0.0, seed=0)
-    key_fields = _key_fields(config, version, prep, template, max_new)
+    key_fields = _key_fields(config, version, prep, template, max_new, engine_id(settings))
     run_config = {
         **asdict(config),
         "data": prep.data.label,  # absolute: review rebuilds the prompts from another working directory
@@ -317,6 +328,8 @@ def run_eval(
         "kb_version": key_fields["kb_version"],
         "template": {"id": template.id, "version": template.version},
         "gen_params": params.to_dict(),
+        "engine": engine_id(settings),
+        "scorer": SCORER_VERSION,
         "n_items": len(prep.data.items),
         "n_sampled": prep.n_items,
         "skipped": prep.skipped,
@@ -527,10 +540,84 @@ def planned_key(
     template = get_template(settings.prompt.template)
     fields = _key_fields(
         config, version, Prepared([], {}, 0, data, k, top_k), template,
-        config.max_new_tokens or settings.generator.max_new_tokens,
+        config.max_new_tokens or settings.generator.max_new_tokens, engine_id(settings),
     )  # fmt: skip
     fields["kb_version"] = kb_version if config.condition == "live" else None
     return run_key(fields)
+
+
+# --- scoring stored outputs again ---------------------------------------------------------------------------
+
+
+def config_of(run_config: dict[str, Any]) -> EvalConfig:
+    """The EvalConfig a stored run was made with (its ``config`` holds more keys than the dataclass)."""
+    names = {f.name for f in dataclasses.fields(EvalConfig)}
+    return EvalConfig(**{k: v for k, v in run_config.items() if k in names})
+
+
+def rebuild_cases(settings: Settings, run: EvalRun, examples: Sequence[EvalExample]) -> dict[str, EvalCase]:
+    """The cases (question, passages shown, prompt) of a stored run's examples, rebuilt byte for byte from
+    its data and settings; refused when the data, template or knowledge base changed since."""
+    retriever = None
+    if run.condition == "live":
+        from ragloop.retrieval.search import Retriever
+
+        retriever = Retriever(settings)
+    prep = prepare(settings, config_of(run.config), retriever=retriever, kb_version=run.config.get("kb_version"),
+                   only_ids={e.example_id for e in examples})  # fmt: skip
+    if prep.data.hash != run.dataset_hash:
+        raise RagloopError(f"{run.dataset} changed since run {run.id} (content hash differs): the passages shown "
+                           "cannot be rebuilt. Re-run the evaluation on the current file.")  # fmt: skip
+    cases = {c.item.id: c for c in prep.cases}
+    for e in examples:
+        case = cases.get(e.example_id)
+        if case is None or case.prompt_sha256 != e.prompt_sha256:
+            raise RagloopError(f"The prompt of {e.example_id} in run {run.id} could not be rebuilt byte for byte "
+                               "(data, template or knowledge base changed); re-run the evaluation.")  # fmt: skip
+    return cases
+
+
+def rescore_run(settings: Settings, run_id: str) -> EvalRun:
+    """Score a finished run's stored outputs again with the current scorer, without generating: a new run
+    (``config.rescored_from``) with the same answers and new scores; the old run stays, so the change of
+    metric is itself comparable (``ragloop eval compare OLD NEW``). The passages shown are rebuilt from the
+    run's data, and must hash to the prompts it stored."""
+    run = get_run(settings, run_id)
+    if run.status != "done":
+        raise RagloopError(f"Eval run {run.id} is {run.status}; only finished runs can be scored again.")
+    examples = run_examples(settings, run.id)
+    cases = rebuild_cases(settings, run, examples)
+    rows, records = [], []
+    for e in examples:
+        case = cases[e.example_id]
+        scored = _score_case(case, e.output)
+        scores = {**(e.scores or {}), **scored.scores}  # keeps token counts and finish reasons
+        rows.append({"scores": scores, "prediction": scored.prediction, "answers": e.answers,
+                     "latency_ms": e.latency_ms})  # fmt: skip
+        records.append((e, scored.prediction, scores))
+    metrics = aggregate(rows)
+    metrics["examples_per_s"] = (run.metrics or {}).get("examples_per_s")
+    config = {**(run.config or {}), "rescored_from": run.id, "scorer": SCORER_VERSION}
+    with session_scope(settings.db_url) as s:
+        new = EvalRun(model_version=run.model_version, dataset=run.dataset, dataset_hash=run.dataset_hash,
+                      condition=run.condition, n_distractors=run.n_distractors, config=config, metrics=metrics,
+                      n_examples=len(examples), status="done", wall_s=run.wall_s)  # fmt: skip
+        s.add(new)
+        s.flush()
+        s.add_all(
+            EvalExample(run_id=new.id, example_id=e.example_id, question=e.question, answers=e.answers,
+                        passage_ids=e.passage_ids, gold_ids=e.gold_ids, prompt_sha256=e.prompt_sha256,
+                        output=e.output, prediction=prediction, scores=scores, latency_ms=e.latency_ms)
+            for e, prediction, scores in records
+        )  # fmt: skip
+        mv = s.get(ModelVersion, run.model_version)
+        if mv is not None:
+            entry = {"run_id": new.id, "data": run.dataset, "condition": run.condition, "k": run.n_distractors,
+                     "metrics": metrics, "rescored_from": run.id}  # fmt: skip
+            mv.meta = {**(mv.meta or {}), "evals": [*(mv.meta or {}).get("evals", []), entry]}
+        s.flush()
+        s.expunge(new)
+    return new
 
 
 # --- reading runs back ------------------------------------------------------------------------------------
