@@ -402,6 +402,21 @@ def test_reuse_needs_the_same_prompts_not_only_the_same_settings(kb_home: Settin
     assert reusable_run(kb_home, config) is None
 
 
+def test_a_run_of_one_engine_never_stands_in_for_another(kb_home: Settings, qa_file: Path) -> None:
+    """llama.cpp's quantised base answers differently from transformers' fp32: the engine is part of the
+    key, so `--reuse` under `backend = "llamacpp"` does not print a transformers run (and the other way)."""
+    from ragloop.evaluation.run import engine_id, reusable_run
+
+    config = EvalConfig(data=str(qa_file), condition="oracle", max_new_tokens=4, batch_size=4)
+    run = run_eval(kb_home, config)
+    assert run.config["engine"] == "transformers" and reusable_run(kb_home, config).id == run.id
+    other = kb_home.model_copy(
+        update={"generator": kb_home.generator.model_copy(update={"backend": "llamacpp"})}
+    )
+    assert engine_id(other) == f"llamacpp/{other.generator.base_format}"
+    assert reusable_run(other, config) is None
+
+
 def test_a_stale_interrupt_cannot_take_a_run_from_its_new_owner(kb_home: Settings, qa_file: Path) -> None:
     """The race ``mark_interrupted`` used to lose: process A sees a dead owner; before A writes, process B
     marks the run interrupted and claims it (a new heartbeat). A's mark, fenced on the heartbeat it saw,
