@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from scipy.stats import chisquare
 
 from ragloop.monitoring.stats import (
     DEFAULT_ALPHA,
@@ -178,6 +179,10 @@ def test_srm_flags_a_biased_split_and_not_a_fair_one() -> None:
     assert srm_pvalue(5000, 5000, 0.5) == pytest.approx(1.0)
     assert srm_pvalue(8000, 2000, 0.2) == pytest.approx(1.0)
     assert srm_pvalue(0, 0, 0.2) == 1.0
+    assert srm_pvalue(5100, 4900, 0.5) == pytest.approx(chisquare([5100, 4900]).pvalue, rel=1e-12)
+    assert srm_pvalue(7950, 2050, 0.2) == pytest.approx(
+        chisquare([7950, 2050], [8000, 2000]).pvalue, rel=1e-12
+    )
     rng = np.random.default_rng(3)
     for share in (0.5, 0.2):
         cand = rng.binomial(10_000, share, size=2000)
