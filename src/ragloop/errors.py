@@ -71,3 +71,10 @@ class Overloaded(RagloopError):
     def __init__(self, message: str, retry_after: int = 1):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class Conflict(RagloopError):
+    """The request clashes with the records' current state (a second running experiment on one alias)."""
+
+    status = 409
+    code = "conflict"

@@ -11,7 +11,19 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -136,6 +148,12 @@ class Interaction(Base):
     latency_generate_ms: Mapped[float] = mapped_column(Float, default=0.0)
     latency_first_token_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     latency_total_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    # The A/B experiment this turn was served under (0006), the arm that served it (control | candidate)
+    # and the assignment unit hashed to pick it (``store.experiments.unit_of``): the analysis unit.
+    # All None outside an experiment (no running one, an explicit version, evaluation traffic).
+    experiment_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    arm: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    experiment_unit: Mapped[str | None] = mapped_column(String(160), nullable=True)
 
     passages: Mapped[list[Passage]] = relationship(
         back_populates="interaction", cascade="all, delete-orphan", order_by="Passage.rank"
@@ -364,3 +382,64 @@ class PeriodicTask(Base):
     next_due: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # None: due now
     last_run_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # when the last run began
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)  # None when the last run went well
+
+
+class Experiment(Base):
+    """An A/B experiment on live traffic of one alias: which serving configuration each arm gets (frozen at
+    start), the candidate's share, what decides it, and how it ended. At most one runs per alias (a partial
+    unique index). ``store.experiments`` creates, assigns and stops them; ``monitoring`` judges them."""
+
+    __tablename__ = "experiments"
+    __table_args__ = (
+        Index(
+            "uq_experiments_running_alias",
+            "alias",
+            unique=True,
+            sqlite_where=text("status = 'running'"),
+            postgresql_where=text("status = 'running'"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    alias: Mapped[str] = mapped_column(String(128), default="production", index=True)
+    # An arm is a serving configuration: {"control": {"model_version": ...}, "candidate": {...}}; later
+    # keys (embedder, kb_version) extend an arm without a migration.
+    arms: Mapped[dict[str, Any]] = mapped_column(JSON)
+    share: Mapped[float] = mapped_column(Float)  # the candidate's share now; 0 once rolled back
+    ramp: Mapped[list[Any]] = mapped_column(JSON, default=list)  # shares stage by stage; [] = fixed share
+    stage: Mapped[int] = mapped_column(Integer, default=0)  # index into ramp
+    unit: Mapped[str] = mapped_column(String(32), default="auto")  # how a request's unit is chosen
+    primary_metric: Mapped[str] = mapped_column(String(64))
+    guardrails: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    min_units: Mapped[int] = mapped_column(Integer, default=0)
+    max_days: Mapped[float | None] = mapped_column(Float, nullable=True)
+    alpha: Mapped[float] = mapped_column(Float, default=0.05)
+    status: Mapped[str] = mapped_column(String(16), default="running", index=True)
+    # running | stopped | rolled_back | promoted
+    decision: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    stopped_by: Mapped[str | None] = mapped_column(String(64), nullable=True)  # user | guardrail | release
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # tuning n, hard limits, stages
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {c.name: getattr(self, c.name) for c in self.__table__.columns}
+        for name in ("created_at", "started_at", "stopped_at"):
+            if data[name] is not None:
+                data[name] = data[name].isoformat() + "Z"
+        return data
+
+
+class ExperimentSnapshot(Base):
+    """The state of an experiment at one check (per arm, per metric: n, mean, interval, verdict; SRM), kept
+    as a history so its charts can be drawn and a decision traced to what was known then."""
+
+    __tablename__ = "experiment_snapshots"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    experiment_id: Mapped[str] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
