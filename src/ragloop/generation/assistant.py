@@ -24,7 +24,7 @@ from ragloop.generation.citations import parse_citations
 from ragloop.generation.llamacpp import LlamaCppBackend
 from ragloop.generation.models import resolve_model
 from ragloop.generation.prompts import get_template, prompt_sha256
-from ragloop.store import aliases
+from ragloop.store import aliases, experiments
 from ragloop.store.db import session_scope
 from ragloop.store.models import Interaction, KBVersion, ModelVersion, Passage
 
@@ -73,6 +73,8 @@ class AnswerResult:
     finish_reason: str
     latency: dict[str, float | None] = field(default_factory=dict)
     cached_prompt_tokens: int | None = None  # prompt tokens the engine did not prefill again (llamacpp)
+    experiment_id: str | None = None  # the A/B experiment that served this turn, and its arm
+    arm: str | None = None
 
 
 def passage_record(rank: int, hit: Hit) -> dict:
@@ -103,6 +105,8 @@ def answer_record(result: AnswerResult) -> dict:
         "kb_version": result.kb_version,
         "model_version": result.model_version,
         "model_alias": result.model_alias,
+        "experiment_id": result.experiment_id,
+        "arm": result.arm,
         "citations": result.citations,
         "passages": [passage_record(rank, hit) for rank, hit in enumerate(result.passages, start=1)],
         "latency_ms": {
@@ -129,6 +133,10 @@ class _Prepared:
     turn_index: int
     started: float
     retrieve_s: float
+    # The A/B experiment serving this request, the arm its unit is assigned to and the unit; None outside.
+    experiment_id: str | None = None
+    arm: str | None = None
+    unit: str | None = None
 
 
 def normalise_messages(messages: Any, max_messages: int) -> list[dict]:
@@ -201,6 +209,9 @@ class Assistant:
             )
         with session_scope(settings.db_url) as s:
             self.base_version_id = aliases.ensure_base_version(s, self.base_name, self.base_hash).id
+        # A/B experiments are read from the database at most every 2 s, not on each request: assignment
+        # stays a dict lookup and a hash, and a start or stop elsewhere reaches this process in 2 s.
+        self.experiments = experiments.RunningExperiments(settings.db_url)
 
     # Models ----------------------------------------------------------------------------------------
     # The knowledge base opens on first use: an evaluation with its own passages (every condition but
@@ -339,6 +350,17 @@ class Assistant:
         with session_scope(self.settings.db_url) as s:
             version, alias = aliases.resolve(s, req.model)
             conversation_id, turn_index = self._conversation(s, req, messages)
+            experiment_id: str | None = None
+            arm: str | None = None
+            unit: str | None = None
+            assigned = self._arm(req, alias, conversation_id)
+            if assigned is not None:
+                running, arm, unit = assigned
+                served = s.get(ModelVersion, running.model_version(arm))
+                if served is None:  # the arm's version was removed: serve the alias, outside the experiment
+                    arm = unit = None
+                else:
+                    version, alias, experiment_id = served, running.alias, running.id
         backend, adapter = self.backend_for(version)
 
         query = retrieval_query(messages)
@@ -373,7 +395,28 @@ class Assistant:
             turn_index,
             started,
             retrieve_s,
+            experiment_id,
+            arm,
+            unit,
         )
+
+    def _arm(
+        self, req: AnswerRequest, alias: str | None, conversation_id: str
+    ) -> tuple[experiments.ExperimentView, str, str] | None:
+        """The running experiment on the alias a request resolved through, the arm its unit is assigned to
+        and the unit; None for a request naming a version id (it asked for that version), for traffic that is not live
+        (evaluation, replay, benchmarks) and for an alias without a running experiment."""
+        if alias is None or req.source not in experiments.LIVE_SOURCES:
+            return None
+        # The name asked for, not the alias it resolved to: before its first promotion `production` resolves
+        # to `base`, and an experiment on production must still see that traffic.
+        running = self.experiments.for_alias(req.model or aliases.DEFAULT_ALIAS)
+        if running is None:
+            return None
+        unit = experiments.unit_of(
+            conversation_id, client_conversation=bool(req.conversation_id), user_id=req.user_id
+        )
+        return running, running.arm_for(unit), unit
 
     def _conversation(self, session, req: AnswerRequest, messages: list[dict]) -> tuple[str, int]:  # type: ignore[no-untyped-def]
         turn_index = sum(1 for m in messages if m["role"] == "user") - 1
@@ -382,10 +425,12 @@ class Assistant:
         if turn_index > 0:
             from sqlalchemy import select
 
+            # Two conversations can hold the same thread (the same opening, the same answer): the oldest
+            # one is taken, so a thread's next turns always join the same conversation (and A/B unit).
             parent = session.scalars(
-                select(Interaction.conversation_id).where(
-                    Interaction.thread_sha256 == thread_sha256(messages[:-1])
-                )
+                select(Interaction.conversation_id)
+                .where(Interaction.thread_sha256 == thread_sha256(messages[:-1]))
+                .order_by(Interaction.created_at, Interaction.id)
             ).first()
             if parent:
                 return parent, turn_index
@@ -411,6 +456,9 @@ class Assistant:
             prompt_sha256=prompt_sha256(p.prompt),
             model_version=p.version.id,
             model_alias=p.alias,
+            experiment_id=p.experiment_id,
+            arm=p.arm,
+            experiment_unit=p.unit,
             gen_params=p.params.to_dict(),
             answer=gen.text,
             citations=citations,
@@ -459,6 +507,8 @@ class Assistant:
             completion_tokens=gen.completion_tokens,
             finish_reason=gen.finish_reason,
             cached_prompt_tokens=gen.extra.get("cached_prompt_tokens"),
+            experiment_id=interaction.experiment_id,
+            arm=interaction.arm,
             latency={
                 "retrieve_ms": interaction.latency_retrieve_ms,
                 "generate_ms": interaction.latency_generate_ms,
