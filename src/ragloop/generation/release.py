@@ -6,6 +6,10 @@ used: the version is loaded first, through the backend code that answers request
 loads moves the alias; the move records a RegistryEvent (``store.aliases``). A broken adapter therefore
 never reaches the running servers, which pick up an alias change on their next request.
 
+A move of an alias with a running A/B experiment ends the experiment in the same transaction (recorded,
+``stopped_by="release"``): its arms were frozen against the version the alias served, which no longer
+holds; a promotion of the experiment's candidate ends it as ``promoted``.
+
 Loading is this stage's job; what loads a version is a hook (``Loader``), so a server passes its live
 assistant's loader (the version is then ready before its first request) and other engines can pass theirs.
 """
@@ -16,10 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.orm import Session
+
 from ragloop.config import Settings
 from ragloop.errors import GenerationError, RagloopError
 from ragloop.generation.models import file_sha256
-from ragloop.store import aliases
+from ragloop.store import aliases, experiments
 from ragloop.store.db import session_scope
 from ragloop.store.models import ModelAlias, ModelVersion
 
@@ -97,6 +103,7 @@ def rollback(
                 f"{alias!r} changed while {target} was being loaded (it now rolls back to {moved[1]}); "
                 "run the rollback again."
             )
+        _end_experiment(s, alias, "rollback", origin, target, note)
     return Release(alias, target, origin)
 
 
@@ -109,7 +116,32 @@ def _move(
         current = s.get(ModelAlias, alias)
         previous = current.model_version_id if current is not None else None
         aliases.set_alias(s, alias, mv.id, action=action, note=note)
+        if previous != mv.id:
+            _end_experiment(s, alias, action, previous, mv.id, note)
     return Release(alias, mv.id, previous)
+
+
+def _end_experiment(
+    session: Session, alias: str, action: str, previous: str | None, version: str, note: str | None
+) -> None:
+    """Stop the experiment running on ``alias`` because the alias moved (in the move's transaction, so
+    neither happens without the other): ``promoted`` when it now serves the candidate, else ``stopped``."""
+    running = experiments.running_for(session, alias)
+    if running is None:
+        return
+    arms = running.arms or {}
+    promoted = action != "rollback" and arms.get("candidate", {}).get("model_version") == version
+    # An alias never set (production before its first promotion) served what the experiment froze as control.
+    previous = previous or arms.get("control", {}).get("model_version")
+    reason = f"{action} of {alias!r} from {previous} to {version}" + (f" ({note})" if note else "")
+    experiments.stop_experiment(
+        session,
+        running.id,
+        status="promoted" if promoted else "stopped",
+        decision="promote" if promoted else "stop",
+        reason=reason,
+        by="release",
+    )
 
 
 def check_loads(version: ModelVersion, alias: str, load: Loader) -> None:
