@@ -13,13 +13,14 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from ragloop.config import Settings
 from ragloop.generation import release
 from ragloop.serve.auth import OPEN, Caller, authenticate, require_admin
+from ragloop.serve.schemas import errors
 from ragloop.store import aliases
 from ragloop.training import jobs
 from ragloop.training.lineage import model_record
@@ -38,7 +39,8 @@ def admin_caller(
     return caller
 
 
-router = APIRouter(tags=["admin"], dependencies=[Depends(admin_caller)])
+# Every route checks the admin key first (401, 403) and may fail unexpectedly (500); each adds its own.
+router = APIRouter(tags=["admin"], dependencies=[Depends(admin_caller)], responses=errors(401, 403, 500))
 
 
 def _settings(request: Request) -> Settings:
@@ -50,7 +52,7 @@ class JobRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    kind: str = Field(description="sft or dpo")
+    kind: str = Field(description="sft or dpo", json_schema_extra={"enum": list(jobs.KINDS)})
     dataset: str = Field(description="dataset version id")
     config: dict[str, Any] = Field(default_factory=dict, description="TrainConfig overrides")
     from_: str | None = Field(default=None, alias="from", description="DPO: model version to start from")
@@ -66,15 +68,29 @@ class AliasRequest(BaseModel):
 
 # Jobs --------------------------------------------------------------------------------------------------
 
+_LOG_HEADERS = {
+    "X-Next-Offset": {
+        "description": "The byte offset to ask for next, to follow the log.",
+        "required": True,
+        "schema": {"type": "integer"},
+    },
+    "X-Job-Status": {"description": "The job's status.", "required": True, "schema": {"type": "string"}},
+}
+_LOG_200 = {
+    "description": "The log text.",
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+    "headers": _LOG_HEADERS,
+}
 
-@router.get("/api/jobs")
+
+@router.get("/api/jobs", responses=errors(400))
 def list_jobs(request: Request, status: str | None = None, limit: int = 50) -> dict:
     """Jobs, newest first; a job whose worker died shows as ``interrupted``."""
     rows = jobs.list_jobs(_settings(request), limit=max(1, min(limit, 500)), status=status)
     return {"object": "list", "data": [jobs.job_dict(j) for j in rows]}
 
 
-@router.post("/api/jobs", status_code=201)
+@router.post("/api/jobs", status_code=201, responses=errors(400, 404, 413))
 async def create_job(body: JobRequest, request: Request) -> dict:
     """Validate (unknown or empty dataset, unknown ``from``, unloadable base: 4xx, nothing queued), queue
     the job and make sure a worker runs it."""
@@ -90,14 +106,19 @@ async def create_job(body: JobRequest, request: Request) -> dict:
     return await anyio.to_thread.run_sync(submit)
 
 
-@router.get("/api/jobs/{job_id}")
+@router.get("/api/jobs/{job_id}", responses=errors(404))
 def get_job(job_id: str, request: Request) -> dict:
     settings = _settings(request)
     jobs.recover(settings)
     return jobs.job_dict(jobs.get_job(settings, job_id))
 
 
-@router.get("/api/jobs/{job_id}/logs", response_class=PlainTextResponse)
+@router.get(
+    "/api/jobs/{job_id}/logs",
+    # Response, not PlainTextResponse: FastAPI would give the errors' schema text/plain too.
+    response_class=Response,
+    responses={200: _LOG_200} | errors(400, 404),
+)
 def job_logs(job_id: str, request: Request, offset: int = 0, tail: int | None = None) -> PlainTextResponse:
     """The job's log as text, from byte ``offset`` (or its last ``tail`` bytes); the ``X-Next-Offset``
     header says where to continue, so a client can follow it."""
@@ -106,12 +127,12 @@ def job_logs(job_id: str, request: Request, offset: int = 0, tail: int | None = 
     return PlainTextResponse(text, headers={"X-Next-Offset": str(next_offset), "X-Job-Status": job.status})
 
 
-@router.post("/api/jobs/{job_id}/cancel")
+@router.post("/api/jobs/{job_id}/cancel", responses=errors(404, 409))
 def cancel_job(job_id: str, request: Request) -> dict:
     return jobs.job_dict(jobs.cancel(_settings(request), job_id))
 
 
-@router.post("/api/jobs/{job_id}/resume")
+@router.post("/api/jobs/{job_id}/resume", responses=errors(404, 409))
 def resume_job(job_id: str, request: Request) -> dict:
     settings = _settings(request)
     job = jobs.resume(settings, job_id)
@@ -122,14 +143,14 @@ def resume_job(job_id: str, request: Request) -> dict:
 # Models ------------------------------------------------------------------------------------------------
 
 
-@router.get("/api/models/{model_id}")
+@router.get("/api/models/{model_id}", responses=errors(404))
 def get_model(model_id: str, request: Request) -> dict:
     """A version (or the version an alias points at) with its lineage, metrics and aliases."""
     return model_record(_settings(request).db_url, model_id)
 
 
 # Both run in the thread pool (plain ``def``): loading an adapter takes a while and must not block the loop.
-@router.post("/api/models/rollback")
+@router.post("/api/models/rollback", responses=errors(400, 404, 413, 502))
 def rollback(request: Request, body: AliasRequest | None = None) -> dict:
     """Point the alias back at its previous version (served from the next request on), once that version
     is loaded; if it cannot be, the alias does not move."""
@@ -140,7 +161,7 @@ def rollback(request: Request, body: AliasRequest | None = None) -> dict:
     return {"alias": alias, "from": moved.previous, "model_version": moved.model_version}
 
 
-@router.post("/api/models/{model_id}/promote")
+@router.post("/api/models/{model_id}/promote", responses=errors(400, 404, 413, 502))
 def promote(model_id: str, request: Request, body: AliasRequest | None = None) -> dict:
     """Serve ``model_id`` under the alias (default ``production``) from the next request on, without a
     restart. The adapter is loaded first; if it cannot be, the alias does not move."""

@@ -8,9 +8,11 @@ answer's final event is sent only after the assistant has committed the interact
 response, so every answer a client received is on disk.
 
 Status codes: 400 malformed or invalid input, 401 missing or wrong key, 403 not admin or outside the key's
-collections, 404 unknown model or record, 413 body or file too large, 422 an upload of which no file could
-be ingested, 500 anything unexpected (details go to the server log, never to the client), 503 with
-``Retry-After`` when the generator's slots and queue are full (llamacpp backend; nothing is recorded).
+collections, 404 unknown model or record, 409 a job's state forbids it, 413 body or file too large, 422 an
+upload of which no file could be ingested, 500 anything unexpected (details go to the server log, never to
+the client), 502 the generator failed or a version does not load, 503 with ``Retry-After`` when the
+generator's slots and queue are full (llamacpp backend; nothing is recorded). Each route declares the ones
+it can answer (``schemas.errors``), so the OpenAPI schema says what the app does (docs/api.md).
 """
 
 from __future__ import annotations
@@ -35,12 +37,13 @@ from fastapi.staticfiles import StaticFiles
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragloop.config import Settings
 from ragloop.curation.erasure import retention_task
 from ragloop.errors import NotFound, Overloaded, RagloopError
-from ragloop.feedback.service import add_feedback
+from ragloop.feedback.service import MAX_EVIDENCE, MAX_TEXT, add_feedback
 from ragloop.generation.assistant import AnswerRequest, AnswerResult, Assistant, answer_record
 from ragloop.ingest.pipeline import IngestReport, ingest_uploads, reconcile
 from ragloop.serve import schemas
@@ -188,13 +191,17 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
             model = None
         return {"status": "ok", "kb_version": assistant.kb.version or None, "model": model}
 
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], responses=schemas.errors(500))
     async def healthz() -> dict:
         """Open without a key, for load balancers; answers even while every answer thread is busy."""
         return await anyio.to_thread.run_sync(health, limiter=health_threads)
 
     # Chat --------------------------------------------------------------------------------------------
-    @app.post("/v1/chat/completions", tags=["openai"])
+    @app.post(
+        "/v1/chat/completions",
+        tags=["openai"],
+        responses={200: _CHAT_200} | schemas.errors(400, 401, 403, 404, 413, 500, 502, 503),
+    )
     async def chat_completions(
         body: schemas.ChatCompletionRequest, who: Caller = Depends(caller)
     ) -> Response:
@@ -238,7 +245,7 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
         )
 
     # Models ------------------------------------------------------------------------------------------
-    @app.get("/v1/models", tags=["openai"])
+    @app.get("/v1/models", tags=["openai"], responses=schemas.errors(401, 500))
     def list_models(who: Caller = Depends(caller)) -> dict:
         """Every model version and every alias (``production``, ``base``...), each usable as ``model``."""
         data = []
@@ -248,7 +255,7 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
         return {"object": "list", "data": data}
 
     # Records -----------------------------------------------------------------------------------------
-    @app.get("/api/interactions/{interaction_id}", tags=["records"])
+    @app.get("/api/interactions/{interaction_id}", tags=["records"], responses=schemas.errors(401, 404, 500))
     def get_interaction(interaction_id: str, who: Caller = Depends(caller)) -> dict:
         """One recorded turn with its passages. A non-admin key reads only the turns it created; others'
         answer 404, as if absent, so ids cannot be probed."""
@@ -260,6 +267,8 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
         "/api/ingest",
         tags=["admin"],
         openapi_extra=_UPLOAD_OPENAPI,
+        responses=schemas.errors(400, 401, 403, 500)
+        | schemas.errors(413, 422, model=schemas.IngestErrorBody),
     )
     async def ingest(request: Request, who: Caller = Depends(caller)) -> JSONResponse:
         """Add or update documents from uploaded files (admin). Answers 200 when at least one file was
@@ -287,7 +296,13 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
         return JSONResponse({**error, "report": body}, status_code=status)
 
     # Feedback ----------------------------------------------------------------------------------------
-    @app.post("/api/interactions/{interaction_id}/feedback", tags=["records"], status_code=201)
+    @app.post(
+        "/api/interactions/{interaction_id}/feedback",
+        tags=["records"],
+        status_code=201,
+        openapi_extra=_FEEDBACK_OPENAPI,
+        responses=schemas.errors(400, 401, 404, 413, 500),
+    )
     async def post_feedback(interaction_id: str, request: Request, who: Caller = Depends(caller)) -> dict:
         """Thumbs, rating, comment, correction, gold/irrelevant passage numbers, evidence (chunk ids of
         passages the retriever missed), tags. Admins review any turn; other keys only their own. Several reviewers are kept apart (``reviewer_id``, default: the key)."""
@@ -318,8 +333,31 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
     from ragloop.serve.admin import router as admin_router
 
     app.include_router(admin_router)
-
+    _declare_only_our_errors(app)
     return app
+
+
+def _declare_only_our_errors(app: FastAPI) -> None:
+    """Drop the 422 FastAPI declares on every route with parameters or a body: this app turns validation
+    errors into 400 with the OpenAI error body (``validation_error``), so that 422 and its
+    ``HTTPValidationError`` schema would describe a response never sent. A 422 a route declares itself
+    (``/api/ingest``) has the error body's schema and stays."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    refused = operation["responses"].get("422", {})
+                    ref = refused.get("content", {}).get("application/json", {}).get("schema", {})
+                    if ref.get("$ref", "").endswith("/HTTPValidationError"):
+                        del operation["responses"]["422"]
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def run_server(settings: Settings, host: str, port: int, *, log_level: str = "info") -> None:
@@ -497,6 +535,44 @@ async def _read_upload(request: Request, max_file_bytes: int) -> _Upload:
     return upload
 
 
+_CHAT_200: dict[str, Any] = {
+    "description": "A `chat.completion` object; with `stream: true`, server-sent `chat.completion.chunk` "
+    "events ending in `data: [DONE]` (a failure mid-answer ends the stream with an `error` event instead).",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}
+
+# The feedback body is read as raw JSON so the feedback stage gives its own messages (``validate_feedback``);
+# the schema still tells clients (and the fuzzer) what it takes.
+_FEEDBACK_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "thumbs": {"enum": ["up", "down", 1, -1]},
+                        "rating": {"type": "integer", "minimum": 1, "maximum": 5},
+                        "comment": {"type": "string", "maxLength": MAX_TEXT},
+                        "corrected_answer": {"type": "string", "maxLength": MAX_TEXT},
+                        "gold": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+                        "irrelevant": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+                        "evidence": {
+                            "type": "array",
+                            "maxItems": MAX_EVIDENCE,
+                            "items": {"type": "string", "minLength": 1, "maxLength": 64},
+                        },
+                        "tags": {"type": "array", "items": {"type": "string", "maxLength": 64}},
+                        "reviewer_id": {"type": "string", "maxLength": 128},
+                        "source": {"enum": ["human", "auto", "eval"]},
+                    },
+                }
+            }
+        },
+    }
+}
+
 _UPLOAD_OPENAPI: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -506,7 +582,11 @@ _UPLOAD_OPENAPI: dict[str, Any] = {
                     "type": "object",
                     "required": ["files"],
                     "properties": {
-                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "files": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {"type": "string", "format": "binary"},
+                        },
                         "collection": {"type": "string"},
                     },
                 }
@@ -545,6 +625,18 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return (f"{param}: {message}" if param else message), param
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method some route answers at this path, for a 405's ``Allow``. Starlette names only the first
+    route whose path matches, so ``DELETE /api/jobs`` was told ``Allow: GET`` though POST works too."""
+    routes = [route for route in request.app.router.routes if not isinstance(route, Mount)]
+    allowed = []
+    for method in ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT"):
+        probe = {**request.scope, "method": method}
+        if any(route.matches(probe)[0] == Match.FULL for route in routes):
+            allowed.append(method)
+    return ", ".join(allowed)
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     """Every error leaves in OpenAI's shape, ``{"error": {message, type, param, code}}``."""
 
@@ -567,13 +659,16 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
         message = str(exc.detail)
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405 and (allowed := _allowed_methods(request)):
+            headers = {**(headers or {}), "Allow": allowed}
         return JSONResponse(
             schemas.error_json(message, status=exc.status_code, code=code),
             status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
+            headers=headers,
         )
 
     @app.exception_handler(Exception)

@@ -49,7 +49,7 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    messages: list[Any]
+    messages: list[Any] = Field(json_schema_extra={"minItems": 1})
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = None
@@ -63,6 +63,37 @@ class ChatCompletionRequest(BaseModel):
 # Responses -----------------------------------------------------------------------------------------------
 
 
+# Errors ---------------------------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong; the OpenAI SDK reads it into its ``APIStatusError`` (``code``, ``param``...)."""
+
+    message: str = Field(description="What is wrong and what to do about it.")
+    type: str = Field(
+        description="invalid_request_error (4xx), authentication_error (401), permission_error (403) "
+        "or server_error (5xx)."
+    )
+    param: str | None = Field(description="The request field at fault, dotted (`ragloop.k`), if one is.")
+    code: str | None = Field(description="A stable code: not_found, request_too_large, overloaded...")
+
+
+# Built only by ``error_json``, so what the OpenAPI schema declares is what every handler sends.
+class ErrorBody(BaseModel):
+    """OpenAI's error shape, which every error response of this API has."""
+
+    error: ErrorDetail
+
+
+class IngestErrorBody(ErrorBody):
+    """An upload of which no file was ingested: the error, and the ingest report naming each file's
+    problem (absent when the request was refused before any file was read)."""
+
+    report: dict[str, Any] | None = Field(
+        default=None, description="The ingest report, as a 200 carries it; its `errors` list every file."
+    )
+
+
 def error_json(message: str, *, status: int, code: str | None, param: str | None = None) -> dict:
     """OpenAI's error object; ``type`` follows from the status the way OpenAI's own API sets it."""
     if status == 401:
@@ -73,7 +104,44 @@ def error_json(message: str, *, status: int, code: str | None, param: str | None
         kind = "server_error"
     else:
         kind = "invalid_request_error"
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    detail = ErrorDetail(message=message, type=kind, param=param, code=code)
+    return ErrorBody(error=detail).model_dump()
+
+
+# Which statuses an operation declares, with what each means to a client. A route lists its own with
+# ``responses=errors(...)``, so its OpenAPI entry says what it really answers (schemathesis checks it).
+ERROR_STATUSES: dict[int, str] = {
+    400: "Malformed or invalid request: not JSON, a wrong type, a value out of range (`param` names it).",
+    401: "Missing, wrong or revoked API key (when the server requires keys).",
+    403: "The key is valid but may not do this: not an admin key, or a collection outside its scope.",
+    404: "No such record, model, alias or job (or none this key may see).",
+    409: "The record's state does not allow this (cancel a finished job, resume a running one).",
+    413: "The request body or an uploaded file is over the server's limit (the message names the setting).",
+    422: "No uploaded file could be ingested; the report says why for each.",
+    500: "Unexpected error; the server log has the details.",
+    502: "The generator failed, or the model version does not load.",
+    503: "Every generation slot is busy and the queue is full; retry after `Retry-After` seconds.",
+}
+_ERROR_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": {"description": "Bearer", "required": True, "schema": {"type": "string"}}},
+    503: {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying; nothing was generated or recorded.",
+            "required": True,
+            "schema": {"type": "integer"},
+        }
+    },
+}
+
+
+def errors(*statuses: int, model: type[ErrorBody] = ErrorBody) -> dict[int | str, dict[str, Any]]:
+    """FastAPI ``responses`` declaring these error statuses, each with the error body's schema."""
+    declared: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        declared[status] = {"model": model, "description": ERROR_STATUSES[status]}
+        if status in _ERROR_HEADERS:
+            declared[status]["headers"] = _ERROR_HEADERS[status]
+    return declared
 
 
 def usage_json(result: AnswerResult) -> dict:
