@@ -1,6 +1,6 @@
 """The ``llamacpp`` backend under load and change: a base request after adapter traffic is the base,
 adapters and the base served at once each give their own answers, a full engine answers 503 with
-Retry-After and records nothing, a client that disconnects frees its slot, and a promotion while answers
+Retry-After and records the refusal as an error (no interaction), a client that disconnects frees its slot, and a promotion while answers
 stream swaps engines without failing them. Real server on a socket, real llama.cpp engine (xllamacpp) over
 a GGUF written from the tiny model, real PEFT adapters converted to GGUF.
 
@@ -30,7 +30,7 @@ from ragloop.generation.models import resolve_model
 from ragloop.generation.replay import replay
 from ragloop.store import aliases
 from ragloop.store.db import session_scope
-from ragloop.store.models import Interaction
+from ragloop.store.models import Interaction, RequestError
 from test_lineage import greedy, register_adapter
 
 QUESTION = "How many days of paid vacation do employees receive?"
@@ -126,7 +126,7 @@ def test_two_adapters_and_the_base_at_once_each_get_their_own_answer(
         assert answer["text"] == solo[name]["text"], (name, answer["text"], solo[name]["text"])
 
 
-def test_a_full_engine_answers_503_with_retry_after_and_records_nothing(
+def test_a_full_engine_answers_503_with_retry_after_and_records_the_refusal_as_an_error(
     kb_home: Settings, start_server, caplog: pytest.LogCaptureFixture
 ) -> None:
     server, backend = serve(kb_home, start_server, slots=1, queue=0)
@@ -147,6 +147,13 @@ def test_a_full_engine_answers_503_with_retry_after_and_records_nothing(
         assert interactions(kb_home) == 0
         answered = ask(client)  # the slot is free again
     assert interactions(kb_home) == 1 and answered["interaction_id"]
+    # Each refusal is counted as an error of the version that would have answered (nothing half-written);
+    # the client that went away is not an error.
+    with session_scope(kb_home.db_url) as s:
+        errors = list(s.scalars(select(RequestError)))
+    assert [(e.status, e.code, e.model_version, e.source) for e in errors] == [
+        (503, "overloaded", answered["model_version"], "api")
+    ] * 2
     refusals = [r for r in caplog.records if "refused with 503" in r.getMessage()]
     assert len(refusals) == 2 and all(r.levelno == logging.WARNING for r in refusals)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import threading
 import time
@@ -26,7 +27,9 @@ from ragloop.generation.models import resolve_model
 from ragloop.generation.prompts import get_template, prompt_sha256
 from ragloop.store import aliases, experiments
 from ragloop.store.db import session_scope
-from ragloop.store.models import Interaction, KBVersion, ModelVersion, Passage
+from ragloop.store.models import Interaction, KBVersion, ModelVersion, Passage, RequestError
+
+log = logging.getLogger("ragloop.assistant")
 
 if TYPE_CHECKING:
     from ragloop.ingest.kb import KnowledgeBase
@@ -520,7 +523,35 @@ class Assistant:
     def answer(self, req: AnswerRequest) -> AnswerResult:
         """Answer one turn and return once it is recorded."""
         p = self._prepare(req)
-        return self._record(p, p.backend.generate(p.prompt, p.params, p.adapter))
+        try:
+            gen = p.backend.generate(p.prompt, p.params, p.adapter)
+        except BaseException as exc:
+            self._record_error(p, exc)
+            raise
+        return self._record(p, gen)
+
+    def _record_error(self, p: _Prepared, exc: BaseException) -> None:
+        """Count a resolved request that failed on the server's side (every slot busy: 503; the engine
+        failed: 502; anything unexpected: 500) with the version and arm that would have answered: refusals
+        are visible, and an A/B arm's error rate is read from these rows. A client's own mistake (4xx) and
+        a stopped process are not the server failing and are not counted. Never raises: the caller is
+        already handling an error."""
+        if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+            return
+        status = exc.status if isinstance(exc, RagloopError) else 500
+        if status < 500:
+            return
+        try:
+            with session_scope(self.settings.db_url) as s:
+                s.add(RequestError(
+                    source=p.req.source, status=status,
+                    code=exc.code if isinstance(exc, RagloopError) else "server_error",
+                    conversation_id=p.conversation_id, user_id=p.req.user_id, api_key_id=p.req.api_key_id,
+                    model_version=p.version.id, model_alias=p.alias, experiment_id=p.experiment_id, arm=p.arm,
+                    unit=p.unit, latency_ms=(time.perf_counter() - p.started) * 1000,
+                ))  # fmt: skip
+        except Exception:  # the database is the likely cause of the failure itself: the error stands alone
+            log.warning("could not record a failed request", exc_info=True)
 
     def stream(self, req: AnswerRequest) -> Iterator[str | AnswerResult]:
         """Yield text deltas, then the ``AnswerResult`` once the interaction is committed.
@@ -530,7 +561,11 @@ class Assistant:
         p = self._prepare(req)
         # Opened here, not at the first item: a full engine (llamacpp) refuses now, so the door answers
         # 503 instead of breaking off a stream it has started.
-        items = p.backend.stream(p.prompt, p.params, p.adapter)
+        try:
+            items = p.backend.stream(p.prompt, p.params, p.adapter)
+        except BaseException as exc:
+            self._record_error(p, exc)
+            raise
         return self._stream(p, items)
 
     def _stream(self, p: _Prepared, items: Iterator[str | Generation]) -> Iterator[str | AnswerResult]:
@@ -541,6 +576,9 @@ class Assistant:
                     final = item
                 else:
                     yield item
+        except BaseException as exc:  # broke off mid-stream: the client saw an error event
+            self._record_error(p, exc)
+            raise
         finally:
             close = getattr(items, "close", None)
             if close is not None:  # a consumer that stopped stops the generation (llamacpp frees the slot)

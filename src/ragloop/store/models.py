@@ -443,3 +443,25 @@ class ExperimentSnapshot(Base):
     at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
+
+class RequestError(Base):
+    """A live request that was resolved to a model and then failed (every slot busy: 503; the engine
+    failed: 502). Not an interaction — nothing was answered — but counted: an A/B arm's error rate and the
+    server's refusals are read from here. No message text: the request's content stays out of it."""
+
+    __tablename__ = "request_errors"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    source: Mapped[str] = mapped_column(String(32), default="api")
+    status: Mapped[int] = mapped_column(Integer)  # the HTTP status answered
+    code: Mapped[str] = mapped_column(String(64))  # the error code answered (overloaded, generation_error...)
+    conversation_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    user_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    api_key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    model_version: Mapped[str] = mapped_column(String(128), index=True)
+    model_alias: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    experiment_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    arm: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    unit: Mapped[str | None] = mapped_column(String(160), nullable=True)  # the A/B assignment unit
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
