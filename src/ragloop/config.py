@@ -127,6 +127,26 @@ class RecordSettings(BaseModel):
     retention_interval_s: float = Field(default=3600.0, gt=0)
 
 
+class ABSettings(BaseModel):
+    """A/B experiments (``ragloop ab``, docs/ab.md). A running server checks every running experiment each
+    ``check_interval_s`` seconds (one server of those sharing the database does it): it records a snapshot,
+    rolls back a candidate that a guardrail shows worse or that breaks a hard limit, advances ramp stages and
+    ends experiments past their maximum duration.
+
+    The others are defaults copied into an experiment when it starts (its ``config``), so changing them
+    never moves the goalposts of a running one: ``tuning_n``, units at which the confidence sequences are
+    tightest (``monitoring.stats``); the hard limits, the candidate's p95 latency over ``latency_p95_ratio``
+    times the control's (or over ``latency_p95_ms``, when set) and its error rate over the control's plus
+    ``error_rate_margin``; ``stage_units``, candidate units a ramp stage serves before the next one."""
+
+    check_interval_s: float = Field(default=60.0, gt=0)
+    tuning_n: int = Field(default=5000, gt=0)  # GrowthBook's default; why: monitoring/stats.py
+    latency_p95_ratio: float = Field(default=1.5, gt=0)
+    latency_p95_ms: float | None = Field(default=None, gt=0)
+    error_rate_margin: float = Field(default=0.02, ge=0, lt=1)
+    stage_units: int = Field(default=100, ge=1)
+
+
 class IngestSettings(BaseModel):
     """JSON/JSONL loader fields: which keys hold the text, id, title (dotted paths allowed)."""
 
@@ -157,6 +177,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     records: RecordSettings = Field(default_factory=RecordSettings)
+    ab: ABSettings = Field(default_factory=ABSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -232,6 +253,9 @@ template = "cited-answer"
 [records]
 # retention_days = 365      # erase interactions older than this (GDPR storage limitation)
 # retention_interval_s = 3600   # how often a running server applies it
+
+[ab]
+# check_interval_s = 60     # how often a running server checks A/B experiments (guardrails, ramp, snapshots)
 
 [server]
 host = "127.0.0.1"
