@@ -1,10 +1,12 @@
 """The HTTP door onto training jobs and the model registry (admin key when auth is on).
 
 ``GET/POST /api/jobs``, ``GET /api/jobs/{id}``, ``GET /api/jobs/{id}/logs``, ``POST /api/jobs/{id}/cancel``
-and ``/resume``; ``GET /api/models/{id}``, ``POST /api/models/{id}/promote``, ``POST /api/models/rollback``.
-Routes call the same functions as ``ragloop train | jobs | models``. A release (``generation.release``)
-loads the version *before* moving the alias, so a broken adapter is refused with the alias untouched; through
-this server it loads into the serving model, so the first request after a promotion does not pay the load.
+and ``/resume``; ``GET /api/models/{id}``, ``POST /api/models/{id}/promote``, ``POST /api/models/rollback``;
+``GET/POST /api/ab``, ``GET /api/ab/{id}`` (and ``/snapshots``), ``POST /api/ab/{id}/stop`` and ``/promote``
+(unscoped admin keys only). Routes call the same functions as ``ragloop train | jobs | models | ab``. A
+release (``generation.release``) loads the version *before* moving the alias, so a broken adapter is refused
+with the alias untouched; through this server it loads into the serving model, so the first request after a
+promotion does not pay the load.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from ragloop.config import Settings
+from ragloop.errors import PermissionDenied
 from ragloop.generation import release
+from ragloop.monitoring import ab
 from ragloop.serve.auth import OPEN, Caller, authenticate, require_admin
 from ragloop.serve.schemas import errors
-from ragloop.store import aliases
+from ragloop.store import aliases, experiments
 from ragloop.training import jobs
 from ragloop.training.lineage import model_record
 
@@ -170,3 +174,85 @@ def promote(model_id: str, request: Request, body: AliasRequest | None = None) -
         _settings(request), model_id, alias, note="api", load=request.app.state.assistant.backend_for
     )
     return {"alias": alias, "model_version": moved.model_version, "previous": moved.previous}
+
+
+# A/B experiments ---------------------------------------------------------------------------------------
+
+
+def unscoped_admin(caller: Caller = Depends(admin_caller)) -> Caller:
+    """An experiment changes what every user of an alias is served, whatever collections they read, so an
+    admin key scoped to some collections may not start, stop or promote one (nor read its records)."""
+    if caller.collections is not None:
+        raise PermissionDenied(
+            "A/B experiments need an admin key with no collection scope: they change what every user is "
+            "served. Create one with `ragloop keys create NAME --admin`."
+        )
+    return caller
+
+
+class ABStartRequest(BaseModel):
+    """``POST /api/ab``: what ``ragloop ab start`` takes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    candidate: str = Field(description="model version id (or alias) to try on live traffic")
+    alias: str = Field(default=aliases.DEFAULT_ALIAS, description="the alias whose traffic is split")
+    share: float = Field(description="the candidate's share of units, in (0, 1)")
+    ramp: list[float] = Field(default_factory=list, description="increasing shares to pass through first")
+    primary: str = Field(default="thumbs_up", description="the metric that decides")
+    guardrails: list[str] = Field(
+        default_factory=lambda: list(experiments.DEFAULT_GUARDRAILS),
+        description="metrics whose harm rolls the candidate back",
+    )
+    min_units: int = Field(default=experiments.DEFAULT_MIN_UNITS, ge=0)
+    max_days: float | None = Field(default=None, gt=0)
+
+
+class ABStopRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+_ab = [Depends(unscoped_admin)]
+
+
+# Plain ``def``: starting and promoting load the candidate into this server, which takes a while.
+@router.post("/api/ab", status_code=201, dependencies=_ab, responses=errors(400, 404, 409, 413, 502))
+def start_experiment(body: ABStartRequest, request: Request) -> dict:
+    """Start an experiment: the candidate gets ``share`` of the alias's live traffic (sticky per unit)
+    from the next request on, once it loads here; refused with nothing changed on bad input."""
+    return ab.start(_settings(request), **body.model_dump(), load=request.app.state.assistant.backend_for)
+
+
+@router.get("/api/ab", dependencies=_ab, responses=errors(400, 404))
+def experiment_status(request: Request, alias: str = aliases.DEFAULT_ALIAS) -> dict:
+    """The experiment running on ``alias`` (else its latest): per arm and metric, intervals and verdicts."""
+    return ab.status(_settings(request), alias=alias, kb=lambda: request.app.state.assistant.kb)
+
+
+@router.get("/api/ab/{experiment_id}", dependencies=_ab, responses=errors(400, 404))
+def experiment_report(experiment_id: str, request: Request) -> dict:
+    return ab.status(_settings(request), experiment_id, kb=lambda: request.app.state.assistant.kb)
+
+
+@router.get("/api/ab/{experiment_id}/snapshots", dependencies=_ab, responses=errors(400, 404))
+def experiment_snapshots(experiment_id: str, request: Request, limit: int = 1000) -> dict:
+    """The checks' snapshots, oldest first: what the dashboard charts."""
+    data = ab.snapshots(_settings(request), experiment_id, limit=max(1, min(limit, 10_000)))
+    return {"object": "list", "data": data}
+
+
+@router.post("/api/ab/{experiment_id}/stop", dependencies=_ab, responses=errors(400, 404, 409, 413))
+def stop_experiment(experiment_id: str, request: Request, body: ABStopRequest | None = None) -> dict:
+    reason = (body or ABStopRequest()).reason
+    return ab.stop(_settings(request), experiment_id, reason=reason or "stopped through the API")
+
+
+@router.post("/api/ab/{experiment_id}/promote", dependencies=_ab, responses=errors(400, 404, 409, 413, 502))
+def promote_candidate(experiment_id: str, request: Request) -> dict:
+    """Serve the experiment's candidate under its alias (through the release function, recorded),
+    which ends the experiment as ``promoted``."""
+    return ab.promote(
+        _settings(request), experiment_id, note="api", load=request.app.state.assistant.backend_for
+    )

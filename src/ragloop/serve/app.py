@@ -46,6 +46,7 @@ from ragloop.errors import NotFound, Overloaded, RagloopError
 from ragloop.feedback.service import MAX_EVIDENCE, MAX_TEXT, add_feedback
 from ragloop.generation.assistant import AnswerRequest, AnswerResult, Assistant, answer_record
 from ragloop.ingest.pipeline import IngestReport, ingest_uploads, reconcile
+from ragloop.monitoring.ab import check_task
 from ragloop.serve import schemas
 from ragloop.serve.auth import (
     OPEN,
@@ -153,7 +154,9 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Periodic tasks: each due one runs in one process among all servers on this database.
-        scheduler = Scheduler(db_url, [retention_task(settings)]).start()
+        # A/B experiments read the answers' passages through the serving knowledge base.
+        ab_check = check_task(settings, kb=lambda: assistant.kb)
+        scheduler = Scheduler(db_url, [retention_task(settings), ab_check]).start()
         yield
         scheduler.stop()
 

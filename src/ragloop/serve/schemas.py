@@ -115,7 +115,8 @@ ERROR_STATUSES: dict[int, str] = {
     401: "Missing, wrong or revoked API key (when the server requires keys).",
     403: "The key is valid but may not do this: not an admin key, or a collection outside its scope.",
     404: "No such record, model, alias or job (or none this key may see).",
-    409: "The record's state does not allow this (cancel a finished job, resume a running one).",
+    409: "The record's state does not allow this (cancel a finished job, resume a running one, start a "
+    "second experiment on an alias, stop one that ended).",
     413: "The request body or an uploaded file is over the server's limit (the message names the setting).",
     422: "No uploaded file could be ingested; the report says why for each.",
     500: "Unexpected error; the server log has the details.",
