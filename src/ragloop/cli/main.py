@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 from typer.core import TyperGroup
 
-from ragloop.cli import answers, datasets, evaluation, feedback, ingest, keys, models, training
+from ragloop.cli import ab, answers, datasets, evaluation, feedback, ingest, keys, models, training
 from ragloop.cli.common import err
 from ragloop.errors import RagloopError
 
@@ -52,6 +52,7 @@ for name, group in (
     ("train", training.train_app),
     ("jobs", training.jobs_app),
     ("eval", evaluation.eval_app),
+    ("ab", ab.ab_app),
 ):
     app.add_typer(group, name=name)
 
