@@ -339,9 +339,10 @@ def production(settings: Settings) -> str | None:
 
 
 @pytest.fixture
-def versions_home(home: Settings) -> Settings:
-    """A home whose production is version ``control`` and that knows a version ``cand``, without models:
-    the check reads records only."""
+def versions_home(home: Settings, db_url: str) -> Settings:
+    """A home on SQLite and on PostgreSQL (``db_url``) whose production is version ``control`` and that knows
+    a version ``cand``, without models: the check reads records only."""
+    home = home.model_copy(update={"database_url": db_url})
     with session_scope(home.db_url) as s:
         for vid in ("control", "cand"):
             s.add(ModelVersion(id=vid, base_model="m", base_hash="h"))

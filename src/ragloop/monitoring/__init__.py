@@ -4,7 +4,9 @@ traffic instead of being promoted blind: A/B experiments now, drift monitoring l
 ``stats`` holds the statistics of an experiment, pure functions with no I/O: always-valid confidence
 sequences for the difference between arms (so the experiment may be looked at after every request without
 inflating false positives), their verdict, the split of alpha across guardrails, hard limits, and the
-sample-ratio-mismatch check. See docs/ab.md, "Statistics".
+sample-ratio-mismatch check. See docs/ab.md, "Statistics". ``metrics`` reads what each arm did from the
+records; ``ab`` starts, reports, stops and promotes experiments, and is the check a running server makes
+(snapshots, automatic rollback, ramp stages). See docs/ab.md, "Running an experiment".
 """
 
 from ragloop.monitoring.stats import (
