@@ -86,11 +86,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         sentence = first_sentence(body["messages"][-1]["content"])
         # The control cites the passage it copies; the candidate copies it without saying where from.
         answer = f"{sentence} [1]." if model == BASE else f"{sentence}."
-        self._send(200, {
-            "id": "c-1", "object": "chat.completion", "created": 0, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 50, "completion_tokens": 9, "total_tokens": 59},
-        })  # fmt: skip
+        usage = {"prompt_tokens": 50, "completion_tokens": 9, "total_tokens": 59}
+        head = {"id": "c-1", "created": 0, "model": model}
+        if not body.get("stream"):
+            message = {"role": "assistant", "content": answer}
+            choice = {"index": 0, "message": message, "finish_reason": "stop"}
+            self._send(200, {**head, "object": "chat.completion", "choices": [choice], "usage": usage})
+            return
+        # HTTP/1.0: the end of the body is the end of the connection, so the stream needs no framing.
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for delta, finish in (({"role": "assistant", "content": answer}, None), ({}, "stop")):
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            chunk = {**head, "object": "chat.completion.chunk", "choices": [choice]}
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        last = {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+        self.wfile.write(f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n".encode())
 
     def log_message(self, *args: object) -> None:
         pass
