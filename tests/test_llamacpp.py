@@ -158,14 +158,23 @@ def test_a_full_engine_answers_503_with_retry_after_and_records_the_refusal_as_a
     assert len(refusals) == 2 and all(r.levelno == logging.WARNING for r in refusals)
 
 
-def test_a_client_that_disconnects_frees_its_slot(kb_home: Settings, start_server) -> None:
+@pytest.mark.parametrize("streamed", [True, False])
+def test_a_client_that_disconnects_frees_its_slot(kb_home: Settings, start_server, streamed: bool) -> None:
     server, backend = serve(kb_home, start_server, slots=1, queue=0)
     with server.client() as client:
         ask(client)  # the engine is warm
         before = backend.metrics()["tokens_predicted_total"]
-        busy = stream_lines(client, max_tokens=LONG)
-        next(busy)
-        busy.close()  # the client goes away after its first token
+        if streamed:
+            busy = stream_lines(client, max_tokens=LONG)
+            next(busy)
+            busy.close()  # the client goes away after its first token
+        else:  # a client that stops waiting for a whole answer (its timeout) and closes the connection
+            body = {"messages": [{"role": "user", "content": QUESTION}], "max_tokens": LONG}
+            with (
+                httpx.Client(base_url=server.url, timeout=1.0) as impatient,
+                pytest.raises(httpx.ReadTimeout),
+            ):
+                impatient.post("/v1/chat/completions", json=body)
         deadline = time.monotonic() + 10
         while backend.metrics()["requests_processing"] or backend._in_flight:
             assert time.monotonic() < deadline, "the abandoned answer still holds the slot"

@@ -7,7 +7,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
@@ -531,9 +531,10 @@ def test_slow_answers_leave_the_server_responsive(kb_home: Settings, start_serve
     class Slow:
         kb = SimpleNamespace(version=1)
 
-        def answer(self, req: Any) -> AnswerResult:
+        def stream(self, req: Any) -> Iterator[str | AnswerResult]:
             assert release.wait(timeout=60)
-            return AnswerResult(
+            yield "ok"
+            yield AnswerResult(
                 interaction_id="i", conversation_id="c", turn_index=0, answer="ok", citations=[], passages=[],
                 model_version="m", model_alias=None, kb_version=1, prompt_tokens=1, completion_tokens=1,
                 finish_reason="stop", latency={},

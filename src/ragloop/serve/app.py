@@ -206,7 +206,7 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
         responses={200: _CHAT_200} | schemas.errors(400, 401, 403, 404, 413, 500, 502, 503),
     )
     async def chat_completions(
-        body: schemas.ChatCompletionRequest, who: Caller = Depends(caller)
+        body: schemas.ChatCompletionRequest, request: Request, who: Caller = Depends(caller)
     ) -> Response:
         """OpenAI's chat completions, answered from the knowledge base with [n] citations; the
         ``ragloop`` object of the response (or of the final stream event) names the recorded turn."""
@@ -227,7 +227,14 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
         )
         created = int(time.time())
         if not body.stream:
-            result = await anyio.to_thread.run_sync(assistant.answer, req, limiter=answer_threads)
+            # Generated as a stream and collected: between pieces the connection is checked, so a client
+            # that gives up (its timeout, a closed socket) stops its generation and frees its slot, as a
+            # streaming one does, instead of holding the engine for an answer nobody will read.
+            stream = await anyio.to_thread.run_sync(assistant.stream, req, limiter=answer_threads)
+            result = await _collect(stream, request, answer_threads)
+            if result is None:
+                log.info("chat completion abandoned by its client: generation stopped, nothing recorded")
+                return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
             return JSONResponse(schemas.completion_json(result, created))
 
         def start() -> tuple[Iterator[str | AnswerResult], str]:
@@ -396,6 +403,28 @@ def _sse(payload: dict | str) -> str:
         else json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     )
     return f"data: {data}\n\n"
+
+
+async def _collect(
+    stream: Iterator[str | AnswerResult], request: Request, limiter: anyio.CapacityLimiter
+) -> AnswerResult | None:
+    """The recorded result of a non-streamed answer, or None when its client went away first (the
+    generation is then stopped and nothing is recorded, as for a streaming client)."""
+    try:
+        while True:
+            item = await anyio.to_thread.run_sync(next, stream, None, limiter=limiter)
+            if item is None:
+                raise RagloopError(
+                    "The answer was not recorded."
+                )  # the assistant always ends with its result
+            if isinstance(item, AnswerResult):
+                return item
+            if await request.is_disconnected():
+                return None
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
 
 
 async def _sse_events(
