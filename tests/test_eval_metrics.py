@@ -268,3 +268,18 @@ def test_refusals_count_as_abstentions_but_a_label_answer_does_not() -> None:
     assert refusal["abstained"] and not refusal["correct"]
     hedged = score("I don't know for sure, but the policy allows it. Answer: yes", ["yes"], "label").scores
     assert not hedged["abstained"] and hedged["correct"]
+
+
+def test_compare_calls_fewer_unnecessary_citations_better() -> None:
+    from rich.console import Console
+
+    from ragloop.evaluation.compare import Comparison, MetricDiff, comparison_tables
+    from ragloop.evaluation.metrics import Interval
+
+    run = {"id": "a" * 32, "model_version": "v", "condition": "distractors"}
+    fewer = MetricDiff("unnecessary_citation_rate", 0.7, 0.5, Interval(-0.2, -0.3, -0.1, 100))
+    more_right = MetricDiff("correct", 0.2, 0.4, Interval(0.2, 0.1, 0.3, 100))
+    console = Console(width=200, record=True)
+    console.print(comparison_tables(Comparison(run, run, 100, [fewer, more_right]))[0])
+    rows = {line.split("│")[1].strip(): line for line in console.export_text().splitlines() if "│" in line}
+    assert "better" in rows["unnecessary_citation_rate"] and "better" in rows["correct"]

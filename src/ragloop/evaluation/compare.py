@@ -153,6 +153,11 @@ def _fmt(v: float | None) -> str:
     return "–" if v is None else f"{v:.3f}"
 
 
+# Metrics where a drop is the improvement: an unnecessary citation points a reader at a passage that says
+# nothing of the answer.
+LOWER_IS_BETTER = frozenset({"unnecessary_citation_rate"})
+
+
 def comparison_tables(c: Comparison, max_changes: int = 20) -> list[Table]:
     """Rich tables for the CLI: the metrics with their intervals, then the changed verdicts."""
     a, b = c.run_a, c.run_b
@@ -161,11 +166,8 @@ def comparison_tables(c: Comparison, max_changes: int = 20) -> list[Table]:
     metrics = Table("metric", "A", "B", "B − A", "95% CI", "n", "", title=title)
     for m in c.metrics:
         iv = m.interval
-        mark = (
-            ""
-            if iv is None or not iv.excludes_zero
-            else ("[green]better[/]" if iv.diff > 0 else "[red]worse[/]")
-        )
+        up = iv is not None and (iv.diff < 0 if m.name in LOWER_IS_BETTER else iv.diff > 0)
+        mark = "" if iv is None or not iv.excludes_zero else ("[green]better[/]" if up else "[red]worse[/]")
         if m.name in ("latency_ms", "abstain_rate", "false_abstention_rate") and mark:
             mark = "[yellow]differs[/]"  # no universal "better" direction for these
         metrics.add_row(m.name, _fmt(m.a), _fmt(m.b), "–" if iv is None else f"{iv.diff:+.3f}",
