@@ -79,7 +79,7 @@ def start_experiment(settings: Settings, candidate: str, share: float, **kwargs:
 # Assignment, pure ------------------------------------------------------------------------------------------
 
 
-def test_assignment_splits_within_binomial_tolerance_is_monotone_and_cheap(tmp_path: Path) -> None:
+def test_assignment_splits_within_binomial_tolerance_and_is_monotone() -> None:
     n = 10_000
     units = [f"user:u{i}" for i in range(n)]
     for share in (0.05, 0.2, 0.5):
@@ -94,22 +94,7 @@ def test_assignment_splits_within_binomial_tolerance_is_monotone_and_cheap(tmp_p
     other = {u for u in units if assign("exp-b", u, 0.2) == "candidate"}
     assert abs(len(at20 & other) - n * 0.04) <= 4 * math.sqrt(n * 0.04 * 0.96)
     assert all(assign("exp-a", u, 0.2) == ("candidate" if u in at20 else "control") for u in units[:500])
-
-    # What a request pays: the cached lookup of the running experiment and one hash (<= 1 ms).
-    url = f"sqlite:///{tmp_path / 'a.db'}"
-    with session_scope(url) as s:
-        s.add_all([ModelVersion(id="base-x", base_model="m"), ModelVersion(id="v1", base_model="m")])
-        s.flush()
-        s.add(ModelAlias(name="production", model_version_id="base-x"))
-    with session_scope(url) as s:
-        experiments.create_experiment(s, candidate="v1", share=0.2)
-    cache = experiments.RunningExperiments(url)
-    cache.for_alias("production")  # the first read goes to the database
-    t0 = time.perf_counter()
-    for u in units:
-        cache.for_alias("production").arm_for(u)  # type: ignore[union-attr]
-    per_request_ms = (time.perf_counter() - t0) * 1000 / n
-    assert per_request_ms < 1, per_request_ms
+    # What assignment costs a request is measured by bench/ab.py, not asserted here (no timed tests).
 
 
 # Records: migration and bad input (SQLite and PostgreSQL) ---------------------------------------------------
@@ -458,8 +443,11 @@ def test_one_server_serves_both_arms_at_once_and_records_each(ab_home, start_ser
         assert response.status_code == 200, response.text
         if not stream:
             return arm, response.json()["ragloop"]
-        events = [line[6:] for line in response.text.splitlines() if line.startswith("data: {")]
-        return arm, next(e["ragloop"] for e in map(json.loads, events) if "ragloop" in e)
+        events = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: {")]
+        record = next(e["ragloop"] for e in events if "ragloop" in e)
+        # every chunk, not only the last, names the version of the arm that answered
+        assert {e["model"] for e in events} == {record["model_version"]}, [e["model"] for e in events]
+        return arm, record
 
     with ThreadPoolExecutor(len(jobs)) as pool:
         answers = list(pool.map(one, jobs))

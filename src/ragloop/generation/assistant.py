@@ -80,6 +80,26 @@ class AnswerResult:
     arm: str | None = None
 
 
+class AnswerStream:
+    """A streamed answer: text deltas, then its ``AnswerResult``; ``model_version`` is the version answering,
+    known before the first delta. ``close()`` stops the generation (a client that went away)."""
+
+    def __init__(self, items: Iterator[str | AnswerResult], model_version: str):
+        self._items = items
+        self.model_version = model_version
+
+    def __iter__(self) -> AnswerStream:
+        return self
+
+    def __next__(self) -> str | AnswerResult:
+        return next(self._items)
+
+    def close(self) -> None:
+        close = getattr(self._items, "close", None)
+        if close is not None:
+            close()
+
+
 def passage_record(rank: int, hit: Hit) -> dict:
     """A passage as the model saw it, numbered like its [n] citations."""
     return {
@@ -553,11 +573,12 @@ class Assistant:
         except Exception:  # the database is the likely cause of the failure itself: the error stands alone
             log.warning("could not record a failed request", exc_info=True)
 
-    def stream(self, req: AnswerRequest) -> Iterator[str | AnswerResult]:
+    def stream(self, req: AnswerRequest) -> AnswerStream:
         """Yield text deltas, then the ``AnswerResult`` once the interaction is committed.
 
         Validation and retrieval happen before the first yield, so a bad request fails before any
-        streaming response has started."""
+        streaming response has started; the returned stream already knows the version that answers (an
+        A/B arm's, not necessarily the alias's), so a door can label every chunk with it."""
         p = self._prepare(req)
         # Opened here, not at the first item: a full engine (llamacpp) refuses now, so the door answers
         # 503 instead of breaking off a stream it has started.
@@ -566,7 +587,7 @@ class Assistant:
         except BaseException as exc:
             self._record_error(p, exc)
             raise
-        return self._stream(p, items)
+        return AnswerStream(self._stream(p, items), p.version.id)
 
     def _stream(self, p: _Prepared, items: Iterator[str | Generation]) -> Iterator[str | AnswerResult]:
         final: Generation | None = None

@@ -239,10 +239,10 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
 
         def start() -> tuple[Iterator[str | AnswerResult], str]:
             # Validation and retrieval happen here, before any byte is sent: a bad request gets a JSON
-            # error, not a broken stream. The model id labels the chunks; the final one carries the
-            # version that actually answered.
+            # error, not a broken stream. Every chunk names the version that answers (an A/B arm's
+            # version, not necessarily the alias's).
             stream = assistant.stream(req)
-            model = aliases.resolve(db_url, req.model)[0].id
+            model = getattr(stream, "model_version", None) or aliases.resolve(db_url, req.model)[0].id
             return stream, model
 
         stream, model = await anyio.to_thread.run_sync(start, limiter=answer_threads)
