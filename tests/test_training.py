@@ -95,7 +95,7 @@ def home(tmp_path: Path, trainable_model_dir: Path) -> Settings:
     root = init_home(tmp_path / "home")
     (root / "ragloop.toml").write_text(
         f"model_cache = {json.dumps(str(tmp_path / 'model-cache'))}\n\n"
-        f"[generator]\nmodel = {json.dumps(str(trainable_model_dir))}\n"
+        f'[generator]\nbackend = "transformers"\nmodel = {json.dumps(str(trainable_model_dir))}\n'
     )
     return load_settings(root)
 
@@ -436,7 +436,7 @@ def test_a_run_trained_elsewhere_registers_only_against_the_same_data(
         root = init_home(tmp_path / name)
         (root / "ragloop.toml").write_text(
             f"model_cache = {json.dumps(str(tmp_path / 'model-cache'))}\n\n"
-            f"[generator]\nmodel = {json.dumps(str(trainable_model_dir))}\n"
+            f'[generator]\nbackend = "transformers"\nmodel = {json.dumps(str(trainable_model_dir))}\n'
         )
         settings = load_settings(root)
         register_dataset(settings, rows)
