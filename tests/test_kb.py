@@ -185,3 +185,32 @@ def test_vector_index_is_built_when_big_and_rebuilt_only_after_much_growth(setti
 
 def _vector_index(kb: KnowledgeBase):  # type: ignore[no-untyped-def]
     return next((i for i in kb.table().list_indices() if i.columns == ["vector"]), None)
+
+
+def test_answers_tagging_the_same_version_at_once_all_succeed(settings: Settings) -> None:
+    """Concurrent answers (and other processes: one KnowledgeBase each here) tag the KB version they read;
+    the one that loses the race to create the tag must not fail its answer (it did: HTTP 500 under load)."""
+    import threading
+
+    versions = [apply(KnowledgeBase(settings), chunks_for(f"D{i}", [f"text {i}"])) for i in range(4)]
+    kbs = [KnowledgeBase(settings) for _ in range(8)]
+    errors: list[BaseException] = []
+    for version in versions:
+        barrier = threading.Barrier(len(kbs))
+
+        def tag(kb: KnowledgeBase, version: int = version, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            try:
+                assert kb.tag(version) == f"kb-v{version}"
+            except BaseException as exc:  # noqa: BLE001 - collected and reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=tag, args=(kb,)) for kb in kbs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    assert {v for name, v in KnowledgeBase(settings).tags().items() if name.startswith("kb-v")} >= set(
+        versions
+    )

@@ -257,7 +257,14 @@ class KnowledgeBase:
             raise NotFound("The knowledge base is empty: nothing to tag. Ingest documents first.")
         name = version_tag(version)
         if name not in table.tags.list():
-            table.tags.create(name, version)
+            try:
+                table.tags.create(name, version)
+            except Exception:
+                # Answers running at once tag the version they read (and other processes may too): losing
+                # the race to create the tag is success, as long as the tag there is this version's.
+                existing = table.tags.list().get(name)
+                if existing is None or int(existing["version"]) != version:
+                    raise
         return name
 
     def mark_committed(self, version: int | None = None) -> None:
