@@ -409,7 +409,18 @@ def test_hard_limits_roll_back_only_on_enough_requests(versions_home: Settings) 
         "guardrail: latency_p95: the candidate's p95 latency 400 ms over 100 requests"
     )
 
-    # The error rate: failed requests of the candidate, against the control's rate plus the margin.
+    # The error rate: failed requests of the candidate, against the control's rate plus the margin, once
+    # the control has enough requests to have a rate (one early control answer must not set the bar).
+    exp = start(settings, guardrails=["error_rate"])
+    serve(settings, exp, "control", range(1))
+    serve(settings, exp, "candidate", range(100))
+    with session_scope(settings.db_url) as s:
+        for n in range(20):
+            s.add(RequestError(status=502, code="generation_error", model_version="cand", experiment_id=exp,
+                               arm="candidate", unit=f"conversation:early-{n}", conversation_id=f"early-{n}"))  # fmt: skip
+    early = ab.check(settings, exp)
+    assert early["action"] is None and early["metrics"]["error_rate"]["breaks"] is False
+    ab.stop(settings, exp)
     exp = start(settings, guardrails=["error_rate"])
     serve(settings, exp, "control", range(100))
     serve(settings, exp, "candidate", range(100))
@@ -423,7 +434,7 @@ def test_hard_limits_roll_back_only_on_enough_requests(versions_home: Settings) 
     assert "error_rate: the candidate's error rate 0.048" in result["reason"]
     with session_scope(settings.db_url) as s:
         kinds = s.execute(select(ExperimentSnapshot.experiment_id, func.count()).group_by(ExperimentSnapshot.experiment_id)).all()  # fmt: skip
-    assert sorted(n for _, n in kinds) == [2, 2]
+    assert sorted(n for _, n in kinds) == [1, 2, 2]
 
 
 def test_ramp_advances_when_a_stage_is_served_and_a_sample_ratio_mismatch_holds_it(

@@ -27,7 +27,7 @@ from ragloop.errors import Conflict, GenerationError, NotFound, RagloopError
 from ragloop.evaluation.run import EvalConfig, run_eval
 from ragloop.generation import release
 from ragloop.generation.assistant import AnswerRequest, Assistant
-from ragloop.store import experiments
+from ragloop.store import aliases, experiments
 from ragloop.store.db import alembic_config, session_scope
 from ragloop.store.experiments import assign, unit_of
 from ragloop.store.models import Experiment, Interaction, ModelAlias, ModelVersion, utcnow
@@ -175,6 +175,7 @@ def test_experiments_refuse_bad_input_and_change_nothing(db_url: str) -> None:
         (RagloopError, {"ramp": (0.6,)}, "must increase"),
         (RagloopError, {"ramp": (0.0,)}, "between 0 and 1"),
         (RagloopError, {"primary": "clicks"}, "Unknown primary metric"),
+        (RagloopError, {"primary": "latency_p95"}, "hard limit"),  # judged by a limit: it could never decide
         (RagloopError, {"guardrails": ("error_rate", "vibes")}, "Unknown guardrail"),
         (RagloopError, {"unit": "session"}, "Unknown assignment unit"),
         (RagloopError, {"alias": "v2"}, "not an alias"),
@@ -368,6 +369,17 @@ def test_a_release_of_the_alias_stops_its_experiment_in_the_same_move(ab_home, t
         assert s.get(Experiment, third.id).status == "stopped"
         assert s.get(Experiment, third.id).reason == f"rollback of 'production' from {v1.id} to {v2.id}"
         assert experiments.running_for(s, "production") is None
+
+    # `ab promote` read a running experiment, then its guardrails rolled it back: the promotion it goes on
+    # with is refused in the move's transaction, and the alias stays.
+    fourth = start_experiment(home, v1.id, 0.5)
+    with session_scope(home.db_url) as s:
+        experiments.stop_experiment(s, fourth.id, status="rolled_back", decision="rollback", reason="harm",
+                                    by="guardrail")  # fmt: skip
+    before = aliases.resolve(home.db_url, "production")[0].id
+    with pytest.raises(Conflict, match="no longer running"):
+        release.promote(home, v1.id, load=assistant.backend_for, while_running=fourth.id)
+    assert aliases.resolve(home.db_url, "production")[0].id == before != v1.id
 
 
 # Serving: real servers over HTTP ---------------------------------------------------------------------------

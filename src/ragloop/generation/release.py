@@ -23,7 +23,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from ragloop.config import Settings
-from ragloop.errors import GenerationError, RagloopError
+from ragloop.errors import Conflict, GenerationError, RagloopError
 from ragloop.generation.models import file_sha256
 from ragloop.store import aliases, experiments
 from ragloop.store.db import session_scope
@@ -66,9 +66,13 @@ def promote(
     *,
     note: str | None = None,
     load: Loader | None = None,
+    while_running: str | None = None,
 ) -> Release:
-    """Serve ``version`` (an id or an alias) under ``alias`` from the next request on, if it loads."""
-    return _move(settings, version, alias, "promote", note, load)
+    """Serve ``version`` (an id or an alias) under ``alias`` from the next request on, if it loads.
+    ``while_running``: an experiment id that must still be running on ``alias`` when the alias moves (checked
+    in the move's transaction), so an experiment's candidate rolled back meanwhile by its guardrails is never
+    promoted by an `ab promote` that read the experiment just before."""
+    return _move(settings, version, alias, "promote", note, load, while_running)
 
 
 def set_alias(
@@ -108,11 +112,25 @@ def rollback(
 
 
 def _move(
-    settings: Settings, version: str, alias: str, action: str, note: str | None, load: Loader | None
+    settings: Settings,
+    version: str,
+    alias: str,
+    action: str,
+    note: str | None,
+    load: Loader | None,
+    while_running: str | None = None,
 ) -> Release:
     mv, _ = aliases.resolve(settings.db_url, version)
     check_loads(mv, alias, load or in_process_loader(settings))
     with session_scope(settings.db_url) as s:
+        if while_running is not None:
+            running = experiments.running_for(s, alias, lock=True)
+            if running is None or running.id != while_running:
+                ended = experiments.get_experiment(s, while_running)
+                raise Conflict(
+                    f"Experiment {while_running} is no longer running ({ended.status}"
+                    f"{f': {ended.reason}' if ended.reason else ''}); {alias!r} was not moved."
+                )
         current = s.get(ModelAlias, alias)
         previous = current.model_version_id if current is not None else None
         aliases.set_alias(s, alias, mv.id, action=action, note=note)

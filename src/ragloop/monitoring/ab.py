@@ -149,7 +149,8 @@ def promote(
         experiment_id, target = found.id, found.alias
         candidate = found.arms["candidate"]["model_version"]
     label = f"ab promote of experiment {experiment_id}" + (f" ({note})" if note else "")
-    moved = release.promote(settings, candidate, target, note=label, load=load)
+    # Still running when the alias moves: a guardrail rollback since the read above refuses the promotion.
+    moved = release.promote(settings, candidate, target, note=label, load=load, while_running=experiment_id)
     with session_scope(settings.db_url) as s:
         ended = experiments.get_experiment(s, experiment_id).to_dict()
     return {
@@ -311,7 +312,8 @@ def _hard_limit(
         ctrl = float(control.mean()) if control.size else 0.0
         cand = float(candidate.mean()) if candidate.size else math.nan
         margin = limits.get("error_rate_margin", 0.02)
-        limit = ctrl + margin
+        # the control's rate needs as many requests as the latency's before it sets the bar
+        limit = ctrl + margin if enough else None
         reason = (
             f"error_rate: the candidate's error rate {cand:.3f} over {candidate.size} requests is above the "
             f"limit of the control's {ctrl:.3f} + {margin}"

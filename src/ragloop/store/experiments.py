@@ -43,6 +43,9 @@ KNOWN_METRICS = frozenset(
 )
 """What a primary metric or a guardrail may name; ``monitoring`` computes each from the records."""
 
+HARD_LIMITS = frozenset({"latency_p95", "error_rate"})
+"""Guardrails judged as limits on the candidate's requests, not with an interval: never a primary metric."""
+
 ARMS = ("control", "candidate")
 RUNNING = "running"
 ENDED = frozenset({"stopped", "rolled_back", "promoted"})
@@ -186,6 +189,12 @@ def _check_metrics(primary: str, guardrails: Iterable[str]) -> list[str]:
     known = ", ".join(sorted(KNOWN_METRICS))
     if primary not in KNOWN_METRICS:
         raise RagloopError(f"Unknown primary metric {primary!r}; use one of: {known}.")
+    if primary in HARD_LIMITS:  # judged against a limit, never with an interval: it could never decide
+        raise RagloopError(
+            f"{primary!r} is a hard limit (a guardrail), not a primary metric; use one of: "
+            + ", ".join(sorted(KNOWN_METRICS - HARD_LIMITS))
+            + "."
+        )
     out = []
     for name in guardrails:
         if name not in KNOWN_METRICS:
@@ -282,11 +291,11 @@ def create_experiment(
     return experiment
 
 
-def running_for(session: Session, alias: str) -> Experiment | None:
-    """The running experiment of ``alias``, if any."""
-    return session.scalars(
-        select(Experiment).where(Experiment.alias == alias, Experiment.status == RUNNING)
-    ).first()
+def running_for(session: Session, alias: str, *, lock: bool = False) -> Experiment | None:
+    """The running experiment of ``alias``, if any; ``lock`` holds its row (PostgreSQL: FOR UPDATE) until the
+    transaction ends, so a decision taken on it cannot cross a concurrent stop or rollback."""
+    query = select(Experiment).where(Experiment.alias == alias, Experiment.status == RUNNING)
+    return session.scalars(query.with_for_update() if lock else query).first()
 
 
 def get_experiment(session: Session, id_or_prefix: str) -> Experiment:
