@@ -413,10 +413,8 @@ async def _collect(
     try:
         while True:
             item = await anyio.to_thread.run_sync(next, stream, None, limiter=limiter)
-            if item is None:
-                raise RagloopError(
-                    "The answer was not recorded."
-                )  # the assistant always ends with its result
+            if item is None:  # the assistant always ends with its result: this one was not recorded
+                raise RuntimeError("The answer was not recorded.")
             if isinstance(item, AnswerResult):
                 return item
             if await request.is_disconnected():
