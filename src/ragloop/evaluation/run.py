@@ -404,16 +404,20 @@ def run_eval(
         # Released only if still ours: a run taken over meanwhile (a long silence) is its new owner's.
         finished = claims.release(s, EvalRun, run.id, "done", {"metrics": metrics, "wall_s": wall})
         done = s.get(EvalRun, run.id)
-        mv = s.get(ModelVersion, version.id) if finished else None
-        if mv is not None:  # results travel with the version: `ragloop models show` lists them
+        if finished:
             entry = {"run_id": run.id, "data": prep.data.label, "condition": config.condition, "k": prep.k,
                      "metrics": metrics}  # fmt: skip
-            meta = dict(mv.meta or {})
-            meta["evals"] = [*meta.get("evals", []), entry]
-            mv.meta = meta
+            _add_to_version(s, version.id, entry)
         s.flush()
         s.expunge(done)
     return done
+
+
+def _add_to_version(s: Any, version_id: str, entry: dict[str, Any]) -> None:
+    """Results travel with the version (``ragloop models show`` lists them): append ``entry`` to its evals."""
+    mv = s.get(ModelVersion, version_id)
+    if mv is not None:
+        mv.meta = {**(mv.meta or {}), "evals": [*(mv.meta or {}).get("evals", []), entry]}
 
 
 def _score_case(case: EvalCase, output: str) -> Any:
@@ -610,11 +614,9 @@ def rescore_run(settings: Settings, run_id: str) -> EvalRun:
                         output=e.output, prediction=prediction, scores=scores, latency_ms=e.latency_ms)
             for e, prediction, scores in records
         )  # fmt: skip
-        mv = s.get(ModelVersion, run.model_version)
-        if mv is not None:
-            entry = {"run_id": new.id, "data": run.dataset, "condition": run.condition, "k": run.n_distractors,
-                     "metrics": metrics, "rescored_from": run.id}  # fmt: skip
-            mv.meta = {**(mv.meta or {}), "evals": [*(mv.meta or {}).get("evals", []), entry]}
+        entry = {"run_id": new.id, "data": run.dataset, "condition": run.condition, "k": run.n_distractors,
+                 "metrics": metrics, "rescored_from": run.id}  # fmt: skip
+        _add_to_version(s, run.model_version, entry)
         s.flush()
         s.expunge(new)
     return new
