@@ -111,6 +111,21 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
 
 
+def alembic_step(engine: sa.Engine, db_url: str) -> Callable[[Callable[..., None], str], None]:
+    """``migrate(command.upgrade, "0005")``: one Alembic step on ``engine``'s connection, committed, for the
+    tests that walk a database through its migrations with rows in between."""
+    from ragloop.store.db import alembic_config
+
+    cfg = alembic_config(db_url)
+
+    def migrate(step: Callable[..., None], revision: str) -> None:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            step(cfg, revision)
+
+    return migrate
+
+
 # Models and homes --------------------------------------------------------------------------------------
 
 

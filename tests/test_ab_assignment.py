@@ -22,13 +22,14 @@ import sqlalchemy as sa
 from alembic import command
 from sqlalchemy import select
 
+from conftest import alembic_step
 from ragloop.config import Settings
 from ragloop.errors import Conflict, GenerationError, NotFound, RagloopError
 from ragloop.evaluation.run import EvalConfig, run_eval
 from ragloop.generation import release
 from ragloop.generation.assistant import AnswerRequest, Assistant
 from ragloop.store import aliases, experiments
-from ragloop.store.db import alembic_config, session_scope
+from ragloop.store.db import session_scope
 from ragloop.store.experiments import assign, unit_of
 from ragloop.store.models import Experiment, Interaction, ModelAlias, ModelVersion, utcnow
 from test_lineage import register_adapter
@@ -102,12 +103,7 @@ def test_assignment_splits_within_binomial_tolerance_and_is_monotone() -> None:
 
 def test_migration_0006_adds_experiments_and_the_interaction_columns(db_url: str) -> None:
     engine = sa.create_engine(db_url)
-    cfg = alembic_config(db_url)
-
-    def migrate(step: Any, revision: str) -> None:
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            step(cfg, revision)
+    migrate = alembic_step(engine, db_url)
 
     def tables() -> dict[str, sa.Table]:
         meta = sa.MetaData()

@@ -26,10 +26,10 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from conftest import fresh_database
+from conftest import alembic_step, fresh_database
 from ragloop.config import Settings
 from ragloop.store import claims
-from ragloop.store.db import alembic_config, get_engine, session_scope
+from ragloop.store.db import get_engine, session_scope
 from ragloop.store.models import EvalRun, Job, PeriodicTask, utcnow
 from ragloop.training import jobs
 from test_store import make_interaction
@@ -309,12 +309,7 @@ def test_migration_0004_moves_the_owner_into_its_column(db_url: str) -> None:
     """Homes made before 0004 kept the owner inside each record's JSON; upgrading moves it into ``owner``
     and leaves the rest of the JSON as it was (and a downgrade puts it back)."""
     engine = sa.create_engine(db_url)
-    cfg = alembic_config(db_url)
-
-    def migrate(step: Any, revision: str) -> None:
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            step(cfg, revision)
+    migrate = alembic_step(engine, db_url)
 
     worker = {"host": "box", "boot_id": "b", "pid": 41}
     migrate(command.upgrade, "0003")
