@@ -153,6 +153,35 @@ class ABSettings(BaseModel):
     stage_units: int = Field(default=100, ge=1)
 
 
+class DriftSettings(BaseModel):
+    """Drift monitoring (``ragloop drift``, docs/drift.md). The window of live records is the last
+    ``window_days`` days (or the last ``window_n`` records, when set); with fewer than ``min_records`` a
+    signal says "not enough data" instead of a verdict. A running server checks the served aliases every
+    ``check_interval_s`` seconds (one server of those sharing the database does it) and stores a report.
+    Thresholds and their sources: docs/drift.md and ``monitoring.drift_stats``."""
+
+    window_days: float = Field(default=7.0, gt=0)
+    window_n: int | None = Field(default=None, ge=1)
+    min_records: int = Field(default=30, ge=1)
+    check_interval_s: float = Field(default=3600.0, gt=0)
+    aliases: list[str] = Field(default_factory=lambda: ["production"])
+    domain_auc: float = Field(default=0.55, gt=0.5, lt=1)  # Evidently's default for the domain classifier
+    score_pvalue: float = Field(default=0.05, gt=0, lt=1)  # KS test on dense retrieval scores
+    score_wasserstein: float = Field(default=0.1, gt=0)  # normalised Wasserstein (Evidently's default)
+    coverage_percentile: float = Field(default=5.0, gt=0, lt=50)
+    coverage_share: float = Field(default=0.10, gt=0, lt=1)  # uncovered share over this: drift
+    rate_pvalue: float = Field(default=0.05, gt=0, lt=1)  # feedback and answer-signal rate changes
+    kb_changed_share: float = Field(default=0.10, ge=0, le=1)  # training gold passages changed or gone
+
+
+class AlertSettings(BaseModel):
+    """Where alerts go besides the dashboard: ``webhook_url`` gets a JSON POST for each new alert (Slack,
+    Teams, PagerDuty or any HTTP endpoint); none when unset. The URL may hold a token: it is never logged."""
+
+    webhook_url: str | None = None
+    webhook_timeout_s: float = Field(default=5.0, gt=0)
+
+
 class IngestSettings(BaseModel):
     """JSON/JSONL loader fields: which keys hold the text, id, title (dotted paths allowed)."""
 
@@ -184,6 +213,8 @@ class Settings(BaseSettings):
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     records: RecordSettings = Field(default_factory=RecordSettings)
     ab: ABSettings = Field(default_factory=ABSettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -262,6 +293,13 @@ template = "cited-answer"
 
 [ab]
 # check_interval_s = 60     # how often a running server checks A/B experiments (guardrails, ramp, snapshots)
+
+[drift]
+# window_days = 7           # live records compared with the training reference (or window_n = last N)
+# check_interval_s = 3600   # how often a running server checks drift and stores a report
+
+[alerts]
+# webhook_url = "https://hooks.example.org/..."   # a JSON POST per new alert (drift, guardrail rollback)
 
 [server]
 host = "127.0.0.1"

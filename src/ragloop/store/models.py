@@ -465,3 +465,42 @@ class RequestError(Base):
     arm: Mapped[str | None] = mapped_column(String(16), nullable=True)
     unit: Mapped[str | None] = mapped_column(String(160), nullable=True)  # the A/B assignment unit
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class DriftReport(Base):
+    """One drift check of one served model version (issue 18): every signal with its statistic, threshold
+    and verdict, the knowledge-base changes since the version's training, and the recommendation. Kept as a
+    history so a dashboard can draw each signal over time and an auditor can see what was known when."""
+
+    __tablename__ = "drift_reports"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    alias: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    model_version: Mapped[str] = mapped_column(String(128), index=True)
+    embedder: Mapped[str] = mapped_column(String(128), default="")  # reference and window embedded with it
+    window: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # since, until, last_n, n
+    verdict: Mapped[str] = mapped_column(String(16))  # ok | warn | drift | not enough data
+    retrain: Mapped[bool] = mapped_column(Boolean, default=False)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    source: Mapped[str] = mapped_column(String(16), default="cli")  # cli | server | api
+
+
+class Alert(Base):
+    """Something a person should look at: a drift verdict, a guardrail rollback. Raised once per open
+    condition (``dedupe_key``), shown on the dashboard, and posted to the configured webhook; delivery
+    failures are kept with the alert instead of being lost in a log."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)  # drift | guardrail | ...
+    severity: Mapped[str] = mapped_column(String(16), default="warn")  # info | warn | critical
+    subject: Mapped[str] = mapped_column(String(160), default="")  # the alias, version or experiment
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    dedupe_key: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    delivery_error: Mapped[str | None] = mapped_column(Text, nullable=True)
