@@ -154,6 +154,13 @@ class Interaction(Base):
     experiment_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     arm: Mapped[str | None] = mapped_column(String(16), nullable=True)
     experiment_unit: Mapped[str | None] = mapped_column(String(160), nullable=True)
+    # The answer's automatic signals (0009), written after the fact by ``monitoring.signals`` because
+    # verifying citations belongs to the curation stage, which generation may not import; the dashboard and
+    # drift checks then aggregate them in SQL. None until computed (``signals_at``); ``verified`` also None
+    # for an abstention, which claims nothing.
+    verified: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    abstained: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    signals_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, index=True)
 
     passages: Mapped[list[Passage]] = relationship(
         back_populates="interaction", cascade="all, delete-orphan", order_by="Passage.rank"
