@@ -88,6 +88,24 @@ class ModelVersion(Base):
     erased_note: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+class EmbedderVersion(Base):
+    """A fine-tuned retriever embedder (a saved sentence-transformers folder) with its lineage (0010). The
+    base embedder has no row: ``embedder_version`` None anywhere means the configured base embedder, so every
+    record made before embedders were versioned reads correctly."""
+
+    __tablename__ = "embedder_versions"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # e.g. "minilm-tuned-<hash8>"
+    base: Mapped[str] = mapped_column(Text)  # "packaged" or the base model's folder
+    base_hash: Mapped[str] = mapped_column(String(64), default="")
+    path: Mapped[str] = mapped_column(Text)  # the saved model's folder, under the home
+    dim: Mapped[int] = mapped_column(Integer)
+    dataset_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)  # the pairs
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # hyperparameters, code, metrics, time
+    kb_versions: Mapped[list[Any]] = mapped_column(JSON, default=list)  # KB versions embedded with it
+
+
 class ModelAlias(Base):
     """A movable name (``production``, ``candidate``...) pointing at a model version."""
 
@@ -96,6 +114,8 @@ class ModelAlias(Base):
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     model_version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"))
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # the embedder this alias serves with (0010); None: the base embedder
+    embedder_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class ApiKey(Base):
@@ -161,6 +181,8 @@ class Interaction(Base):
     verified: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     abstained: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     signals_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, index=True)
+    # The embedder that retrieved the passages (0010); None: the base embedder, as for every older record.
+    embedder_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
     passages: Mapped[list[Passage]] = relationship(
         back_populates="interaction", cascade="all, delete-orphan", order_by="Passage.rank"
@@ -327,6 +349,7 @@ class RegistryEvent(Base):
     model_version_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     previous_version_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    embedder_version: Mapped[str | None] = mapped_column(String(128), nullable=True)  # 0010; None: base
 
 
 class EvalRun(Base):
