@@ -459,3 +459,21 @@ def snapshots(settings: Settings, experiment: str, limit: int = 1000) -> list[di
             .limit(limit)
         )
         return [{"at": r.at.isoformat() + "Z", **r.data} for r in reversed(list(rows))]
+
+
+def list_all(settings: Settings, *, limit: int = 200) -> list[dict[str, Any]]:
+    """Every experiment (its ``to_dict()``), newest first, with ``verdict``: the primary metric's verdict at
+    its latest snapshot (None before its first check). For listings (the dashboard): no requests are read."""
+    with session_scope(settings.db_url) as s:
+        rows = experiments.list_experiments(s)[:limit]
+        out = []
+        for row in rows:
+            latest = s.scalars(
+                select(ExperimentSnapshot)
+                .where(ExperimentSnapshot.experiment_id == row.id)
+                .order_by(ExperimentSnapshot.id.desc())
+                .limit(1)
+            ).first()
+            verdict = ((latest.data or {}).get("primary") or {}).get("verdict") if latest else None
+            out.append({**row.to_dict(), "verdict": verdict})
+        return out
