@@ -78,3 +78,23 @@ class Conflict(RagloopError):
 
     status = 409
     code = "conflict"
+
+
+class TooFewPairs(RagloopError):
+    """Too few (question, positive passage) pairs to build a retriever-tuning dataset or train on it."""
+
+    code = "too_few_pairs"
+
+
+class PairsFormatError(RagloopError):
+    """A pairs file (or a dataset used as one) is not in the pairs format; the message names the line."""
+
+    code = "pairs_format_error"
+
+
+class DimensionMismatch(RagloopError):
+    """An embedder's vectors do not have the dimension of the knowledge-base column it would be compared
+    with; nothing is searched or written."""
+
+    status = 409
+    code = "dimension_mismatch"
