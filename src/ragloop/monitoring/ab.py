@@ -22,7 +22,7 @@ from sqlalchemy import select
 from ragloop.config import Settings
 from ragloop.errors import Conflict, NotFound
 from ragloop.generation import release
-from ragloop.monitoring import stats
+from ragloop.monitoring import alerts, stats
 from ragloop.monitoring.metrics import METRICS, Request, read_requests, value
 from ragloop.store import aliases, experiments
 from ragloop.store.claims import Task
@@ -390,7 +390,34 @@ def check(settings: Settings, experiment_id: str, *, kb: KB | None = None) -> di
         kept = {k: v for k, v in data.items() if k != "experiment"}
         state = {"status": experiment.status, "share": experiment.share, "stage": experiment.stage}
         s.add(ExperimentSnapshot(experiment_id=experiment_id, at=now, data=_json_safe({**kept, **state})))
+    if action in ("rollback", "stop"):
+        _alert(settings, row, data)
     return data
+
+
+def _alert(settings: Settings, row: dict[str, Any], data: dict[str, Any]) -> None:
+    """A rollback, or an end at the maximum duration, happened with nobody watching: an alert (kind
+    ``guardrail``) tells someone, with the arms' counts and the reason (aggregates only)."""
+    rollback = data["action"] == "rollback"
+    primary = data["primary"]
+    alerts.raise_alert(
+        settings,
+        "guardrail",
+        f"experiment {row['id']} on {row['alias']}",
+        f"{'Candidate rolled back' if rollback else 'Experiment ended'}: {data['reason']}",
+        {
+            "experiment_id": row["id"],
+            "alias": row["alias"],
+            "candidate": row["arms"]["candidate"]["model_version"],
+            "action": data["action"],
+            "arms": {
+                arm: {k: a[k] for k in ("units", "interactions", "errors")} for arm, a in data["arms"].items()
+            },
+            "primary": {k: primary[k] for k in ("metric", "verdict", "units")},
+        },
+        severity="critical" if rollback else "info",
+        dedupe_key=f"ab:{row['id']}:{data['action']}",
+    )
 
 
 def _decide(row: dict[str, Any], data: dict[str, Any], now: datetime) -> tuple[str | None, str | None]:
