@@ -112,6 +112,77 @@ def dataset_build(
     )
 
 
+@dataset_app.command("pairs")
+def dataset_pairs(
+    name: Annotated[str, typer.Option(help="Dataset name.")] = "pairs",
+    policy: Annotated[
+        Path | None, typer.Option(help="Curation policy file (YAML/JSON); default policy otherwise.")
+    ] = None,
+    interactions: Annotated[bool, typer.Option(help="Use recorded interactions.")] = True,
+    import_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--import", help="[FORMAT:]FILE of QA data (hotpotqa, squad, pubmedqa, apibench, generic)."
+        ),
+    ] = None,
+    pairs_file: Annotated[
+        list[Path] | None,
+        typer.Option("--pairs", help="Pairs file (JSON lines: question, positive, negatives)."),
+    ] = None,
+    eval_set: Annotated[
+        list[Path] | None, typer.Option(help="Evaluation set to decontaminate against (repeat).")
+    ] = None,
+    mine: Annotated[
+        int, typer.Option(help="Negatives mined per imported question with the current retriever (0: none).")
+    ] = 0,
+    mine_embedder: Annotated[
+        str | None, typer.Option(help="Embedder version the mining retriever uses (default: the base).")
+    ] = None,
+    max_negatives: Annotated[int, typer.Option(help="Hard negatives kept per pair.")] = 8,
+    seed: Annotated[int, typer.Option()] = 0,
+    min_pairs: Annotated[int, typer.Option(help="Fail if fewer pairs pass.")] = 8,
+    home: HomeOpt = None,
+) -> None:
+    """Retriever-tuning pairs (question, positive passage, hard negatives) as a dataset version."""
+    import shlex
+
+    from ragloop.curation.policy import load_policy
+    from ragloop.datasets.pairs import build_pairs
+
+    settings = home_settings(home)
+    imports = []
+    for spec in import_ or []:
+        fmt, _, path = spec.rpartition(":") if ":" in spec and not Path(spec).exists() else ("", "", spec)
+        imports.append((fmt or "auto", Path(path)))
+    command = (
+        "ragloop " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["dataset"] else ""
+    )
+    report = build_pairs(
+        settings,
+        load_policy(policy),
+        name=name,
+        from_interactions=interactions,
+        imports=imports,
+        pairs_files=list(pairs_file or []),
+        eval_sets=list(eval_set or []),
+        mine=mine,
+        mine_embedder=mine_embedder,
+        max_negatives=max_negatives,
+        seed=seed,
+        min_pairs=min_pairs,
+        command=command,
+    )
+    _print_counts(report.counts)
+    negatives = report.counts.get("negatives") or {}
+    if negatives.get("mined"):
+        console.print(f"mined negatives: {negatives['mined']}")
+    if negatives.get("from_records"):
+        console.print(f"negatives from records retrieved by: {negatives['from_records']}")
+    console.print(
+        f"{'built' if report.created else 'unchanged (identical version exists)'}: [bold]{report.dataset_id}[/]"
+    )
+
+
 def _print_counts(counts: dict) -> None:
     for source, n in counts.get("sources", {}).items():
         console.print(f"source {source}: {n}")

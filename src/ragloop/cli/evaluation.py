@@ -232,6 +232,53 @@ def eval_compare(
         console.print(table)
 
 
+@eval_app.command("retrieval")
+def eval_retrieval(
+    embedder: Annotated[
+        list[str] | None, typer.Option(help="Embedder version, or 'base' (repeat to compare; default: base).")
+    ] = None,
+    qa: Annotated[
+        Path | None, typer.Option(help="Held-apart questions: a QA file (any supported format).")
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="...or a pairs dataset id (its --split).")] = None,
+    split: Annotated[str, typer.Option(help="Split of --dataset.")] = "test",
+    mode: Annotated[list[str] | None, typer.Option(help="dense | hybrid (repeat; default: both).")] = None,
+    corpus: Annotated[
+        str, typer.Option(help="kb (the knowledge base) or pool (the questions' own passages).")
+    ] = "kb",
+    match: Annotated[
+        str, typer.Option(help="text (chunk holds a gold passage) or title (distinct titles).")
+    ] = "text",
+    kb_version: Annotated[int | None, typer.Option(help="KB version to search (default: current).")] = None,
+    as_json: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Retrieval quality of embedders on held-apart questions: recall@1/5/10 and MRR, dense and hybrid."""
+    import dataclasses
+
+    from ragloop.evaluation.retrieval import evaluate_retrieval, questions_from
+
+    settings = home_settings(home)
+    items = questions_from(settings, qa=qa, dataset=dataset, split=split)
+    modes = mode or (["dense"] if corpus == "pool" else ["dense", "hybrid"])
+    reports = [
+        evaluate_retrieval(
+            settings, items, embedder=e, mode=m, corpus=corpus, match=match, kb_version=kb_version
+        )
+        for e in embedder or ["base"]
+        for m in modes
+    ]
+    if as_json:
+        print(json.dumps([dataclasses.asdict(r) for r in reports], indent=2))
+        return
+    table = Table("embedder", "mode", "corpus", "n", "recall@1", "recall@5", "recall@10", "MRR")
+    for r in reports:
+        m = r.metrics
+        table.add_row(r.embedder, r.mode, r.corpus, str(int(m["n"])),
+                      *(f"{m[k]:.3f}" for k in ("recall@1", "recall@5", "recall@10", "mrr")))  # fmt: skip
+    console.print(table)
+
+
 @eval_app.command("robustness")
 def eval_robustness(
     model: Annotated[list[str], typer.Option(help="Model version or alias (repeat for several).")],

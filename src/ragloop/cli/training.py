@@ -85,6 +85,11 @@ def _train(kind: str, home: Path | None, foreground: bool, **options) -> None:  
     if job.status != "succeeded":
         err.print(f"[bold red]{job.status}[/]: {job.error or ''}")
         raise typer.Exit(code=1)
+    if kind == "embedder":
+        embedder = job.result.get("embedder_version")
+        console.print(f"job {job.id} succeeded: embedder version [bold]{embedder}[/]")
+        console.print(f"measure it: ragloop eval retrieval --embedder {embedder} --qa HELDOUT.jsonl")
+        return
     console.print(f"job {job.id} succeeded: model version [bold]{job.result.get('model_version')}[/]")
     console.print(f"serve it: ragloop models promote {job.result.get('model_version')}")
 
@@ -132,6 +137,29 @@ def train_sft_command(
     """Supervised fine-tuning (LoRA) on a dataset version; the adapter is registered as a model version."""
     _train("sft", home, foreground, dataset=dataset, base=base, name=name,
            config_path=str(config) if config else None, train=_overrides(set_))  # fmt: skip
+
+
+@train_app.command("embedder")
+def train_embedder_command(
+    dataset: Annotated[
+        str, typer.Option("--dataset", help="Pairs dataset id (see `ragloop dataset pairs`).")
+    ],
+    base: Annotated[
+        str | None,
+        typer.Option(
+            "--base",
+            help="Embedder to tune: 'packaged', a sentence-transformers folder or an embedder version "
+            "(default: the [embedding] model).",
+        ),
+    ] = None,
+    set_: SetOpt = None,
+    name: Annotated[str | None, typer.Option("--name", help="Name the version NAME-tuned-HASH.")] = None,
+    foreground: ForegroundOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Fine-tune the retriever's embedding model on a pairs dataset (MultipleNegativesRankingLoss with hard
+    negatives); registered as an embedder version with its lineage."""
+    _train("embedder", home, foreground, dataset=dataset, base=base, name=name, train=_overrides(set_))
 
 
 @train_app.command("dpo")

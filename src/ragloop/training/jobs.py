@@ -43,7 +43,7 @@ from ragloop.store import claims
 from ragloop.store.db import session_scope
 from ragloop.store.models import DatasetVersion, Job, utcnow
 
-KINDS = ("sft", "dpo")
+KINDS = ("sft", "dpo", "embedder")  # embedder: retriever tuning (training/embedder.py)
 ACTIVE = ("queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled")
 RESUMABLE = ("interrupted", "failed", "cancelled")
@@ -85,6 +85,10 @@ def validate_job(settings: Settings, kind: str, config: dict[str, Any]) -> dict[
     cannot be loaded, so a bad request never becomes a job that fails an hour later."""
     if kind not in KINDS:
         raise RagloopError(f"Unknown job kind {kind!r}: use one of {', '.join(KINDS)}.")
+    if kind == "embedder":
+        from ragloop.training.embedder import validate_embedder_job
+
+        return validate_embedder_job(settings, config)
     config = dict(config or {})
     unknown = set(config) - {"dataset", "base", "from", "name", "config_path", "train"}
     if unknown:
@@ -398,6 +402,10 @@ def _with_eta(progress: dict[str, Any], started: float, first_step: int | None) 
 
 
 def _trainer(kind: str) -> Trainer:
+    if kind == "embedder":
+        from ragloop.training.embedder import train_embedder
+
+        return train_embedder
     if kind == "sft":
         from ragloop.training.sft import train_sft
 
@@ -451,9 +459,14 @@ def run_job(
     attempt = "resuming" if out.exists() and any(out.iterdir()) else "starting"
     _log(job, f"{attempt} {job.kind} training in process {os.getpid()} → {out}")
     try:
-        from ragloop.training.config import load_train_config
+        if job.kind == "embedder":
+            from ragloop.training.embedder import embedder_config
 
-        train_config = load_train_config(None, **cfg.get("train", {}))
+            train_config = embedder_config(cfg.get("train"))
+        else:
+            from ragloop.training.config import load_train_config
+
+            train_config = load_train_config(None, **cfg.get("train", {}))
         train = trainer or _trainer(job.kind)
         kwargs: dict[str, Any] = dict(
             base=cfg.get("base"),
@@ -494,6 +507,7 @@ def run_job(
 
 def _result_dict(result: Any) -> dict[str, Any]:
     keys = ("adapter_dir", "metrics", "steps", "tokens", "resumed_from")
+    keys += ("model_dir", "dim", "train_s") if hasattr(result, "model_dir") else ()  # an embedder run
     data = {k: getattr(result, k, None) for k in keys}
     return json.loads(json.dumps(data, default=str))
 
@@ -502,6 +516,7 @@ def _finish(settings: Settings, job: Job, result: Any, *, cancelled: bool) -> Jo
     if cancelled:
         _log(job, "cancelled: stopped at the trainer's next step; nothing registered")
         return _set_status(settings, job, "cancelled", None, result=_result_dict(result))
+    from ragloop.training.embedder import register_embedder
     from ragloop.training.lineage import register_model
 
     with session_scope(settings.db_url) as s:
@@ -510,15 +525,20 @@ def _finish(settings: Settings, job: Job, result: Any, *, cancelled: bool) -> Jo
         if row.status != "running":  # someone else decided its fate (recover raced a slow exit)
             _log(job, f"finished training but the job is {row.status}; not registering")
             return row
-        mv = register_model(settings, row, result=result, session=s)
+        if row.kind == "embedder":
+            mv: Any = register_embedder(settings, row, result, s)
+            registered = {"embedder_version": mv.id}
+        else:
+            mv = register_model(settings, row, result=result, session=s)
+            registered = {"model_version": mv.id}
         now = utcnow()
         done = {"finished_at": now, "heartbeat_at": now, "error": None,
-                "result": {**_result_dict(result), "model_version": mv.id}}  # fmt: skip
+                "result": {**_result_dict(result), **registered}}  # fmt: skip
         if not claims.release(s, Job, job.id, "succeeded", done):  # lost the row since the check above
             s.rollback()
             _log(job, "finished training but the job is no longer running; not registering")
             return get_job(settings, job.id)
-    _log(job, f"succeeded: registered model version {mv.id}")
+    _log(job, f"succeeded: registered {'embedder' if job.kind == 'embedder' else 'model'} version {mv.id}")
     return get_job(settings, job.id)
 
 
