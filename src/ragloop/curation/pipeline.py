@@ -61,8 +61,12 @@ class FilterReport:
     reasons: dict[str, int] = field(default_factory=dict)
 
 
-def load_candidates(settings: Settings, interaction_ids: list[str] | None = None) -> list[Candidate]:
-    """Every recorded interaction (or the given ones) as a candidate, oldest first."""
+def load_candidates(
+    settings: Settings, interaction_ids: list[str] | None = None, *, policy: Policy | None = None
+) -> list[Candidate]:
+    """Every recorded interaction (or the given ones) as a candidate, oldest first. Feedback is folded as
+    ``policy`` (default: the default policy) says to treat end users' corrections."""
+    end_user = (policy or Policy()).end_user_corrections
     from ragloop.ingest.kb import KnowledgeBase  # LanceDB: only when the knowledge base is read
 
     kb = KnowledgeBase(settings)
@@ -83,7 +87,9 @@ def load_candidates(settings: Settings, interaction_ids: list[str] | None = None
         for fb in s.scalars(select(Feedback).where(Feedback.interaction_id.in_(ids))) if ids else []:
             feedback.setdefault(fb.interaction_id, []).append(fb)
     rows = fetch_rows(kb, interactions)
-    judgements = {i.id: judgement(feedback.get(i.id, [])) for i in interactions}
+    judgements = {
+        i.id: judgement(feedback.get(i.id, []), end_user_corrections=end_user) for i in interactions
+    }
     rows.update(_evidence_rows(kb, judgements.values()))
     for i in interactions:
         passages, _problems = shown_passages(kb, i, rows)
@@ -140,6 +146,8 @@ def _evidence_passages(j: Judgement, rows: dict, shown_ids: set[str]) -> list[Sh
 
 def _accepted(c: Candidate, min_rating: int, allow_unreviewed: bool) -> str | None:
     j = c.judgement
+    if j.awaiting_review:  # an end user says it is wrong; a reviewer decides (policy end_user_corrections)
+        return "end-user correction awaiting review"
     if c.from_correction:
         return None
     if j.accepted is None:

@@ -16,6 +16,13 @@ Format (YAML or JSON)::
     pii: {enabled: true, entities: null, vault: false}
     split: {train: 0.8, val: 0.1, test: 0.1}
     raft: {n_passages: 5, p_oracle: 0.8, policy: answer, target: reasoning}
+    end_user_corrections: review   # review | trust | ignore: what an end user's correction (chat page,
+                                   # non-admin key: feedback source end_user) counts for, see below
+
+End users are not reviewers: ``review`` (the default) never makes an end user's correction a target by
+itself; it puts the answer in the review queue, where a reviewer accepts it (saves it, edited or not, as
+their own correction) or not, and until a reviewer has looked the answer is held out ("end-user correction
+awaiting review"). ``trust`` takes it like a reviewer's; ``ignore`` neither uses nor waits for it.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from typing import Any
 import yaml
 
 from ragloop.errors import RagloopError
+from ragloop.feedback.service import END_USER_CORRECTIONS
 
 FILTERS: dict[str, dict[str, Any]] = {
     "accepted": {"min_rating": 4, "allow_unreviewed": False},
@@ -43,7 +51,7 @@ FILTERS: dict[str, dict[str, Any]] = {
     },
     "dedupe": {"threshold": 0.8},
 }
-SECTIONS = {"name", "version", "filters", "pii", "split", "raft", "description"}
+SECTIONS = {"name", "version", "filters", "pii", "split", "raft", "description", "end_user_corrections"}
 
 
 @dataclass
@@ -58,6 +66,7 @@ class Policy:
     raft: dict[str, Any] = field(
         default_factory=lambda: {"n_passages": 5, "p_oracle": 0.8, "policy": "answer", "target": "reasoning"}
     )
+    end_user_corrections: str = "review"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +76,7 @@ class Policy:
             "pii": self.pii,
             "split": self.split,
             "raft": self.raft,
+            "end_user_corrections": self.end_user_corrections,
         }
 
     @property
@@ -111,6 +121,13 @@ def parse_policy(data: Any, origin: str = "policy") -> Policy:
             if not isinstance(value, dict) or set(value) - set(defaults):
                 raise RagloopError(f"{origin}: `{section}` takes {sorted(defaults)}, got {value!r}.")
             defaults.update(value)
+    if "end_user_corrections" in data:
+        value = data["end_user_corrections"]
+        if value not in END_USER_CORRECTIONS:
+            raise RagloopError(
+                f"{origin}: end_user_corrections is one of {', '.join(END_USER_CORRECTIONS)}, got {value!r}."
+            )
+        policy.end_user_corrections = value
     total = sum(float(policy.split.get(k, 0)) for k in ("train", "val", "test"))
     if abs(total - 1.0) > 1e-6:
         raise RagloopError(f"{origin}: split shares must add up to 1 (got {total}).")

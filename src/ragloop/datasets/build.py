@@ -232,7 +232,7 @@ def build_dataset(
     items: list[QAItem] = []
     source_ids: list[str] = []
     if from_interactions:
-        candidates = load_candidates(settings)
+        candidates = load_candidates(settings, policy=policy)
         counts["sources"]["interactions"] = len(candidates)
         kept, reports = apply_filters(candidates, policy)
         counts["filters"] = [

@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 from sqlalchemy import func, select
 
 from ragloop.config import ServerSettings
-from ragloop.feedback.service import add_feedback
+from ragloop.feedback.service import END_USER, END_USER_REASON, add_feedback
 from ragloop.store.db import SessionOrUrl, session_of
 from ragloop.store.models import Feedback, Interaction, Passage, ReviewItem, utcnow
 from ragloop.store.queries import get_interaction
@@ -23,7 +23,7 @@ from ragloop.store.queries import get_interaction
 if TYPE_CHECKING:
     from ragloop.ingest.kb import KnowledgeBase
 
-REASONS = ("thumbs_down", "low_score", "random")
+REASONS = ("thumbs_down", "low_score", "random", END_USER_REASON)  # the last: queued by add_feedback
 DEFAULT_QUEUE = "default"
 # Addresses a server binds to listen everywhere; from this machine it is reached through loopback.
 WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
@@ -136,6 +136,21 @@ def get_review_item(db: SessionOrUrl, item_id: int) -> tuple[ReviewItem, Interac
             return None
         interaction = get_interaction(session, item.interaction_id)
         return None if interaction is None else (item, interaction)
+
+
+def end_user_suggestion(db: SessionOrUrl, interaction_id: str) -> str | None:
+    """The latest correction an end user proposed for this answer, for the review page to offer: a
+    reviewer who saves it (edited or not) makes it a training target (policy ``end_user_corrections``)."""
+    with session_of(db) as session:
+        return session.scalars(
+            select(Feedback.corrected_answer)
+            .where(
+                Feedback.interaction_id == interaction_id,
+                Feedback.source == END_USER,
+                Feedback.corrected_answer.is_not(None),
+            )
+            .order_by(Feedback.created_at.desc(), Feedback.id.desc())
+        ).first()
 
 
 def save_review(

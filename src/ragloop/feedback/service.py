@@ -4,6 +4,11 @@ tags, reviewer id.
 
 Feedback is append-only and kept per reviewer: two reviewers never overwrite each other, and the latest
 submission of a reviewer is that reviewer's judgement. ``judgement`` folds them into what curation needs.
+
+``source`` says who gave it: ``human`` (a reviewer), ``auto``, ``eval``, or ``end_user`` (the person who
+asked, through the chat page or a non-admin key). An end user's feedback never closes a reviewer's queue
+entry, and an end user's correction puts the answer in the review queue: how far curation trusts it is the
+curation policy's ``end_user_corrections``.
 """
 
 from __future__ import annotations
@@ -38,6 +43,11 @@ FIELDS = {
 }
 MAX_TEXT = 20_000
 MAX_EVIDENCE = 10
+SOURCES = ("human", "auto", "eval", "end_user")
+END_USER = "end_user"
+END_USER_CORRECTIONS = ("review", "trust", "ignore")
+"""How a fold treats end users' corrections: ``review`` (only a reviewer's feedback after it counts; until
+then the answer is awaiting review), ``trust`` (like a reviewer's), ``ignore`` (never)."""
 
 
 def _ranks(value: Any, n_passages: int, name: str) -> list[int] | None:
@@ -85,8 +95,8 @@ def validate_feedback(data: Any, n_passages: int) -> dict[str, Any]:
     ):
         raise RagloopError("`tags` must be a list of short strings.")
     source = data.get("source") or "human"
-    if source not in ("human", "auto", "eval"):
-        raise RagloopError("`source` must be human, auto or eval.")
+    if source not in SOURCES:
+        raise RagloopError(f"`source` must be one of {', '.join(SOURCES)}.")
     gold = _ranks(data.get("gold"), n_passages, "gold")
     irrelevant = _ranks(data.get("irrelevant"), n_passages, "irrelevant")
     if gold and irrelevant and set(gold) & set(irrelevant):
@@ -163,12 +173,41 @@ def _add_feedback(
             values["gold_ranks"] = sorted(set(values["gold_ranks"] or []) | set(shown_gold))
     fb = Feedback(interaction_id=interaction_id, **values)
     session.add(fb)
-    for item in session.scalars(
-        select(ReviewItem).where(ReviewItem.interaction_id == interaction_id, ReviewItem.status == "pending")
-    ):
-        item.status, item.done_at = "done", utcnow()
+    if values["source"] == END_USER:
+        if values["corrected_answer"]:
+            _queue_for_review(session, interaction_id)
+    else:
+        for item in session.scalars(
+            select(ReviewItem).where(
+                ReviewItem.interaction_id == interaction_id, ReviewItem.status == "pending"
+            )
+        ):
+            item.status, item.done_at = "done", utcnow()
     session.flush()
     return fb
+
+
+END_USER_REASON = "end_user_correction"
+# Ahead of every sampled entry (thumbs-down ones start at 0): a user says the answer is wrong and wrote
+# what it should be, the cheapest review there is.
+END_USER_PRIORITY = -1.0
+
+
+def _queue_for_review(session: Session, interaction_id: str, queue: str = "default") -> None:
+    """Put an answer an end user corrected up for review: a new entry, or its entry in the queue opened
+    again (one entry per interaction and queue)."""
+    item = session.scalars(
+        select(ReviewItem).where(ReviewItem.interaction_id == interaction_id, ReviewItem.queue == queue)
+    ).first()
+    if item is None:
+        session.add(
+            ReviewItem(
+                queue=queue, interaction_id=interaction_id, reason=END_USER_REASON, priority=END_USER_PRIORITY
+            )
+        )
+    elif item.status != "pending":
+        item.status, item.done_at = "pending", None
+        item.reason, item.priority = END_USER_REASON, END_USER_PRIORITY
 
 
 def _pin_evidence(
@@ -238,15 +277,36 @@ class Judgement:
     mean_rating: float | None = None
     thumbs_down: bool = False
     corrected_answer: str | None = None
+    awaiting_review: bool = False  # an end user corrected it and no reviewer has looked since ("review")
     gold_ranks: list[int] = field(default_factory=list)
     irrelevant_ranks: list[int] = field(default_factory=list)
     tags: list[str] = field(default_factory=list)
     evidence: list[dict] = field(default_factory=list)  # unshown supporting passages of the answer kept
 
 
-def judgement(feedback: list[Feedback], accept_rating: int = 4) -> Judgement:
+def judgement(
+    feedback: list[Feedback], accept_rating: int = 4, *, end_user_corrections: str = "trust"
+) -> Judgement:
+    """Fold every reviewer's latest feedback. ``end_user_corrections`` (``END_USER_CORRECTIONS``) says what
+    an end user's correction (and the evidence sent with it) counts for: the default ``trust`` reads
+    feedback as given (the A/B correction rate counts users' corrections); curation passes its policy's
+    setting, ``review`` unless a policy says otherwise. End users' thumbs and ratings count either way."""
+    if end_user_corrections not in END_USER_CORRECTIONS:
+        raise RagloopError(
+            f"end_user_corrections must be one of {', '.join(END_USER_CORRECTIONS)}, "
+            f"not {end_user_corrections!r}."
+        )
+    ordered = sorted(feedback, key=lambda f: (f.created_at, f.id))
+    awaiting = False
+    if end_user_corrections != "trust":
+        last_user_fix = max(
+            (k for k, f in enumerate(ordered) if f.source == END_USER and f.corrected_answer), default=-1
+        )
+        reviewed = any(f.source != END_USER for f in ordered[last_user_fix + 1 :])
+        awaiting = end_user_corrections == "review" and last_user_fix >= 0 and not reviewed
+        ordered = [_without_correction(f) if f.source == END_USER else f for f in ordered]
     latest: dict[str, Feedback] = {}
-    for fb in sorted(feedback, key=lambda f: (f.created_at, f.id)):
+    for fb in ordered:
         latest.pop(fb.reviewer_id, None)  # re-inserted: the dict stays ordered by each reviewer's latest
         latest[fb.reviewer_id] = fb
     j = Judgement(reviewers=sorted(latest))
@@ -273,4 +333,12 @@ def judgement(feedback: list[Feedback], accept_rating: int = 4) -> Judgement:
         j.evidence += [e for e in fb.evidence or [] if e["chunk_id"] not in known]
     j.accepted = all(votes) if votes else None
     j.mean_rating = sum(ratings) / len(ratings) if ratings else None
+    j.awaiting_review = awaiting
     return j
+
+
+def _without_correction(fb: Feedback) -> Feedback:
+    """A detached copy of an end user's feedback keeping its votes but not its correction or evidence (the
+    record itself is never changed: it may still be attached to a session)."""
+    columns = {c.name: getattr(fb, c.name) for c in Feedback.__table__.columns}
+    return Feedback(**{**columns, "corrected_answer": None, "evidence": None})

@@ -16,6 +16,7 @@ from markupsafe import Markup, escape
 from ragloop.config import Settings
 from ragloop.errors import AuthError, PermissionDenied, RagloopError
 from ragloop.feedback.review import (
+    end_user_suggestion,
     get_review_item,
     pending,
     queue_counts,
@@ -162,6 +163,7 @@ def ui_router(settings: Settings, auth_on: bool) -> APIRouter:
             "question": interaction.messages[-1]["content"],
             "answer_html": escape(interaction.answer),
             "reviewer": who.key_id or "reviewer",
+            "suggested": end_user_suggestion(settings.db_url, interaction.id),
         }
         return TEMPLATES.TemplateResponse(request, "review_item.html", context)
 
