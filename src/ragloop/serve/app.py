@@ -49,15 +49,17 @@ from ragloop.ingest.pipeline import IngestReport, ingest_uploads, reconcile
 from ragloop.monitoring.ab import check_task
 from ragloop.serve import schemas
 from ragloop.serve.auth import (
-    OPEN,
+    CSRF_HEADER,
+    SESSION_COOKIE,
     Caller,
     auth_required,
-    authenticate,
     may_read_interaction,
     narrow_scope,
+    request_caller,
     require_admin,
     require_collection,
 )
+from ragloop.serve.chat import chat_router
 from ragloop.serve.ui import ui_router
 from ragloop.store import aliases, queries
 from ragloop.store.claims import Scheduler
@@ -181,10 +183,17 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
 
     bearer = HTTPBearer(auto_error=False, description="An API key from `ragloop keys create`.")
 
-    def caller(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
-        if not auth_on:
-            return OPEN
-        return authenticate(db_url, credentials.credentials if credentials else None)
+    def caller(
+        request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
+    ) -> Caller:
+        # A key in the header, else the chat page's session cookie (with its CSRF header; serve.auth).
+        return request_caller(
+            db_url,
+            auth_on,
+            credentials.credentials if credentials else None,
+            request.cookies.get(SESSION_COOKIE),
+            request.headers.get(CSRF_HEADER),
+        )
 
     # Health ------------------------------------------------------------------------------------------
     def health() -> dict:
@@ -221,7 +230,8 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
             collections=narrow_scope(who, options.collections),
             filters=options.filters,
             conversation_id=options.conversation_id,
-            user_id=body.user,
+            # A browser session's user is its key's name: a page cannot claim another user's id.
+            user_id=who.name if who.session else body.user,
             api_key_id=who.key_id,
             source="api",
         )
@@ -322,6 +332,12 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
             raise RagloopError("The request body is not valid JSON.") from None
         if isinstance(data, dict) and not data.get("reviewer_id") and who.key_id:
             data["reviewer_id"] = who.key_id
+        if isinstance(data, dict) and (who.session or not who.admin):
+            # A user's feedback on their own answers, never a reviewer's: curation's policy says how far
+            # an end user's correction is trusted (``end_user_corrections``).
+            data["source"] = "end_user"
+            if who.session:
+                data["reviewer_id"] = who.key_id
 
         def save() -> dict:
             return add_feedback(
@@ -338,6 +354,7 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
     # Web UI (review queue, interactions) -------------------------------------------------------------
     app.mount("/static", StaticFiles(directory=str(Path(__file__).parent / "static")), name="static")
     app.include_router(ui_router(settings, auth_on))
+    app.include_router(chat_router(settings, auth_on))
 
     # Training jobs and the model registry: routes of their own in serve/admin.py ---------------------
     from ragloop.serve.admin import router as admin_router
@@ -595,7 +612,7 @@ _FEEDBACK_OPENAPI: dict[str, Any] = {
                         },
                         "tags": {"type": "array", "items": {"type": "string", "maxLength": 64}},
                         "reviewer_id": {"type": "string", "maxLength": 128},
-                        "source": {"enum": ["human", "auto", "eval"]},
+                        "source": {"enum": ["human", "auto", "eval", "end_user"]},
                     },
                 }
             }

@@ -4,6 +4,12 @@ Keys themselves live in the store (``ragloop.store.keys``, secrets kept only as 
 an ``Authorization`` header into a ``Caller`` and applies the three rules every endpoint shares: admin-only
 endpoints, a key's collection scope (a request may narrow it, never widen it), and reading only one's own
 records.
+
+A browser page (the chat, ``serve.chat``) signs in once and keeps its key in an HttpOnly, SameSite=Strict
+cookie; a request carrying that cookie instead of an ``Authorization`` header is a *session* request and
+must also carry ``X-Requested-With`` (``request_caller``): a custom header cannot be sent by another site
+without a CORS preflight, which this server never grants, so a forged cross-site request is refused even
+where a browser would send the cookie.
 """
 
 from __future__ import annotations
@@ -12,21 +18,30 @@ import ipaddress
 from dataclasses import dataclass
 
 from ragloop.config import ServerSettings
-from ragloop.errors import ConfigError, PermissionDenied
+from ragloop.errors import AuthError, ConfigError, PermissionDenied
 from ragloop.store.keys import verify_key
 
 
 @dataclass(frozen=True)
 class Caller:
-    """Who sent a request. ``key_id`` is None when auth is off; ``collections`` None means every one."""
+    """Who sent a request. ``key_id`` is None when auth is off; ``collections`` None means every one.
+    ``name`` is the key's name; ``session`` is True for a browser session (the key came in the chat's
+    cookie), whose user id is the key's name whatever the request body says."""
 
     key_id: str | None
     admin: bool
     collections: list[str] | None
+    name: str | None = None
+    session: bool = False
 
 
 # With auth off the server trusts whoever can reach it, which auto mode allows only on loopback.
 OPEN = Caller(key_id=None, admin=True, collections=None)
+
+SESSION_COOKIE = "ragloop_chat"
+"""The cookie holding the chat page's key (HttpOnly, SameSite=Strict; never readable by the page's JS)."""
+CSRF_HEADER = "X-Requested-With"
+"""The header a session request must carry (any value; the chat sends ``ragloop-chat``)."""
 
 
 def is_loopback(host: str) -> bool:
@@ -60,7 +75,31 @@ def authenticate(db_url: str, secret: str | None) -> Caller:
         key_id=key.id,
         admin=bool(key.admin),
         collections=None if key.collections is None else [str(c) for c in key.collections],
+        name=key.name,
     )
+
+
+def request_caller(
+    db_url: str,
+    auth_on: bool,
+    bearer: str | None,
+    cookie: str | None,
+    csrf: str | None,
+) -> Caller:
+    """The caller of an API request: its ``Authorization`` key when it sends one (or OPEN when auth is
+    off), else the chat session's cookie. A session is authenticated by its key even with auth off: the
+    key's name is the user the chat records answers and feedback for. A session request without the
+    ``X-Requested-With`` header is refused (AuthError, 401: the cookie alone signs nothing in), so another
+    site cannot ride the cookie."""
+    if bearer or not cookie:
+        return authenticate(db_url, bearer) if auth_on else OPEN
+    if not csrf:
+        raise AuthError(
+            f"A request signed in by the chat's cookie must send the {CSRF_HEADER} header "
+            "(cross-site request refused); API clients send `Authorization: Bearer <key>` instead."
+        )
+    who = authenticate(db_url, cookie)
+    return Caller(who.key_id, who.admin, who.collections, name=who.name, session=True)
 
 
 def require_admin(caller: Caller) -> None:
