@@ -47,6 +47,7 @@ from ragloop.feedback.service import MAX_EVIDENCE, MAX_TEXT, add_feedback
 from ragloop.generation.assistant import AnswerRequest, AnswerResult, Assistant, answer_record
 from ragloop.ingest.pipeline import IngestReport, ingest_uploads, reconcile
 from ragloop.monitoring.ab import check_task
+from ragloop.monitoring.signals import signals_task
 from ragloop.serve import schemas
 from ragloop.serve.auth import (
     CSRF_HEADER,
@@ -60,6 +61,7 @@ from ragloop.serve.auth import (
     require_collection,
 )
 from ragloop.serve.chat import chat_router
+from ragloop.serve.dashboard import dashboard_router
 from ragloop.serve.ui import ui_router
 from ragloop.store import aliases, queries
 from ragloop.store.claims import Scheduler
@@ -158,7 +160,9 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
         # Periodic tasks: each due one runs in one process among all servers on this database.
         # A/B experiments read the answers' passages through the serving knowledge base.
         ab_check = check_task(settings, kb=lambda: assistant.kb)
-        scheduler = Scheduler(db_url, [retention_task(settings), ab_check]).start()
+        # Answer signals (verified citations, abstentions) stored for the dashboard's and drift's SQL.
+        answer_signals = signals_task(settings, kb=lambda: assistant.kb)
+        scheduler = Scheduler(db_url, [retention_task(settings), ab_check, answer_signals]).start()
         yield
         scheduler.stop()
 
@@ -354,6 +358,7 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
     # Web UI (review queue, interactions) -------------------------------------------------------------
     app.mount("/static", StaticFiles(directory=str(Path(__file__).parent / "static")), name="static")
     app.include_router(ui_router(settings, auth_on))
+    app.include_router(dashboard_router(settings))  # the dashboard: overview, models, interactions
     app.include_router(chat_router(settings, auth_on))
 
     # Training jobs and the model registry: routes of their own in serve/admin.py ---------------------
