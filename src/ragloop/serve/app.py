@@ -365,6 +365,10 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
     from ragloop.serve.admin import router as admin_router
 
     app.include_router(admin_router)
+    # Dashboard: experiments and drift (unscoped admin keys; forms CSRF-checked), serve/dashboard_ab.py.
+    from ragloop.serve.dashboard_ab import router as dashboard_ab_router
+
+    app.include_router(dashboard_ab_router)
     _declare_only_our_errors(app)
     return app
 
