@@ -26,7 +26,7 @@ import pytest
 
 from conftest import LiveServer
 from ragloop.config import Settings
-from ragloop.monitoring import ab, alerts
+from ragloop.monitoring import ab, alerts, drift
 from ragloop.serve.dashboard_ab import CSRF_COOKIE, CSRF_FIELD
 from ragloop.serve.ui import COOKIE
 from ragloop.store.db import session_scope
@@ -50,15 +50,17 @@ def keys(settings: Settings) -> dict[str, str]:
         }
 
 
-def signed_in(browser, server: LiveServer, secret: str, errors: list[str]):  # noqa: F811
-    """A page signed in through /login, recording console errors and uncaught exceptions."""
+def signed_in(browser, server: LiveServer, secret: str, path: str, errors: list[str]):  # noqa: F811
+    """A page at ``path``, signed in through the dashboard's login it is sent to, recording console errors
+    and uncaught exceptions."""
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
     page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
-    page.goto(f"{server.url}/login")
+    page.goto(f"{server.url}{path}")
+    assert "/dashboard/login" in page.url
     page.fill("input[name=key]", secret)
-    page.click("button")
-    page.wait_for_load_state()
+    page.click("button.primary")
+    page.wait_for_url(f"{server.url}{path}")
     return page
 
 
@@ -117,8 +119,7 @@ def test_experiments_pages_show_the_sequence_and_decision_and_the_buttons_work(
     assert len(snaps) == 3 and len(with_estimate) == 3
 
     errors: list[str] = []
-    page = signed_in(browser, server, secret["admin"], errors)
-    page.goto(f"{server.url}/dashboard/experiments")
+    page = signed_in(browser, server, secret["admin"], "/dashboard/experiments", errors)
     row = page.locator(f"tr[data-experiment='{exp}']")
     assert row.locator(".status").inner_text() == "running"
     page.click(f"tr[data-experiment='{exp}'] a")
@@ -267,8 +268,7 @@ def test_drift_page_draws_stored_reports_and_alerts_are_acknowledged(
     assert alert is not None
 
     errors: list[str] = []
-    page = signed_in(browser, server, secret["admin"], errors)
-    page.goto(f"{server.url}/dashboard/drift")
+    page = signed_in(browser, server, secret["admin"], "/dashboard/drift", errors)
     page.wait_for_selector("#signals")
     domain = page.locator("svg.chart[data-chart='signal-query_domain']")
     assert domain.locator("g.series").get_attribute("data-points") == "3"
@@ -297,6 +297,8 @@ def test_drift_page_draws_stored_reports_and_alerts_are_acknowledged(
             assert c.post(f"/dashboard/alerts/{alert.id}/ack", data={CSRF_FIELD: "t" * 43}).status_code == 403
     with server.client(secret["admin"]) as plain:
         assert plain.post(f"/dashboard/alerts/{alert.id}/ack").status_code == 403
+        assert plain.post("/dashboard/drift/run", data={"alias": "production"}).status_code == 403
+    assert len(drift.latest_reports(settings)) == 3
     with session_scope(settings.db_url) as s:
         assert s.get(Alert, alert.id).acknowledged_at is None
 
