@@ -307,5 +307,12 @@ def test_drift_page_draws_stored_reports_and_alerts_are_acknowledged(
     assert "acknowledged" in page.inner_text(f"tr[data-alert='{alert.id}']")
     with session_scope(settings.db_url) as s:
         assert s.get(Alert, alert.id).acknowledged_at is not None
+
+    # Run a check now: a report of the served version is computed in the server and stored.
+    page.click("#run-drift")
+    page.wait_for_selector("#flash", timeout=60_000)
+    assert "Drift check done" in page.inner_text("#flash")
+    newest = drift.latest_reports(settings, limit=1)[0]
+    assert newest["source"] == "dashboard" and len(drift.latest_reports(settings)) == 4
     assert errors == []
     page.close()
