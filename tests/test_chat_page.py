@@ -125,6 +125,7 @@ def test_chat_page_streams_cites_records_feedback_and_continues(chat_home, start
     with session_scope(chat_home.db_url) as s:
         alice, alice_secret = create_key(s, "alice")  # a user key: not admin
         alice_id = alice.id
+        _, bob_secret = create_key(s, "bob")
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -224,12 +225,23 @@ def test_chat_page_streams_cites_records_feedback_and_continues(chat_home, start
             f"/api/interactions/{first_id}/feedback", json={"thumbs": "up", "source": "human"}, headers=header
         )
         assert r.status_code == 201 and r.json()["source"] == "end_user", r.text
-        assert (
-            c.post(
-                "/chat/login", data={"key": alice_secret}, headers={"Origin": "http://evil.test"}
-            ).status_code
-            == 403
-        )
+        evil = {"Origin": "http://evil.test"}
+        assert c.post("/chat/login", data={"key": alice_secret}, headers=evil).status_code == 403
+
+    # Two people who open alike (the same question, the same answer: greedy decoding gives it) keep a
+    # conversation each: bob's second turn continues bob's first, not alice's older one.
+    header = {"X-Requested-With": "ragloop-chat"}
+    with httpx.Client(base_url=server.url, cookies={"ragloop_chat": bob_secret}, headers=header) as c:
+        opening = [{"role": "user", "content": "What are the visitor badge rules?"}]
+        bob_first = c.post("/v1/chat/completions", json={"messages": opening}, timeout=60).json()["ragloop"]
+        thread = [
+            *opening,
+            {"role": "assistant", "content": "".join(ANSWER_WORDS)},
+            {"role": "user", "content": "And where do they return it?"},
+        ]
+        bob_next = c.post("/v1/chat/completions", json={"messages": thread}, timeout=60).json()["ragloop"]
+    assert bob_next["turn_index"] == 1
+    assert bob_next["conversation_id"] == bob_first["conversation_id"] != first.conversation_id
 
 
 def _answer(settings: Settings) -> str:

@@ -450,11 +450,15 @@ class Assistant:
 
             # Two conversations can hold the same thread (the same opening, the same answer): the oldest
             # one is taken, so a thread's next turns always join the same conversation (and A/B unit).
-            parent = session.scalars(
-                select(Interaction.conversation_id)
-                .where(Interaction.thread_sha256 == thread_sha256(messages[:-1]))
-                .order_by(Interaction.created_at, Interaction.id)
-            ).first()
+            # A request naming its user looks among that user's turns only: two people who opened with
+            # the same question and got the same answer (greedy decoding gives it) stay two
+            # conversations, so erasing one person's conversation never takes the other's turns.
+            parents = select(Interaction.conversation_id).where(
+                Interaction.thread_sha256 == thread_sha256(messages[:-1])
+            )
+            if req.user_id:
+                parents = parents.where(Interaction.user_id == req.user_id)
+            parent = session.scalars(parents.order_by(Interaction.created_at, Interaction.id)).first()
             if parent:
                 return parent, turn_index
         return uuid.uuid4().hex, turn_index
