@@ -336,6 +336,7 @@ def test_the_doors_refuse_bad_input_and_scoped_keys_and_start_stop_promote(
             "alias": "production",
             "model_version": v2.id,
             "previous": v1.id,
+            "embedder_version": None,  # the candidate served the base embedder (issue 20)
         }
         assert production(settings) == v2.id and experiment(settings, third["id"]).status == "promoted"
         assert client.post(f"/api/ab/{third['id']}/promote").status_code == 409

@@ -61,6 +61,14 @@ def ab_start(
     max_days: Annotated[
         float | None, typer.Option("--max-days", help="Stop the experiment after this many days.")
     ] = None,
+    candidate_embedder: Annotated[
+        str | None,
+        typer.Option(
+            "--candidate-embedder",
+            help="Embedder version the candidate serves with (`base`: the base embedder); default: the "
+            "control's. With the control's model version too, the experiment compares retrievers only.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
@@ -74,6 +82,10 @@ def ab_start(
         options["guardrails"] = [g.strip() for g in guardrails.split(",") if g.strip()]
     if min_units is not None:
         options["min_units"] = min_units
+    if candidate_embedder is not None:
+        from ragloop.ingest.embed import embedder_id
+
+        options["candidate_embedder"] = embedder_id(candidate_embedder)
     started = ab.start(
         home_settings(home),
         candidate=candidate,
@@ -88,10 +100,14 @@ def ab_start(
         print(json.dumps(started, indent=2, default=str))
         return
     arms = started["arms"]
+
+    def pair(arm: dict) -> str:
+        embedder = arm.get("embedder_version")
+        return arm["model_version"] + (f" (embedder {embedder})" if embedder else "")
+
     console.print(
         f"experiment [bold]{started['id']}[/] on {started['alias']}: candidate "
-        f"{arms['candidate']['model_version']} at share {started['share']:g} against "
-        f"{arms['control']['model_version']}",
+        f"{pair(arms['candidate'])} at share {started['share']:g} against {pair(arms['control'])}",
         highlight=False,
     )
 

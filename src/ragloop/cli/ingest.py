@@ -89,9 +89,11 @@ def kb_versions(home: HomeOpt = None) -> None:
     """List knowledge-base versions and what changed in each."""
     from ragloop.ingest.pipeline import kb_versions as recorded_versions
 
-    table = Table("version", "created", "chunks", "added", "replaced", "removed", "tag")
+    table = Table("version", "created", "chunks", "added", "replaced", "removed", "embedders", "tag")
     for v in recorded_versions(home_settings(home).db_url):
         c = v.change or {}
+        # a re-embedding names its embedder; an ingest, the tuned embedders that filled their columns too
+        embedders = f"reembed {c['reembed']}" if c.get("reembed") else ", ".join(c.get("embedders", []))
         table.add_row(
             str(v.version),
             v.created_at.isoformat(timespec="seconds"),
@@ -99,6 +101,7 @@ def kb_versions(home: HomeOpt = None) -> None:
             str(len(c.get("added", []))),
             str(len(c.get("replaced", []))),
             str(len(c.get("removed", []))),
+            embedders,
             v.tag or "",
         )
     console.print(table)
@@ -111,14 +114,20 @@ def kb_search(
     collection: Annotated[list[str] | None, typer.Option(help="Only these collections (repeat).")] = None,
     mode: Annotated[str, typer.Option(help="hybrid, dense or fulltext.")] = "hybrid",
     version: Annotated[int | None, typer.Option(help="Search the KB as it was at this version.")] = None,
+    embedder: Annotated[
+        str | None, typer.Option(help="Embedder version for the dense search (default: the base one).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the hits as JSON.")] = False,
     home: HomeOpt = None,
 ) -> None:
     """Search the knowledge base without answering: see what the retriever finds, and find the chunk id of
     the passage that supports a correction (`ragloop feedback ID --evidence CHUNK_ID`)."""
+    from ragloop.ingest.embed import embedder_id
     from ragloop.retrieval.search import Retriever
 
-    hits = Retriever(home_settings(home)).search(query, k, collections=collection, mode=mode, version=version)
+    hits = Retriever(home_settings(home)).search(
+        query, k, collections=collection, mode=mode, version=version, embedder=embedder_id(embedder)
+    )
     if as_json:
         keys = ("chunk_id", "collection", "source_path", "title", "section", "score", "text")
         print(
@@ -137,6 +146,43 @@ def kb_search(
             snippet[:240] + ("…" if len(snippet) > 240 else ""),
         )
     console.print(table if hits else "no passage found")
+
+
+@kb_app.command("reembed")
+def kb_reembed(
+    embedder: Annotated[str, typer.Option("--embedder", help="Embedder version id to embed the KB with.")],
+    batch_size: Annotated[int | None, typer.Option(help="Texts per model batch.")] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Embed every chunk with a tuned embedder version into its own column: a new KB version (older ones
+    stay as they were and keep serving the base embedder). Run again to fill chunks ingested while the
+    embedder was not served."""
+    from ragloop.ingest.reembed import reembed
+
+    settings = home_settings(home)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    ) as bar:
+        task = bar.add_task(f"embedding with {embedder}", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        report = reembed(settings, embedder, batch_size=batch_size, progress=progress)
+    if not report.created:
+        console.print(f"every chunk already has vectors of {report.embedder}: KB version {report.kb_version}")
+        return
+    rate = report.n_embedded / report.embed_s if report.embed_s else 0.0
+    console.print(
+        f"knowledge base version {report.kb_version}: {report.n_embedded} chunks embedded with "
+        f"{report.embedder} (dim {report.dim}, {rate:.0f} chunks/s); version {report.previous_version} and "
+        "older serve the base embedder",
+        highlight=False,
+    )
 
 
 @kb_app.command("compact")

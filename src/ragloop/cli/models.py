@@ -14,6 +14,26 @@ from ragloop.cli.common import HomeOpt, JsonOpt, console, home_settings
 
 models_app = typer.Typer(no_args_is_help=True, help="Model versions and aliases.")
 
+EmbedderOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--embedder",
+        help="Embedder version the alias serves with (`base`: the base embedder); default: the alias keeps "
+        "its embedder. Its vectors must cover the knowledge base (`ragloop kb reembed`).",
+    ),
+]
+
+
+def _embedder(name: str | None):  # type: ignore[no-untyped-def]
+    from ragloop.ingest.embed import embedder_id
+    from ragloop.store.aliases import KEEP
+
+    return KEEP if name is None else embedder_id(name)
+
+
+def _pair(version: str, embedder: str | None) -> str:
+    return f"{version} (embedder {embedder or 'base'})"
+
 
 @models_app.command("list")
 def models_list(home: HomeOpt = None) -> None:
@@ -34,13 +54,16 @@ def models_list(home: HomeOpt = None) -> None:
 
 @models_app.command("alias")
 def models_alias(
-    name: Annotated[str, typer.Argument()], version: Annotated[str, typer.Argument()], home: HomeOpt = None
+    name: Annotated[str, typer.Argument()],
+    version: Annotated[str, typer.Argument()],
+    embedder: EmbedderOpt = None,
+    home: HomeOpt = None,
 ) -> None:
-    """Point an alias (production, candidate, ...) at a model version."""
+    """Point an alias (production, candidate, ...) at a model version (and an embedder version)."""
     from ragloop.generation.release import set_alias
 
-    moved = set_alias(home_settings(home), name, version, note="cli")
-    console.print(f"{name} → {moved.model_version}")
+    moved = set_alias(home_settings(home), name, version, note="cli", embedder=_embedder(embedder))
+    console.print(f"{name} → {_pair(moved.model_version, moved.embedder_version)}", highlight=False)
 
 
 @models_app.command("show")
@@ -110,24 +133,30 @@ def models_diff(a: Annotated[str, typer.Argument()], b: Annotated[str, typer.Arg
 def models_promote(
     version: Annotated[str, typer.Argument(help="Version id (or alias) to serve.")],
     alias: Annotated[str, typer.Option(help="Alias to move.")] = "production",
+    embedder: EmbedderOpt = None,
     home: HomeOpt = None,
 ) -> None:
-    """Serve a version under an alias from the next request on (running servers pick it up, no restart)."""
+    """Serve a version (with an embedder version) under an alias from the next request on (running servers
+    pick it up, no restart). `ragloop models promote production --embedder ID` switches only the embedder."""
     from ragloop.generation.release import promote
 
-    moved = promote(home_settings(home), version, alias, note="cli")
-    console.print(f"{alias} → {moved.model_version}")
+    moved = promote(home_settings(home), version, alias, note="cli", embedder=_embedder(embedder))
+    console.print(f"{alias} → {_pair(moved.model_version, moved.embedder_version)}", highlight=False)
 
 
 @models_app.command("rollback")
 def models_rollback(
     alias: Annotated[str, typer.Option(help="Alias to move back.")] = "production", home: HomeOpt = None
 ) -> None:
-    """Point an alias back at the version it had before its last promotion."""
+    """Point an alias back at the version and embedder it served before its last promotion."""
     from ragloop.generation.release import rollback
 
     moved = rollback(home_settings(home), alias, note="cli")
-    console.print(f"{alias}: {moved.previous} → {moved.model_version}")
+    console.print(
+        f"{alias}: {_pair(moved.previous or '', moved.previous_embedder)} → "
+        f"{_pair(moved.model_version, moved.embedder_version)}",
+        highlight=False,
+    )
 
 
 @models_app.command("export")

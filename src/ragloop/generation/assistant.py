@@ -78,6 +78,7 @@ class AnswerResult:
     cached_prompt_tokens: int | None = None  # prompt tokens the engine did not prefill again (llamacpp)
     experiment_id: str | None = None  # the A/B experiment that served this turn, and its arm
     arm: str | None = None
+    embedder_version: str | None = None  # the embedder that retrieved the passages; None: the base one
 
 
 class AnswerStream:
@@ -128,6 +129,7 @@ def answer_record(result: AnswerResult) -> dict:
         "kb_version": result.kb_version,
         "model_version": result.model_version,
         "model_alias": result.model_alias,
+        "embedder_version": result.embedder_version,
         "experiment_id": result.experiment_id,
         "arm": result.arm,
         "citations": result.citations,
@@ -160,6 +162,7 @@ class _Prepared:
     experiment_id: str | None = None
     arm: str | None = None
     unit: str | None = None
+    embedder: str | None = None  # the embedder version that retrieved ``hits``; None: the base embedder
 
 
 def normalise_messages(messages: Any, max_messages: int) -> list[dict]:
@@ -341,9 +344,10 @@ class Assistant:
     def warm_up(self) -> None:
         """Load the default model now rather than on the first request."""
         with session_scope(self.settings.db_url) as s:
-            version, _ = aliases.resolve(s, None)
+            version, alias = aliases.resolve(s, None)
+            embedder = aliases.served_pair(s, alias).embedder_version if alias else None
         self.backend_for(version)
-        self.retriever.embed_query("warm up")  # loads the embedding model too
+        self.retriever.embed_query("warm up", embedder)  # loads the embedding model the alias serves too
 
     # Answering -------------------------------------------------------------------------------------
     def _tag(self, version: int) -> None:
@@ -372,6 +376,8 @@ class Assistant:
 
         with session_scope(self.settings.db_url) as s:
             version, alias = aliases.resolve(s, req.model)
+            # An alias serves a pair (model, embedder); a version named directly, the base embedder.
+            embedder = aliases.served_pair(s, alias).embedder_version if alias is not None else None
             conversation_id, turn_index = self._conversation(s, req, messages)
             experiment_id: str | None = None
             arm: str | None = None
@@ -384,6 +390,7 @@ class Assistant:
                     arm = unit = None
                 else:
                     version, alias, experiment_id = served, running.alias, running.id
+                    embedder = running.embedder_version(arm)
         backend, adapter = self.backend_for(version)
 
         query = retrieval_query(messages)
@@ -395,6 +402,7 @@ class Assistant:
                 req.k or self.settings.retrieval.top_k,
                 collections=req.collections,
                 filters=req.filters,
+                embedder=embedder,
             )
             if (self.kb.version or None) == kb_version:
                 break
@@ -421,6 +429,7 @@ class Assistant:
             experiment_id,
             arm,
             unit,
+            embedder,
         )
 
     def _arm(
@@ -486,6 +495,7 @@ class Assistant:
             experiment_id=p.experiment_id,
             arm=p.arm,
             experiment_unit=p.unit,
+            embedder_version=p.embedder,
             gen_params=p.params.to_dict(),
             answer=gen.text,
             citations=citations,
@@ -536,6 +546,7 @@ class Assistant:
             cached_prompt_tokens=gen.extra.get("cached_prompt_tokens"),
             experiment_id=interaction.experiment_id,
             arm=interaction.arm,
+            embedder_version=p.embedder,
             latency={
                 "retrieve_ms": interaction.latency_retrieve_ms,
                 "generate_ms": interaction.latency_generate_ms,

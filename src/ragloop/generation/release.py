@@ -12,11 +12,18 @@ holds; a promotion of the experiment's candidate ends it as ``promoted``.
 
 Loading is this stage's job; what loads a version is a hook (``Loader``), so a server passes its live
 assistant's loader (the version is then ready before its first request) and other engines can pass theirs.
+
+An alias serves a pair: a model version and an embedder version (None: the base embedder). A move names
+the embedder or keeps the alias's (``aliases.KEEP``); an embedder moves only once it loads with its registered
+dimension and the current knowledge base has its vectors for every chunk (``retrieval.search.
+ready_embedder``), checked and moved under the ingest lock so no ingest commits chunks without them between
+the check and the move. A rollback returns to the previous pair.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +33,7 @@ from ragloop.config import Settings
 from ragloop.errors import Conflict, GenerationError, RagloopError
 from ragloop.generation.models import file_sha256
 from ragloop.store import aliases, experiments
+from ragloop.store.aliases import KEEP, Pair
 from ragloop.store.db import session_scope
 from ragloop.store.models import ModelAlias, ModelVersion
 
@@ -35,11 +43,14 @@ Loader = Callable[[ModelVersion], object]
 
 @dataclass(frozen=True)
 class Release:
-    """An alias move that happened: ``alias`` now serves ``model_version``, instead of ``previous``."""
+    """An alias move that happened: ``alias`` now serves ``model_version`` with ``embedder_version``, instead
+    of ``previous`` with ``previous_embedder`` (embedders: None is the base embedder)."""
 
     alias: str
     model_version: str
     previous: str | None
+    embedder_version: str | None = None
+    previous_embedder: str | None = None
 
 
 def in_process_loader(settings: Settings) -> Loader:
@@ -67,12 +78,14 @@ def promote(
     note: str | None = None,
     load: Loader | None = None,
     while_running: str | None = None,
+    embedder: str | None = KEEP,
 ) -> Release:
-    """Serve ``version`` (an id or an alias) under ``alias`` from the next request on, if it loads.
+    """Serve ``version`` (an id or an alias) under ``alias`` from the next request on, if it loads, with
+    ``embedder`` (an embedder version id, None for the base embedder, ``KEEP`` for the alias's current one).
     ``while_running``: an experiment id that must still be running on ``alias`` when the alias moves (checked
     in the move's transaction), so an experiment's candidate rolled back meanwhile by its guardrails is never
     promoted by an `ab promote` that read the experiment just before."""
-    return _move(settings, version, alias, "promote", note, load, while_running)
+    return _move(settings, version, alias, "promote", note, load, while_running, embedder)
 
 
 def set_alias(
@@ -82,9 +95,11 @@ def set_alias(
     *,
     note: str | None = None,
     load: Loader | None = None,
+    embedder: str | None = KEEP,
 ) -> Release:
-    """Point ``alias`` at ``version`` (an id or an alias), if it loads; recorded as an ``alias`` event."""
-    return _move(settings, version, alias, "alias", note, load)
+    """Point ``alias`` at ``version`` (an id or an alias) and ``embedder``, if they load; recorded as an
+    ``alias`` event."""
+    return _move(settings, version, alias, "alias", note, load, None, embedder)
 
 
 def rollback(
@@ -94,21 +109,26 @@ def rollback(
     note: str | None = None,
     load: Loader | None = None,
 ) -> Release:
-    """Point ``alias`` back at the version it had before its last promotion, if that version still loads
-    (an adapter can break after it was served: a restored backup, a full disk)."""
+    """Point ``alias`` back at the pair (model version, embedder) it had before its last move, if that
+    version still loads (an adapter can break after it was served: a restored backup, a full disk) and the
+    embedder can still search the knowledge base."""
     with session_scope(settings.db_url) as s:
-        origin, target = aliases.rollback_target(s, alias)
-        version = s.get(ModelVersion, target)
+        origin, target = aliases.rollback_pairs(s, alias)
+        version = s.get(ModelVersion, target.model_version)
     check_loads(version, alias, load or in_process_loader(settings))  # type: ignore[arg-type]
-    with session_scope(settings.db_url) as s:
-        moved = aliases.rollback(s, alias, note=note)
+    lock = embedder_move(settings, origin.embedder_version, target.embedder_version)
+    with lock, session_scope(settings.db_url) as s:
+        moved = aliases.rollback_pairs(s, alias)
         if moved != (origin, target):  # raising here rolls the move back
             raise RagloopError(
-                f"{alias!r} changed while {target} was being loaded (it now rolls back to {moved[1]}); "
-                "run the rollback again."
+                f"{alias!r} changed while {target.model_version} was being loaded (it now rolls back to "
+                f"{moved[1].model_version}); run the rollback again."
             )
+        aliases.rollback(s, alias, note=note)
         _end_experiment(s, alias, "rollback", origin, target, note)
-    return Release(alias, target, origin)
+    return Release(
+        alias, target.model_version, origin.model_version, target.embedder_version, origin.embedder_version
+    )
 
 
 def _move(
@@ -119,10 +139,15 @@ def _move(
     note: str | None,
     load: Loader | None,
     while_running: str | None = None,
+    embedder: str | None = KEEP,
 ) -> Release:
     mv, _ = aliases.resolve(settings.db_url, version)
     check_loads(mv, alias, load or in_process_loader(settings))
     with session_scope(settings.db_url) as s:
+        current = s.get(ModelAlias, alias)
+        served = current.embedder_version if current is not None else None
+    wanted = served if embedder is KEEP else embedder
+    with embedder_move(settings, served, wanted), session_scope(settings.db_url) as s:
         if while_running is not None:
             running = experiments.running_for(s, alias, lock=True)
             if running is None or running.id != while_running:
@@ -132,15 +157,39 @@ def _move(
                     f"{f': {ended.reason}' if ended.reason else ''}); {alias!r} was not moved."
                 )
         current = s.get(ModelAlias, alias)
-        previous = current.model_version_id if current is not None else None
-        aliases.set_alias(s, alias, mv.id, action=action, note=note)
-        if previous != mv.id:
-            _end_experiment(s, alias, action, previous, mv.id, note)
-    return Release(alias, mv.id, previous)
+        before = Pair(current.model_version_id, current.embedder_version) if current is not None else None
+        # KEEP stays KEEP: the embedder the alias serves at this moment, not the one read before loading.
+        row = aliases.set_alias(s, alias, mv.id, embedder_version=embedder, action=action, note=note)
+        after = Pair(row.model_version_id, row.embedder_version)
+        if before != after:
+            _end_experiment(s, alias, action, before, after, note)
+    return Release(
+        alias,
+        after.model_version,
+        before.model_version if before else None,
+        after.embedder_version,
+        before.embedder_version if before else None,
+    )
+
+
+@contextmanager
+def embedder_move(settings: Settings, served: str | None, wanted: str | None) -> Iterator[None]:
+    """When the embedder changes: check ``wanted`` can search the current knowledge base (raises, alias
+    unmoved, if not) and hold the ingest lock until the move commits, so no ingest adds chunks that lack
+    its vectors in between (an ingest embeds with every embedder live when it starts). Otherwise nothing."""
+    if wanted == served or wanted is None:
+        yield
+        return
+    from ragloop.ingest.pipeline import write_lock
+    from ragloop.retrieval.search import ready_embedder
+
+    with write_lock(settings):
+        ready_embedder(settings, wanted)
+        yield
 
 
 def _end_experiment(
-    session: Session, alias: str, action: str, previous: str | None, version: str, note: str | None
+    session: Session, alias: str, action: str, previous: Pair | None, now: Pair, note: str | None
 ) -> None:
     """Stop the experiment running on ``alias`` because the alias moved (in the move's transaction, so
     neither happens without the other): ``promoted`` when it now serves the candidate, else ``stopped``."""
@@ -148,10 +197,16 @@ def _end_experiment(
     if running is None:
         return
     arms = running.arms or {}
-    promoted = action != "rollback" and arms.get("candidate", {}).get("model_version") == version
+    candidate = arms.get("candidate", {})
+    promoted = (
+        action != "rollback" and (candidate.get("model_version"), candidate.get("embedder_version")) == now
+    )
     # An alias never set (production before its first promotion) served what the experiment froze as control.
-    previous = previous or arms.get("control", {}).get("model_version")
-    reason = f"{action} of {alias!r} from {previous} to {version}" + (f" ({note})" if note else "")
+    control = arms.get("control", {})
+    previous = previous or Pair(control.get("model_version"), control.get("embedder_version"))  # type: ignore[arg-type]
+    reason = f"{action} of {alias!r} from {_label(previous)} to {_label(now)}" + (
+        f" ({note})" if note else ""
+    )
     experiments.stop_experiment(
         session,
         running.id,
@@ -159,6 +214,16 @@ def _end_experiment(
         decision="promote" if promoted else "stop",
         reason=reason,
         by="release",
+    )
+
+
+def _label(pair: Pair) -> str:
+    """A pair as the reasons name it: the version alone when it is served with the base embedder (as every
+    reason recorded before embedder versions reads)."""
+    return (
+        pair.model_version
+        if pair.embedder_version is None
+        else f"{pair.model_version}+{pair.embedder_version}"
     )
 
 

@@ -1,7 +1,9 @@
 """The embedding model, shared by ingestion (chunk vectors, chunk sizes) and retrieval (query vectors).
 
 It lives in ingest because ingest is the earlier stage: chunks are cut by this model's own tokenizer so that
-none is longer than what the model actually reads.
+none is longer than what the model actually reads. Besides the configured base embedder, a tuned embedder
+version (``EmbedderVersion``, a saved sentence-transformers folder) is loaded the same way by its id
+(``embedder_for``); ``None`` always means the base embedder, as in every record.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import select
 
 from ragloop import torch_thread
-from ragloop.config import EmbeddingSettings
-from ragloop.errors import ConfigError
+from ragloop.config import EmbeddingSettings, Settings
+from ragloop.errors import ConfigError, DimensionMismatch, NotFound
+from ragloop.store.db import session_scope
+from ragloop.store.models import EmbedderVersion
 
 _cache: dict[str, Embedder] = {}
 _lock = threading.Lock()
@@ -91,3 +96,48 @@ def get_embedder(settings: EmbeddingSettings) -> Embedder:
         if key not in _cache:
             _cache[key] = Embedder(settings)
         return _cache[key]
+
+
+BASE_EMBEDDER = "base"
+"""What a person types for the base embedder (``--embedder base``); records hold None for it."""
+
+
+def embedder_id(name: str | None) -> str | None:
+    """An embedder as a person names it -> as records hold it: ``base`` (or nothing) is None."""
+    return None if name in (None, "", BASE_EMBEDDER) else name
+
+
+def embedder_version(settings: Settings, embedder: str) -> EmbedderVersion:
+    """The registered embedder version ``embedder``; NotFound names the ones that exist."""
+    with session_scope(settings.db_url) as s:
+        row = s.get(EmbedderVersion, embedder)
+        if row is None:
+            known = ", ".join(s.scalars(select(EmbedderVersion.id))) or "none yet"
+            raise NotFound(
+                f"No embedder version {embedder!r} (registered: {known}); train one with "
+                "`ragloop train embedder`, or use `base`."
+            )
+        s.expunge(row)
+        return row
+
+
+def embedder_for(settings: Settings, embedder: str | None) -> Embedder:
+    """The loaded embedder: the configured base one for None, else the embedder version's saved folder
+    (shared like the base one, one per process). Raises DimensionMismatch when the folder no longer holds
+    a model of the dimension it was registered with (replaced or overwritten): its vectors would not be
+    comparable with the ones stored for it."""
+    if embedder is None:
+        return get_embedder(settings.embedding)
+    row = embedder_version(settings, embedder)
+    if not Path(row.path).is_dir():
+        raise ConfigError(
+            f"Embedder version {embedder}'s folder {row.path} is missing; restore it from a backup or "
+            "register the embedder again."
+        )
+    loaded = get_embedder(settings.embedding.model_copy(update={"model": str(row.path)}))
+    if loaded.dim != row.dim:
+        raise DimensionMismatch(
+            f"Embedder version {embedder} was registered with dimension {row.dim}, but the model in "
+            f"{row.path} has dimension {loaded.dim}: the folder was replaced. Nothing was changed."
+        )
+    return loaded

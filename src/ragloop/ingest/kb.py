@@ -1,7 +1,9 @@
 """The versioned knowledge base: one LanceDB table ``chunks`` whose every table version is a KB version.
 
-Rows are ``Chunk`` fields plus ``vector`` (the unit-normalised embedding). LanceDB keeps every version of the
-table, so an interaction that recorded ``kb_version`` can be re-read exactly as the model saw it; ``tag``
+Rows are ``Chunk`` fields plus ``vector`` (the base embedder's unit-normalised embedding) and one more column
+per tuned embedder (``vector__<id>``, see ``vector_column``): one table keeps one full-text index, one chunk id
+space and one version history for every embedder, so a KB version still names exactly what was servable
+(docs/retriever.md). LanceDB keeps every version of the table, so an interaction that recorded ``kb_version`` can be re-read exactly as the model saw it; ``tag``
 protects such a version from ``compact``. The database (``KBVersion`` rows) says which versions are real:
 ``ingest.pipeline`` writes here first and records the version second, and undoes this write with ``restore``
 when the record cannot be made.
@@ -10,6 +12,8 @@ when the record cannot be made.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import re
 import threading
 from collections.abc import Iterable
 from datetime import timedelta
@@ -41,11 +45,37 @@ _ARROW_TYPES = {"str": pa.string(), "int": pa.int64()}
 # unindexed rows exactly, so results stay correct, only a little slower.
 ANN_REBUILD_UNINDEXED_SHARE = 0.25
 
+BASE_VECTOR = "vector"  # the base embedder's column; tuned embedders add ``vector__<id>``
+_VECTOR_PREFIX = "vector__"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+
 
 def chunk_schema(dim: int) -> pa.Schema:
     """Chunk fields, in order, plus the fixed-size float32 ``vector`` column."""
     fields = [pa.field(f.name, _ARROW_TYPES[str(f.type)]) for f in dataclasses.fields(Chunk)]
-    return pa.schema([*fields, pa.field("vector", pa.list_(pa.float32(), dim))])
+    return pa.schema([*fields, pa.field(BASE_VECTOR, pa.list_(pa.float32(), dim))])
+
+
+def vector_column(embedder: str | None) -> str:
+    """The column holding ``embedder``'s vectors: ``vector`` for the base embedder (None), else
+    ``vector__<id>`` with anything but letters, digits and ``_`` replaced (column names go into filter
+    expressions); an id that had to change gets 8 hex of its sha256 appended, so two ids never share one."""
+    if embedder is None:
+        return BASE_VECTOR
+    safe = _UNSAFE.sub("_", embedder)
+    if safe != embedder:
+        safe = f"{safe}_{hashlib.sha256(embedder.encode()).hexdigest()[:8]}"
+    return f"{_VECTOR_PREFIX}{safe}"
+
+
+def vector_dims(schema: pa.Schema) -> dict[str, int]:
+    """Every vector column of a table schema with its dimension."""
+    return {
+        f.name: int(f.type.list_size)
+        for f in schema
+        if (f.name == BASE_VECTOR or f.name.startswith(_VECTOR_PREFIX))
+        and pa.types.is_fixed_size_list(f.type)
+    }
 
 
 def version_tag(version: int) -> str:
@@ -138,6 +168,33 @@ class KnowledgeBase:
         table = self._live()
         return {} if table is None else {name: int(t["version"]) for name, t in table.tags.list().items()}
 
+    def vector_columns(self, version: int | None = None) -> dict[str, int]:
+        """The vector columns at ``version`` (default: current) with their dimensions; {} without a table."""
+        table = self.table(version)
+        return {} if table is None else vector_dims(table.schema)
+
+    def missing_vectors(self, embedder: str | None, version: int | None = None) -> int | None:
+        """How many chunks have no vector of ``embedder`` at ``version``: None when its column does not
+        exist there (never re-embedded), else the chunks ingested while it was not live."""
+        table = self.table(version)
+        column = vector_column(embedder)
+        if table is None or column not in vector_dims(table.schema):
+            return None
+        return int(table.count_rows(f"{column} IS NULL"))
+
+    def rows_to_embed(self, embedder: str | None, version: int | None = None) -> list[dict]:
+        """``chunk_id``, ``title``, ``section`` and ``text`` of every chunk without a vector of ``embedder``
+        at ``version`` (every chunk when its column does not exist yet), in chunk id order."""
+        table = self.table(version)
+        if table is None:
+            return []
+        column = vector_column(embedder)
+        query = table.search().select(["chunk_id", "title", "section", "text"])
+        if column in vector_dims(table.schema):
+            query = query.where(f"{column} IS NULL")
+        rows = query.limit(None).to_list()
+        return sorted(rows, key=lambda r: r["chunk_id"])
+
     def get_chunks(self, chunk_ids: list[str], version: int | None = None) -> dict[str, dict]:
         """Rows (without vector) by chunk id, as they were at ``version`` (default: current)."""
         table = self.table(version)
@@ -173,9 +230,18 @@ class KnowledgeBase:
         return [rows[i] for i in picked if i in rows]
 
     # Writing ---------------------------------------------------------------------------------------
-    def apply(self, add: list[Chunk], vectors: np.ndarray, delete_doc_ids: list[str]) -> int:
+    def apply(
+        self,
+        add: list[Chunk],
+        vectors: np.ndarray,
+        delete_doc_ids: list[str],
+        embedder_vectors: dict[str, np.ndarray] | None = None,
+    ) -> int:
         """Replace the chunks of ``delete_doc_ids`` by ``add`` in one data commit; return the new version.
 
+        ``vectors`` are the base embedder's; ``embedder_vectors`` the tuned embedders' (by id), each into its
+        own column, which must exist already (``set_vectors`` makes it). A tuned column not given is left
+        empty (null) for the new chunks: that embedder was not live, and ``missing_vectors`` counts them.
         Deleting and adding is one LanceDB merge-insert, so a reader never sees a document half-replaced.
         The full-text indexes are rebuilt afterwards (cheap, and keeps BM25 statistics exact); the vector
         index only when the table is big enough to need one and has grown a lot since it was built.
@@ -193,7 +259,7 @@ class KnowledgeBase:
             with self._lock:
                 self._table = table
         if add:
-            data = self._rows(add, vectors, table.schema)
+            data = self._rows(add, vectors, table.schema, embedder_vectors or {})
             merge = table.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all()
             if delete_doc_ids:
                 merge = merge.when_not_matched_by_source_delete(col("doc_id").isin(list(delete_doc_ids)))
@@ -204,14 +270,56 @@ class KnowledgeBase:
         return int(table.version)
 
     @staticmethod
-    def _rows(chunks: list[Chunk], vectors: np.ndarray, schema: pa.Schema) -> pa.Table:
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        dim = schema.field("vector").type.list_size
-        if vectors.ndim != 2 or vectors.shape[1] != dim:
-            raise ValueError(f"vectors have shape {vectors.shape}; this knowledge base stores dim {dim}")
+    def _rows(
+        chunks: list[Chunk], vectors: np.ndarray, schema: pa.Schema, extra: dict[str, np.ndarray]
+    ) -> pa.Table:
+        dims = vector_dims(schema)
+        by_column = {BASE_VECTOR: vectors}
+        for embedder, array in extra.items():
+            column = vector_column(embedder)
+            if column not in dims:
+                raise ValueError(
+                    f"no column for embedder {embedder!r}: re-embed the knowledge base with it first"
+                )
+            by_column[column] = array
         columns: dict[str, Any] = {name: [getattr(c, name) for c in chunks] for name in CHUNK_COLUMNS}
-        columns["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim)
-        return pa.Table.from_pydict(columns, schema=schema)
+        for column, dim in dims.items():
+            # A column left out is null in the new rows (LanceDB refuses explicit null vectors).
+            if column in by_column:
+                columns[column] = _vector_array(by_column[column], dim, len(chunks))
+        fields = [schema.field(name) for name in columns]
+        return pa.Table.from_pydict(columns, schema=pa.schema(fields))
+
+    def set_vectors(self, embedder: str, chunk_ids: list[str], vectors: np.ndarray) -> int:
+        """Write ``embedder``'s vectors of these chunks into its column in one data commit (a new table
+        version, so the versions before it stay exactly as they were); return the new version.
+
+        A first call adds the column (LanceDB's merge: a left join on ``chunk_id``, new files for the new
+        column only, chunks not given left null); later calls fill chunks still missing (a merge-insert of
+        the column alone). The column's dimension is fixed by its first call."""
+        table = self._live()
+        if table is None:
+            raise NotFound("The knowledge base is empty: ingest documents before re-embedding them.")
+        if len(chunk_ids) != len(vectors):
+            raise ValueError(f"{len(chunk_ids)} chunk ids but {len(vectors)} vectors")
+        column = vector_column(embedder)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        dims = vector_dims(table.schema)
+        dim = dims.get(column, int(vectors.shape[1]) if vectors.ndim == 2 else 0)
+        data = pa.Table.from_pydict(
+            {
+                "chunk_id": pa.array(chunk_ids, pa.string()),
+                column: _vector_array(vectors, dim, len(chunk_ids)),
+            }
+        )
+        if column not in dims:
+            table.merge(data, left_on="chunk_id")
+        elif chunk_ids:
+            table.merge_insert("chunk_id").when_matched_update_all().execute(data)
+        else:
+            return int(table.version)
+        self._build_indexes(table)
+        return int(table.version)
 
     def _build_indexes(self, table: Any) -> None:
         for column in FTS_COLUMNS:
@@ -223,15 +331,17 @@ class KnowledgeBase:
         n_rows = table.count_rows()
         if n_rows < self.settings.retrieval.ann_min_rows:
             return
-        vector_index = next((i for i in table.list_indices() if i.columns == ["vector"]), None)
-        if vector_index is not None:
-            stats = table.index_stats(vector_index.name)
-            indexed, unindexed = stats.num_indexed_rows, stats.num_unindexed_rows
-            if unindexed <= ANN_REBUILD_UNINDEXED_SHARE * max(indexed, 1):
-                return
-        # IVF_HNSW_SQ: in our 100k-chunk benchmark it answered in ~2 ms with recall@10 ~0.97 before
-        # refinement, where IVF_PQ needed nprobes + refine to get there at twice the latency.
-        table.create_index("vector", config=HnswSq(distance_type="cosine"), replace=True)
+        indices = table.list_indices()
+        for column in vector_dims(table.schema):
+            vector_index = next((i for i in indices if i.columns == [column]), None)
+            if vector_index is not None:
+                stats = table.index_stats(vector_index.name)
+                indexed, unindexed = stats.num_indexed_rows, stats.num_unindexed_rows
+                if unindexed <= ANN_REBUILD_UNINDEXED_SHARE * max(indexed, 1):
+                    continue
+            # IVF_HNSW_SQ: in our 100k-chunk benchmark it answered in ~2 ms with recall@10 ~0.97 before
+            # refinement, where IVF_PQ needed nprobes + refine to get there at twice the latency.
+            table.create_index(column, config=HnswSq(distance_type="cosine"), replace=True)
 
     def restore(self, version: int) -> int:
         """Make ``version`` current again (a new version with its data; 0 means empty); return the new
@@ -316,3 +426,10 @@ class KnowledgeBase:
             bytes_removed=bytes_removed,
             pruned=pruned,
         )
+
+
+def _vector_array(vectors: np.ndarray, dim: int, n: int) -> pa.FixedSizeListArray:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.shape != (n, dim):
+        raise ValueError(f"vectors have shape {vectors.shape}; this column stores {n} rows of dim {dim}")
+    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim)

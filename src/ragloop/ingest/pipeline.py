@@ -6,6 +6,10 @@ rows and a ``KBVersion``. LanceDB is written first; if the record cannot be made
 ``kb.restore``, and if the process dies in between, ``reconcile`` (run before every write and when the
 server starts) finds the table ahead of the database and restores the last recorded version. Writers take
 a file lock in the home so two ingests never interleave, and never undo each other's in-flight write.
+
+New chunks are embedded with the base embedder and with every tuned embedder that is live (an alias or a
+running A/B arm serves it, ``store.aliases.live_embedders``) and has a column already (``ingest.reembed``
+made it), so switching embedder never meets chunks it cannot find.
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ from sqlalchemy import func, or_, select
 from ragloop.config import Settings
 from ragloop.errors import IngestError, RagloopError
 from ragloop.ingest.chunking import Chunk, chunk_document
-from ragloop.ingest.embed import Embedder, get_embedder
-from ragloop.ingest.kb import KnowledgeBase, version_tag
+from ragloop.ingest.embed import Embedder, embedder_for, get_embedder
+from ragloop.ingest.kb import KnowledgeBase, vector_column, version_tag
 from ragloop.ingest.loaders import SUPPORTED_SUFFIXES, load_bytes
+from ragloop.store.aliases import live_embedders
 from ragloop.store.db import SessionOrUrl, session_of, session_scope
-from ragloop.store.models import Document, KBVersion, utcnow
+from ragloop.store.models import Document, EmbedderVersion, KBVersion, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +75,16 @@ def passage_text(chunk: Chunk) -> str:
     erasure" never says "erasure"); on HotpotQA, putting the title in front raised dense recall@5 (see
     bench/retrieval.py).
     """
-    path = chunk.section.split(" > ") if chunk.section else []
-    if path and path[0] == chunk.title:  # a Markdown file's first heading is usually its title too
+    return embedding_text(chunk.title, chunk.section, chunk.text)
+
+
+def embedding_text(title: str, section: str, text: str) -> str:
+    """``passage_text`` from a chunk's fields (a table row, when re-embedding)."""
+    path = section.split(" > ") if section else []
+    if path and path[0] == title:  # a Markdown file's first heading is usually its title too
         path = path[1:]
-    head = " > ".join(part for part in (chunk.title, *path) if part)
-    return f"{head}\n{chunk.text}" if head else chunk.text
+    head = " > ".join(part for part in (title, *path) if part)
+    return f"{head}\n{text}" if head else text
 
 
 def embed_chunks(embedder: Embedder, chunks: list[Chunk], batch_size: int) -> np.ndarray:
@@ -260,6 +270,28 @@ class _Change:
     vectors: list[np.ndarray] = field(default_factory=list)
     delete_doc_ids: list[str] = field(default_factory=list)
     documents: list[dict] = field(default_factory=list)  # Document fields, kb_version added at commit
+    # Live tuned embedders (by id) and their vectors of ``chunks``, batch by batch like ``vectors``.
+    embedders: dict[str, Embedder] = field(default_factory=dict)
+    embedder_vectors: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+
+def tuned_embedders(settings: Settings, kb: KnowledgeBase) -> dict[str, Embedder]:
+    """The live tuned embedders new chunks are embedded with too: those an alias or a running A/B arm
+    serves whose column the knowledge base has. A live one without a column (never re-embedded: a release
+    refuses that) is skipped with a warning; ``ragloop kb reembed`` adds it with every chunk."""
+    columns = kb.vector_columns()
+    out: dict[str, Embedder] = {}
+    for embedder in sorted(live_embedders(settings.db_url)):
+        if vector_column(embedder) not in columns:
+            log.warning(
+                "embedder %s is served but the knowledge base has no column for it; run "
+                "`ragloop kb reembed --embedder %s`",
+                embedder,
+                embedder,
+            )
+            continue
+        out[embedder] = embedder_for(settings, embedder)
+    return out
 
 
 def _ingest(
@@ -274,7 +306,7 @@ def _ingest(
             existing: dict[str, list[Document]] = {}
             for doc in s.scalars(select(Document).where(Document.collection == collection)):
                 existing.setdefault(doc.source_path, []).append(doc)
-        change = _Change()
+        change = _Change(embedders=tuned_embedders(settings, kb))
         seen: set[str] = set()
         for i, source in enumerate(sources):
             if progress is not None:
@@ -358,6 +390,9 @@ def _ingest_one(
     if len({r["id"] for r in rows}) != len(rows):
         raise IngestError(f"{source.source_path}: two records share an id; record ids must be unique.")
     change.vectors.append(embed_chunks(embedder, chunks, settings.embedding.batch_size))
+    for name, tuned in change.embedders.items():
+        vectors = embed_chunks(tuned, chunks, settings.embedding.batch_size)
+        change.embedder_vectors.setdefault(name, []).append(vectors)
     change.chunks.extend(chunks)
     change.documents.extend(rows)
     # Every old document of the file goes: a replaced record keeps its id and gets new chunks, a record
@@ -373,7 +408,8 @@ def _commit(settings: Settings, kb: KnowledgeBase, change: _Change, report: Inge
     if not change.chunks and not change.delete_doc_ids:
         return
     vectors = np.concatenate(change.vectors) if change.vectors else np.zeros((0, 0), dtype=np.float32)
-    version = kb.apply(change.chunks, vectors, change.delete_doc_ids)
+    tuned = {name: np.concatenate(parts) for name, parts in change.embedder_vectors.items()}
+    version = kb.apply(change.chunks, vectors, change.delete_doc_ids, tuned)
     if os.environ.get("RAGLOOP_TEST_CRASH_AFTER_KB_WRITE") == "1":  # tests: die between the two writes
         os.kill(os.getpid(), signal.SIGKILL)
     try:
@@ -393,14 +429,14 @@ def _commit(settings: Settings, kb: KnowledgeBase, change: _Change, report: Inge
                     for key, value in row.items():
                         setattr(doc, key, value)
                     doc.kb_version, doc.updated_at = version, now
-            s.add(
-                KBVersion(
-                    version=version,
-                    change={"added": report.added, "replaced": report.replaced, "removed": report.removed},
-                    n_chunks=kb.count(),
-                    tag=version_tag(version),
-                )
-            )
+            what = {"added": report.added, "replaced": report.replaced, "removed": report.removed}
+            if tuned:  # which tuned embedders' columns the new chunks filled (the base one always is)
+                what["embedders"] = sorted(tuned)
+            s.add(KBVersion(version=version, change=what, n_chunks=kb.count(), tag=version_tag(version)))
+            for name in tuned:
+                row = s.get(EmbedderVersion, name)
+                if row is not None:  # a new list: JSON columns do not track in-place changes
+                    row.kb_versions = [*(row.kb_versions or []), version]
     except BaseException:
         log.error("Recording KB version %s failed; restoring version %s.", version, before)
         kb.restore(before)

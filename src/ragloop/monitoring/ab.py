@@ -54,17 +54,20 @@ def start(
     min_units: int = experiments.DEFAULT_MIN_UNITS,
     max_days: float | None = None,
     load: release.Loader | None = None,
+    candidate_embedder: str | None = aliases.KEEP,
 ) -> dict[str, Any]:
     """Start an experiment on ``alias``: ``candidate`` gets ``share`` of its live traffic (after the ``ramp``
     stages, if any), the alias's current version the rest. Bad input is refused before anything is written
     (``store.experiments.create_experiment``), and the candidate must load (``release.check_loads``, as a
     promotion does) so its users never meet a broken adapter. The [ab] defaults (tuning n, hard limits,
-    stage size) are frozen into the experiment."""
+    stage size) are frozen into the experiment. ``candidate_embedder``: the candidate arm's embedder version
+    (None: the base one; ``KEEP``: the control's), checked as a release checks it (``release.embedder_move``)."""
 
     def create(s: Any, config: dict[str, Any] | None = None) -> Experiment:
         return experiments.create_experiment(
             s, alias=alias, candidate=candidate, share=share, ramp=tuple(ramp), primary=primary,
             guardrails=tuple(guardrails), min_units=min_units, max_days=max_days, config=config,
+            candidate_embedder=candidate_embedder,
         )  # fmt: skip
 
     # Everything is checked first in a transaction that is rolled back, then the candidate is loaded
@@ -87,7 +90,9 @@ def start(
             "error_rate_margin": ab.error_rate_margin,
         },
     }
-    with session_scope(settings.db_url) as s:
+    control_embedder = aliases.served_pair(settings.db_url, alias).embedder_version
+    wanted = control_embedder if candidate_embedder is aliases.KEEP else candidate_embedder
+    with release.embedder_move(settings, control_embedder, wanted), session_scope(settings.db_url) as s:
         experiment = create(s, config)
     return experiment.to_dict()
 
@@ -148,14 +153,22 @@ def promote(
             raise _ended(found)
         experiment_id, target = found.id, found.alias
         candidate = found.arms["candidate"]["model_version"]
+        embedder = found.arms["candidate"].get("embedder_version")  # the pair moves together
     label = f"ab promote of experiment {experiment_id}" + (f" ({note})" if note else "")
     # Still running when the alias moves: a guardrail rollback since the read above refuses the promotion.
-    moved = release.promote(settings, candidate, target, note=label, load=load, while_running=experiment_id)
+    moved = release.promote(
+        settings, candidate, target, note=label, load=load, while_running=experiment_id, embedder=embedder
+    )
     with session_scope(settings.db_url) as s:
         ended = experiments.get_experiment(s, experiment_id).to_dict()
     return {
         "experiment": ended,
-        "release": {"alias": moved.alias, "model_version": moved.model_version, "previous": moved.previous},
+        "release": {
+            "alias": moved.alias,
+            "model_version": moved.model_version,
+            "previous": moved.previous,
+            "embedder_version": moved.embedder_version,
+        },  # fmt: skip
     }
 
 
@@ -219,6 +232,7 @@ def report(
         mine = [r for r in requests if r.arm == arm]
         arms[arm] = {
             "model_version": (experiment["arms"].get(arm) or {}).get("model_version"),
+            "embedder_version": (experiment["arms"].get(arm) or {}).get("embedder_version"),
             "units": len({r.unit for r in mine}),
             "interactions": sum(not r.failed for r in mine),
             "errors": sum(r.failed for r in mine),

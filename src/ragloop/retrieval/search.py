@@ -8,6 +8,11 @@ LanceDB has a built-in hybrid query, but its rerankers return one fused score an
 score and rank; we record those per passage (they are what curation and evaluation later look at), so the
 fusion is the few lines of ``fuse`` below.
 
+``embedder`` picks whose vectors the dense search compares: None, the base embedder and the ``vector`` column;
+a tuned embedder version, its own query model and its own column (``ingest.kb.vector_column``). A KB version
+made before that embedder re-embedded the knowledge base has no such column: asking it is an error that says
+which command fixes it, never a silent fall-back to another embedder.
+
 ``collections`` is a security scope, not a hint: it is applied as a LanceDB prefilter on both searches, as
 a bound expression (never SQL text built from user input), so no row outside it can come back.
 """
@@ -27,9 +32,9 @@ from lancedb.expr import Expr, col, lit
 from lancedb.query import MultiMatchQuery
 
 from ragloop.config import Settings
-from ragloop.errors import RagloopError
-from ragloop.ingest.embed import get_embedder
-from ragloop.ingest.kb import CHUNK_COLUMNS, FTS_COLUMNS, KnowledgeBase
+from ragloop.errors import Conflict, DimensionMismatch, RagloopError
+from ragloop.ingest.embed import Embedder, embedder_for, get_embedder
+from ragloop.ingest.kb import CHUNK_COLUMNS, FTS_COLUMNS, KnowledgeBase, vector_column, vector_dims
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +181,47 @@ def _pool() -> ThreadPoolExecutor:
         return _POOL
 
 
+def dense_column(table: Any, embedder: str | None, version: int | None, dim: int | None = None) -> str:
+    """The column ``embedder``'s vectors are in at this table version; a clear error when there is none
+    (the version predates its re-embedding) or when ``dim`` (the query model's) differs from the column's."""
+    column = vector_column(embedder)
+    dims = vector_dims(table.schema)
+    at = f"version {version}" if version is not None else f"its current version {int(table.version)}"
+    if column not in dims:
+        raise Conflict(
+            f"The knowledge base at {at} has no vectors of embedder {embedder!r}: re-embed it first "
+            f"(`ragloop kb reembed --embedder {embedder}`); KB versions before that serve the base embedder."
+        )
+    if dim is not None and dims[column] != dim:
+        raise DimensionMismatch(
+            f"Embedder {embedder or 'base'} makes vectors of dimension {dim}, but the knowledge base at {at} "
+            f"stores dimension {dims[column]} for it: the model changed since it was embedded. Re-embed with "
+            "a new embedder version; nothing was searched."
+        )
+    return column
+
+
+def ready_embedder(settings: Settings, embedder: str | None, kb: KnowledgeBase | None = None) -> Embedder:
+    """Load ``embedder`` and check the current knowledge base can be searched with it: its column exists,
+    has its dimension and a vector for every chunk. What a release checks before an alias or an A/B arm
+    serves an embedder, so no request meets a half-embedded knowledge base."""
+    loaded = embedder_for(settings, embedder)
+    if embedder is None:
+        return loaded
+    kb = kb or KnowledgeBase(settings)
+    table = kb.table()
+    if table is None:
+        raise Conflict("The knowledge base is empty: ingest documents, then `ragloop kb reembed`.")
+    dense_column(table, embedder, None, loaded.dim)
+    missing = kb.missing_vectors(embedder)
+    if missing:
+        raise Conflict(
+            f"{missing} chunks of the knowledge base have no vectors of embedder {embedder} (ingested while "
+            f"it was not served): run `ragloop kb reembed --embedder {embedder}` to fill them."
+        )
+    return loaded
+
+
 class Retriever:
     """Hybrid search over one ``KnowledgeBase``; safe to share between threads."""
 
@@ -183,10 +229,20 @@ class Retriever:
         self.settings = settings
         self.kb = kb or KnowledgeBase(settings)
         self.embedder = get_embedder(settings.embedding)
+        self._embedders: dict[str, Embedder] = {}  # tuned embedder versions by id (their rows never change)
 
-    def embed_query(self, query: str) -> np.ndarray:
+    def embedder_for(self, embedder: str | None) -> Embedder:
+        """The query model of ``embedder`` (None: the base one), loaded on first use."""
+        if embedder is None:
+            return self.embedder
+        loaded = self._embedders.get(embedder)
+        if loaded is None:
+            loaded = self._embedders[embedder] = embedder_for(self.settings, embedder)
+        return loaded
+
+    def embed_query(self, query: str, embedder: str | None = None) -> np.ndarray:
         """The query's unit vector (exposed so the benchmark can time it apart from the search)."""
-        return self.embedder.encode([query])[0]
+        return self.embedder_for(embedder).encode([query])[0]
 
     def search(
         self,
@@ -199,13 +255,15 @@ class Retriever:
         version: int | None = None,
         query_vector: np.ndarray | None = None,
         timings: SearchTimings | None = None,
+        embedder: str | None = None,
     ) -> list[Hit]:
         """The ``k`` best chunks for ``query`` (default ``retrieval.top_k``), best first.
 
         ``collections``: only rows of these collections can be returned (``[]`` returns nothing; None means
         every collection). ``filters``: equality on doc_id, source_path, title, section or collection.
         ``mode``: hybrid, dense or fulltext. ``version``: search the KB as it was at that version (replay).
-        ``query_vector``: a precomputed embedding of ``query``. ``timings``: filled in if given.
+        ``query_vector``: a precomputed embedding of ``query`` (by ``embedder``). ``timings``: filled in if
+        given. ``embedder``: whose query model and column the dense search uses (None: the base embedder).
         In hybrid mode a method whose weight is 0 is not run at all.
         """
         if mode not in MODES:
@@ -224,6 +282,7 @@ class Retriever:
             fulltext=mode == "fulltext" or (mode == "hybrid" and cfg.fulltext_weight > 0),
             query_vector=query_vector,
             timings=timings,
+            embedder=embedder,
         )
         hybrid = mode == "hybrid"
         hits = fuse(
@@ -247,6 +306,7 @@ class Retriever:
         fulltext: bool = True,
         query_vector: np.ndarray | None = None,
         timings: SearchTimings | None = None,
+        embedder: str | None = None,
     ) -> tuple[list[dict], list[dict]]:
         """The ``n`` best rows of each method before fusion, best first (dense rows carry ``_distance``,
         full-text rows ``_score``). ``search`` fuses them; the benchmark fuses them under many weights."""
@@ -257,24 +317,30 @@ class Retriever:
         if table is None:
             return [], []
         timings = timings if timings is not None else SearchTimings()
+        column = None
+        if dense:  # checked before anything runs: a KB version without the embedder's column is an error
+            dim = len(query_vector) if query_vector is not None else self.embedder_for(embedder).dim
+            column = dense_column(table, embedder, version, dim)
         # The full-text search runs in a worker thread while this one embeds the query and runs the vector
         # search: LanceDB does its work outside the GIL, so hybrid costs about the slower of the two.
         pending = _pool().submit(self._timed_fulltext, table, query, n, where, timings) if fulltext else None
         dense_rows: list[dict] = []
         if dense:
             t0 = time.perf_counter()
-            vector = self.embed_query(query) if query_vector is None else query_vector
+            vector = self.embed_query(query, embedder) if query_vector is None else query_vector
             t1 = time.perf_counter()
-            dense_rows = self._dense(table, vector, n, where)
+            dense_rows = self._dense(table, vector, n, where, column or "vector")
             timings.embed_ms = (t1 - t0) * 1000
             timings.dense_ms = (time.perf_counter() - t1) * 1000
         fulltext_rows = pending.result() if pending is not None else []
         return dense_rows, fulltext_rows
 
     @staticmethod
-    def _dense(table: Any, vector: np.ndarray, n: int, where: Expr | None) -> list[dict]:
+    def _dense(
+        table: Any, vector: np.ndarray, n: int, where: Expr | None, column: str = "vector"
+    ) -> list[dict]:
         query = (
-            table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
+            table.search(np.asarray(vector, dtype=np.float32), vector_column_name=column)
             .distance_type("cosine")
             # Only used when a vector index exists: a wider HNSW beam, then exact cosine for the
             # shortlist, so recorded dense scores are true cosines rather than quantised estimates.

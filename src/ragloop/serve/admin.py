@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ragloop.config import Settings
 from ragloop.errors import PermissionDenied
 from ragloop.generation import release
+from ragloop.ingest.embed import embedder_id
 from ragloop.monitoring import ab
 from ragloop.serve.auth import OPEN, Caller, authenticate, require_admin
 from ragloop.serve.schemas import errors
@@ -68,6 +69,18 @@ class AliasRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     alias: str = aliases.DEFAULT_ALIAS
+
+
+class PromoteRequest(AliasRequest):
+    embedder: str | None = Field(
+        default=None,
+        description="embedder version the alias serves with (`base`: the base embedder); omitted: the "
+        "alias keeps the embedder it serves",
+    )
+
+
+def _embedder(name: str | None) -> str | None:
+    return aliases.KEEP if name is None else embedder_id(name)
 
 
 # Jobs --------------------------------------------------------------------------------------------------
@@ -162,18 +175,26 @@ def rollback(request: Request, body: AliasRequest | None = None) -> dict:
     moved = release.rollback(
         _settings(request), alias, note="api", load=request.app.state.assistant.backend_for
     )
-    return {"alias": alias, "from": moved.previous, "model_version": moved.model_version}
+    return {
+        "alias": alias, "from": moved.previous, "model_version": moved.model_version,
+        "embedder_version": moved.embedder_version, "from_embedder": moved.previous_embedder,
+    }  # fmt: skip
 
 
 @router.post("/api/models/{model_id}/promote", responses=errors(400, 404, 413, 502))
-def promote(model_id: str, request: Request, body: AliasRequest | None = None) -> dict:
+def promote(model_id: str, request: Request, body: PromoteRequest | None = None) -> dict:
     """Serve ``model_id`` under the alias (default ``production``) from the next request on, without a
-    restart. The adapter is loaded first; if it cannot be, the alias does not move."""
-    alias = (body or AliasRequest()).alias
+    restart, with the embedder named (else the alias's). The adapter is loaded first, and the embedder
+    checked against the knowledge base; if either fails, the alias does not move."""
+    body = body or PromoteRequest()
     moved = release.promote(
-        _settings(request), model_id, alias, note="api", load=request.app.state.assistant.backend_for
-    )
-    return {"alias": alias, "model_version": moved.model_version, "previous": moved.previous}
+        _settings(request), model_id, body.alias, note="api", load=request.app.state.assistant.backend_for,
+        embedder=_embedder(body.embedder),
+    )  # fmt: skip
+    return {
+        "alias": body.alias, "model_version": moved.model_version, "previous": moved.previous,
+        "embedder_version": moved.embedder_version, "previous_embedder": moved.previous_embedder,
+    }  # fmt: skip
 
 
 # A/B experiments ---------------------------------------------------------------------------------------
@@ -196,6 +217,11 @@ class ABStartRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     candidate: str = Field(description="model version id (or alias) to try on live traffic")
+    candidate_embedder: str | None = Field(
+        default=None,
+        description="embedder version the candidate serves with (`base`: the base embedder); omitted: "
+        "the control's",
+    )
     alias: str = Field(default=aliases.DEFAULT_ALIAS, description="the alias whose traffic is split")
     share: float = Field(description="the candidate's share of units, in (0, 1)")
     ramp: list[float] = Field(default_factory=list, description="increasing shares to pass through first")
@@ -222,7 +248,9 @@ _ab = [Depends(unscoped_admin)]
 def start_experiment(body: ABStartRequest, request: Request) -> dict:
     """Start an experiment: the candidate gets ``share`` of the alias's live traffic (sticky per unit)
     from the next request on, once it loads here; refused with nothing changed on bad input."""
-    return ab.start(_settings(request), **body.model_dump(), load=request.app.state.assistant.backend_for)
+    fields = body.model_dump()
+    fields["candidate_embedder"] = _embedder(fields["candidate_embedder"])
+    return ab.start(_settings(request), **fields, load=request.app.state.assistant.backend_for)
 
 
 @router.get("/api/ab", dependencies=_ab, responses=errors(400, 404))

@@ -1,20 +1,47 @@
 """Model registry records: versions and aliases, and how a request's ``model`` resolves to a version.
 
 A ``model`` string is an alias (``production``, ``candidate``, ``base``...) or a version id. With no model
-named, requests go to ``production`` if set, else to the base model.
+named, requests go to ``production`` if set, else to the base model. An alias serves a pair: a model version
+and an embedder version (None: the base embedder); a version id named directly is served with the base
+embedder.
 """
 
 from __future__ import annotations
+
+from typing import Any, NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ragloop.errors import NotFound
 from ragloop.store.db import SessionOrUrl, session_of
-from ragloop.store.models import ModelAlias, ModelVersion, RegistryEvent, utcnow
+from ragloop.store.models import (
+    EmbedderVersion,
+    Experiment,
+    ModelAlias,
+    ModelVersion,
+    RegistryEvent,
+    utcnow,
+)
 
 DEFAULT_ALIAS = "production"
 BASE_ALIAS = "base"
+
+
+class Pair(NamedTuple):
+    """What an alias serves: a model version id and an embedder version id (None: the base embedder)."""
+
+    model_version: str
+    embedder_version: str | None
+
+
+class _Keep:
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP: Any = _Keep()
+"""``embedder_version=KEEP``: a move of the model that leaves the alias's embedder as it is."""
 
 
 def ensure_base_version(session: Session, base_model: str, base_hash: str) -> ModelVersion:
@@ -31,25 +58,44 @@ def ensure_base_version(session: Session, base_model: str, base_hash: str) -> Mo
 
 
 def set_alias(
-    session: Session, name: str, version_id: str, *, action: str = "alias", note: str | None = None
+    session: Session,
+    name: str,
+    version_id: str,
+    *,
+    embedder_version: str | None = KEEP,
+    action: str = "alias",
+    note: str | None = None,
 ) -> ModelAlias:
-    """Point ``name`` at a version; the change is recorded as a RegistryEvent (what rollback reads)."""
+    """Point ``name`` at a version and an embedder (``KEEP``: the one it serves now; a new alias: the base
+    embedder); a change of either is recorded as a RegistryEvent with the pair (what rollback reads)."""
     if session.get(ModelVersion, version_id) is None:
         raise NotFound(f"Model version {version_id!r} does not exist; see `ragloop models list`.")
     alias = session.get(ModelAlias, name)
     previous = alias.model_version_id if alias is not None else None
+    embedder = (
+        (alias.embedder_version if alias is not None else None)
+        if embedder_version is KEEP
+        else embedder_version
+    )
+    if embedder is not None and session.get(EmbedderVersion, embedder) is None:
+        raise NotFound(f"Embedder version {embedder!r} does not exist; see `ragloop embedders list`.")
     if alias is None:
-        alias = ModelAlias(name=name, model_version_id=version_id)
+        alias = ModelAlias(name=name, model_version_id=version_id, embedder_version=embedder)
         session.add(alias)
-    elif previous == version_id:
+    elif (previous, alias.embedder_version) == (version_id, embedder):
         return alias
     else:
-        alias.model_version_id = version_id
+        alias.model_version_id, alias.embedder_version = version_id, embedder
         alias.updated_at = utcnow()
     session.add(
         RegistryEvent(
-            action=action, alias=name, model_version_id=version_id, previous_version_id=previous, note=note
-        )
+            action=action,
+            alias=name,
+            model_version_id=version_id,
+            previous_version_id=previous,
+            embedder_version=embedder,
+            note=note,
+        )  # fmt: skip
     )
     session.flush()
     return alias
@@ -62,37 +108,89 @@ def promote(
     return set_alias(session, alias, version_id, action="promote", note=note)
 
 
-def rollback_target(session: Session, alias: str = DEFAULT_ALIAS) -> tuple[str, str]:
-    """(current version, the version a rollback of ``alias`` returns to), without moving anything: the
+def served_pair(db: SessionOrUrl, alias: str) -> Pair:
+    """The (model version, embedder version) ``alias`` serves now; ``production`` before its first promotion
+    is the base alias's pair, as for requests. What a per-pair reference (drift) keys on."""
+    with session_of(db) as session:
+        row = session.get(ModelAlias, alias)
+        if row is None and alias == DEFAULT_ALIAS:
+            row = session.get(ModelAlias, BASE_ALIAS)
+        if row is None:
+            raise NotFound(f"Alias {alias!r} is not set; see `ragloop models list`.")
+        return Pair(row.model_version_id, row.embedder_version)
+
+
+def live_embedders(db: SessionOrUrl) -> set[str]:
+    """Tuned embedders something serves now: named by an alias or by an arm of a running experiment.
+    Ingest embeds new chunks with each of them as well as with the base embedder."""
+    with session_of(db) as session:
+        live = {e for e in session.scalars(select(ModelAlias.embedder_version)) if e is not None}
+        for arms in session.scalars(select(Experiment.arms).where(Experiment.status == "running")):
+            live.update(a.get("embedder_version") for a in (arms or {}).values() if a.get("embedder_version"))
+        return live
+
+
+def rollback_pairs(session: Session, alias: str = DEFAULT_ALIAS) -> tuple[Pair, Pair]:
+    """(the pair ``alias`` serves now, the pair a rollback returns to), without moving anything: the
     release checks that the target still loads before ``rollback`` moves the alias.
 
-    Repeated rollbacks walk further back: each looks up the promotion that set the current version."""
+    The target is what the alias served before the move that set its current pair (the event before that
+    one; events made before embedders were versioned hold None, the base embedder). Repeated rollbacks walk
+    further back: each looks up the move (not a rollback) that set the current pair."""
     current = session.get(ModelAlias, alias)
     if current is None:
         raise NotFound(f"Alias {alias!r} is not set; nothing to roll back.")
-    events = session.scalars(
+    now = Pair(current.model_version_id, current.embedder_version)
+    same_embedder = (
+        RegistryEvent.embedder_version.is_(None)
+        if now.embedder_version is None
+        else RegistryEvent.embedder_version == now.embedder_version
+    )
+    setter = session.scalars(
         select(RegistryEvent)
         .where(
             RegistryEvent.alias == alias,
             RegistryEvent.action != "rollback",
-            RegistryEvent.model_version_id == current.model_version_id,
+            RegistryEvent.model_version_id == now.model_version,
+            same_embedder,
         )
         .order_by(RegistryEvent.id.desc())
     ).first()
-    target = events.previous_version_id if events is not None else None
+    target: Pair | None = None
+    if setter is not None:
+        before = session.scalars(
+            select(RegistryEvent)
+            .where(RegistryEvent.alias == alias, RegistryEvent.id < setter.id)
+            .order_by(RegistryEvent.id.desc())
+        ).first()
+        if before is not None:
+            target = Pair(before.model_version_id, before.embedder_version)
+        elif setter.previous_version_id is not None:
+            target = Pair(setter.previous_version_id, None)
     if target is None and alias == DEFAULT_ALIAS and session.get(ModelAlias, BASE_ALIAS) is not None:
         # Before its first promotion, production meant the base model: rolling that back returns there.
-        target = session.get(ModelAlias, BASE_ALIAS).model_version_id
-    if target is None or target == current.model_version_id:
+        base = session.get(ModelAlias, BASE_ALIAS)
+        target = Pair(base.model_version_id, base.embedder_version)
+    if target is None or target == now:
         raise NotFound(f"Alias {alias!r} has no earlier version to roll back to.")
-    return current.model_version_id, target
+    return now, target
+
+
+def rollback_target(session: Session, alias: str = DEFAULT_ALIAS) -> tuple[str, str]:
+    """(current version, the version a rollback of ``alias`` returns to): ``rollback_pairs``' model
+    versions."""
+    now, target = rollback_pairs(session, alias)
+    return now.model_version, target.model_version
 
 
 def rollback(session: Session, alias: str = DEFAULT_ALIAS, note: str | None = None) -> tuple[str, str]:
-    """Point ``alias`` back at the version it had before its current one was promoted; (from, to)."""
-    origin, target = rollback_target(session, alias)
-    set_alias(session, alias, target, action="rollback", note=note)
-    return origin, target
+    """Point ``alias`` back at the pair it served before its current one was set; (from, to) versions."""
+    now, target = rollback_pairs(session, alias)
+    set_alias(
+        session, alias, target.model_version, embedder_version=target.embedder_version, action="rollback",
+        note=note,
+    )  # fmt: skip
+    return now.model_version, target.model_version
 
 
 def resolve(db: SessionOrUrl, name: str | None) -> tuple[ModelVersion, str | None]:

@@ -1,7 +1,8 @@
 """A/B experiments as records, and which arm serves a request.
 
 An experiment splits the live traffic of one alias between two serving configurations (arms): ``control``,
-the alias's version when it started, and ``candidate``. Both are frozen at start, so a later alias move
+the alias's pair (model version, embedder version) when it started, and ``candidate``; an arm without an
+``embedder_version`` (every experiment older than embedder versions) serves the base embedder. Both are frozen at start, so a later alias move
 cannot change what an arm means. Assignment is a pure hash of (experiment id, unit): a unit gets the same
 arm on every turn, in every server process and after restarts, and nothing is stored per unit. The
 generation stage asks ``RunningExperiments`` (a cache re-read at most every ``ttl_s``) on each request;
@@ -25,7 +26,7 @@ from sqlalchemy.orm import Session
 from ragloop.errors import Conflict, NotFound, RagloopError
 from ragloop.store import aliases
 from ragloop.store.db import session_scope
-from ragloop.store.models import Experiment, utcnow
+from ragloop.store.models import EmbedderVersion, Experiment, utcnow
 
 KNOWN_METRICS = frozenset(
     {
@@ -115,6 +116,18 @@ class ExperimentView:
 
     def model_version(self, arm: str) -> str:
         return self.arms[arm]["model_version"]
+
+    def embedder_version(self, arm: str) -> str | None:
+        return self.arms[arm].get("embedder_version")
+
+
+def arm(model_version: str, embedder_version: str | None) -> dict[str, Any]:
+    """An arm's serving configuration; the base embedder is left implicit, as in arms recorded before
+    embedder versions existed, so both read the same."""
+    config: dict[str, Any] = {"model_version": model_version}
+    if embedder_version is not None:
+        config["embedder_version"] = embedder_version
+    return config
 
 
 def view(experiment: Experiment) -> ExperimentView:
@@ -218,10 +231,13 @@ def create_experiment(
     alpha: float = 0.05,
     unit: str = "auto",
     config: dict[str, Any] | None = None,
+    candidate_embedder: str | None = aliases.KEEP,
 ) -> Experiment:
-    """Start an experiment on ``alias``: control is the version the alias serves now, candidate the version
-    (id or alias) named; both are frozen into ``arms``. Every input is checked before anything is written,
-    so a refused experiment changes nothing.
+    """Start an experiment on ``alias``: control is the pair the alias serves now, candidate the version
+    (id or alias) named with ``candidate_embedder`` (``KEEP``: the control's embedder, so only the model
+    differs; None: the base embedder); both are frozen into ``arms``. The candidate may be the control's
+    model with another embedder (a retriever-only experiment). Every input is checked before anything is
+    written, so a refused experiment changes nothing.
 
     ``ramp`` lists the shares the candidate passes through before ``share`` (increasing, each below it):
     the experiment starts at the first and ``ramp`` is stored with ``share`` as its last stage
@@ -250,11 +266,16 @@ def create_experiment(
             f"{alias!r} is a model version, not an alias: an experiment splits the traffic of an alias "
             "(e.g. production)."
         )
+    control_embedder = aliases.served_pair(session, used).embedder_version
     cand, _ = aliases.resolve(session, candidate)
-    if cand.id == control.id:
+    cand_embedder = control_embedder if candidate_embedder is aliases.KEEP else candidate_embedder
+    if cand_embedder is not None and session.get(EmbedderVersion, cand_embedder) is None:
+        raise NotFound(f"Embedder version {cand_embedder!r} does not exist; see `ragloop embedders list`.")
+    if (cand.id, cand_embedder) == (control.id, control_embedder):
         raise RagloopError(
-            f"The candidate {candidate!r} is {cand.id}, the version {alias!r} already serves: "
-            "nothing to compare. Name another version (`ragloop models list`)."
+            f"The candidate {candidate!r} is {cand.id} with embedder {cand_embedder or 'base'}, the pair "
+            f"{alias!r} already serves: nothing to compare. Name another version (`ragloop models list`) or "
+            "another embedder."
         )
     running = running_for(session, alias)
     if running is not None:
@@ -266,7 +287,7 @@ def create_experiment(
     experiment = Experiment(
         created_at=now,
         alias=alias,
-        arms={"control": {"model_version": control.id}, "candidate": {"model_version": cand.id}},
+        arms={"control": arm(control.id, control_embedder), "candidate": arm(cand.id, cand_embedder)},
         share=first,
         ramp=stages,
         stage=0,
