@@ -167,7 +167,8 @@ def database(kind: str, folder: Path, pg_url: str | None) -> Iterator[str]:
 
 
 def measure(db_url: str, home: Path, n: int, repeats: int) -> dict[str, list[float]]:
-    """Seconds per request of each page, ``repeats`` times after one warm-up."""
+    """Seconds per request of each page: the first request (cold: the overview's cache of past days is
+    empty) first, then ``repeats`` more."""
     from fastapi import FastAPI
     from fastapi.staticfiles import StaticFiles
     from fastapi.testclient import TestClient
@@ -199,6 +200,7 @@ def measure(db_url: str, home: Path, n: int, repeats: int) -> dict[str, list[flo
         "models, A vs B": ("/dashboard/models?a=sft-v1&b=dpo-v2", admin),
         "interactions": ("/dashboard/interactions", admin),
         "interactions, text": ("/dashboard/interactions?text=overtime+payroll", admin),
+        "interactions, text matching nothing": ("/dashboard/interactions?text=zebra", admin),
         "interactions, model + thumbs down": ("/dashboard/interactions?model=sft-v1&feedback=down", admin),
         "interactions, page 20": ("/dashboard/interactions?page=20", admin),
         "interactions, scoped key": ("/dashboard/interactions", scoped),
@@ -208,9 +210,10 @@ def measure(db_url: str, home: Path, n: int, repeats: int) -> dict[str, list[flo
     with TestClient(app) as client:
         for name, (path, key) in pages.items():
             headers = {"Authorization": f"Bearer {key}"}
+            t = time.perf_counter()
             r = client.get(path, headers=headers)
+            times = [time.perf_counter() - t]
             assert r.status_code == 200, (path, r.status_code, r.text[:300])
-            times = []
             for _ in range(repeats):
                 t = time.perf_counter()
                 client.get(path, headers=headers)
@@ -236,18 +239,17 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp, database(kind, Path(tmp), args.pg) as url:
                 results[n] = measure(url, Path(tmp) / "home", n, args.repeats)
         small, large = sizes[0], sizes[-1]
-        print(f"\n{kind}: ms per page ({args.repeats} requests each, after a warm-up)")
-        header = (
-            f"| page | p50 @ {small:,} | p95 @ {small:,} | p50 @ {large:,} | p95 @ {large:,} | p95 ratio |"
-        )
-        print(header + "\n|---|---|---|---|---|---|")
+        print(f"\n{kind}: ms per page (a first request, then {args.repeats} more; p50/p95 over all)")
+        header = (f"| page | p50 @ {small:,} | p95 @ {small:,} | p50 @ {large:,} | p95 @ {large:,} | p95 ratio "
+                  f"| first @ {large:,} |")  # fmt: skip
+        print(header + "\n|---|---|---|---|---|---|---|")
         worst = 0.0
         for page in results[small]:
             a, b = results[small][page], results[large][page]
             p95a, p95b = np.percentile(a, 95) * 1000, np.percentile(b, 95) * 1000
             worst = max(worst, p95b)
             print(f"| {page} | {np.median(a) * 1000:.0f} | {p95a:.0f} | {np.median(b) * 1000:.0f} | {p95b:.0f} | "
-                  f"{p95b / p95a:.1f}x |")  # fmt: skip
+                  f"{p95b / p95a:.1f}x | {b[0] * 1000:.0f} |")  # fmt: skip
         verdict = "meets" if worst <= 500 else "MISSES"
         print(f"\nworst p95 at {large:,}: {worst:.0f} ms ({verdict} the 500 ms target)\n", flush=True)
     sys.exit(0)

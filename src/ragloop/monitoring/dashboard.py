@@ -91,6 +91,22 @@ def _percentile_case(rank: Any, n: Any, ms: Any, p: float) -> Any:
     return func.min(case((rank >= p * n, ms)))
 
 
+def _people(*cond: ColumnElement[bool]) -> Any:
+    """EXISTS people's feedback on the interaction (meeting ``cond``)."""
+    return exists().where(
+        Feedback.interaction_id == Interaction.id, Feedback.source.not_in(PEOPLE_FEEDBACK_EXCLUDES), *cond
+    )
+
+
+# down, rated, corrected, any: the conditions of ``_people`` counted per day.
+_FEEDBACK_KINDS: tuple[tuple[ColumnElement[bool], ...], ...] = (
+    (Feedback.thumbs == -1,),
+    (Feedback.thumbs.is_not(None),),
+    (Feedback.corrected_answer.is_not(None),),
+    (),
+)
+
+
 def _people_feedback() -> Any:
     """Per interaction: whether people gave it a thumbs down, any thumbs, a correction, any feedback."""
     return (
@@ -109,10 +125,10 @@ def _people_feedback() -> Any:
 # Overview ---------------------------------------------------------------------------------------------
 
 
-# Past days' aggregates change rarely (late signals, retention), so they are kept for a while per database,
+# Past days' aggregates change rarely (late feedback or signals, retention), so they are kept for a while per database,
 # scope and window; today and yesterday are read fresh on every view. Bounded, and per process.
 CACHE_TTL_S = 600.0
-_CACHE: OrderedDict[tuple[Any, ...], tuple[float, list[tuple[Any, ...]]]] = OrderedDict()
+_CACHE: OrderedDict[tuple[Any, ...], tuple[float, Any]] = OrderedDict()
 _CACHE_MAX = 64
 _cache_lock = threading.Lock()
 
@@ -158,9 +174,40 @@ def _per_day_version(
         return [(_day(row[0]), *row[1:]) for row in s.execute(query)]
 
 
-def _cached_per_day_version(
-    settings: Settings, lo: datetime, hi: datetime, collections: Sequence[str] | None
+def _feedback_per_day(
+    settings: Settings, lo: datetime, hi: datetime | None, collections: Sequence[str] | None, *, per_row: bool
 ) -> list[tuple[Any, ...]]:
+    """(day, down, rated, corrected, with_feedback) of people's feedback on live interactions with lo <=
+    created_at < hi (the interaction's day), each interaction counted once: read from the feedback table
+    (much smaller), each row joined to its interaction by key."""
+    where = [Interaction.created_at >= lo, Interaction.source.in_(LIVE_SOURCES)]
+    if hi is not None:
+        where.append(Interaction.created_at < hi)
+    scope = visible_to(collections, per_row=per_row)
+    if scope is not None:
+        where.append(scope)
+    day = func.date(Interaction.created_at)
+    if per_row:  # a day or two: driven by those interactions, probing their feedback by key
+        counts = [func.sum(case((_people(*cond), 1), else_=0)) for cond in _FEEDBACK_KINDS]
+        query = select(day, *counts).where(*where, _people()).group_by(day)
+        with session_scope(settings.db_url) as s:
+            return [(_day(row[0]), *(int(v or 0) for v in row[1:])) for row in s.execute(query)]
+    fb = _people_feedback()
+    query = (
+        select(day, func.sum(fb.c.down), func.sum(fb.c.rated), func.sum(fb.c.corrected), func.count())
+        .select_from(fb)
+        .join(Interaction, Interaction.id == fb.c.iid)
+        .where(*where)
+        .group_by(day)
+    )
+    with session_scope(settings.db_url) as s:
+        return [(_day(row[0]), *(int(v or 0) for v in row[1:])) for row in s.execute(query)]
+
+
+def _past_days(
+    settings: Settings, lo: datetime, hi: datetime, collections: Sequence[str] | None
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Both aggregates for lo <= created_at < hi, from the cache when it holds them."""
     key = (settings.db_url, None if collections is None else tuple(sorted(collections)), lo, hi)
     now = time.monotonic()
     with _cache_lock:
@@ -169,12 +216,15 @@ def _cached_per_day_version(
             _CACHE.move_to_end(key)
             return hit[1]
     # Every interaction of the window is read: the set form of the scope reads the passages once.
-    rows = _per_day_version(settings, lo, hi, collections, per_row=False)
+    value = (
+        _per_day_version(settings, lo, hi, collections, per_row=False),
+        _feedback_per_day(settings, lo, hi, collections, per_row=False),
+    )
     with _cache_lock:
-        _CACHE[key] = (now, rows)
+        _CACHE[key] = (now, value)
         while len(_CACHE) > _CACHE_MAX:
             _CACHE.popitem(last=False)
-    return rows
+    return value
 
 
 def overview(
@@ -196,35 +246,16 @@ def overview(
     - ``totals``: counts and rates over the whole window, latency of the latest day.
 
     Days before yesterday come from a cache of up to ``CACHE_TTL_S`` seconds (they change only when
-    signals are filled late or records expire); today and yesterday, and all feedback, are read fresh.
+    feedback or signals arrive late, or records expire); today and yesterday are read on every view.
     """
     now = now or _now()
     since = datetime.combine((now - timedelta(days=max(1, days) - 1)).date(), datetime.min.time())
     cutoff = max(since, datetime.combine(now.date() - timedelta(days=1), datetime.min.time()))
-    rows = _cached_per_day_version(settings, since, cutoff, collections) if cutoff > since else []
+    rows, fb_past = _past_days(settings, since, cutoff, collections) if cutoff > since else ([], [])
     rows = rows + _per_day_version(settings, cutoff, None, collections, per_row=True)
-    # Feedback is read from its own (much smaller) table, each row joined to its interaction by key.
-    where = [Interaction.created_at >= since, Interaction.source.in_(LIVE_SOURCES)]
-    scope = visible_to(collections, per_row=True)
-    if scope is not None:
-        where.append(scope)
-    day = func.date(Interaction.created_at)
-    fb = _people_feedback()
-    feedback_q = (
-        select(
-            day.label("day"),
-            func.sum(fb.c.down).label("down"),
-            func.sum(fb.c.rated).label("rated"),
-            func.sum(fb.c.corrected).label("corrected"),
-            func.count().label("with_feedback"),
-        )
-        .select_from(fb)
-        .join(Interaction, Interaction.id == fb.c.iid)
-        .where(*where)
-        .group_by(day)
-    )
-    with session_scope(settings.db_url) as s:
-        fb_rows = {_day(f.day): f for f in s.execute(feedback_q)}
+    fb_rows = {
+        r[0]: r[1:] for r in fb_past + _feedback_per_day(settings, cutoff, None, collections, per_row=True)
+    }
 
     requests: dict[str, list[tuple[date, int]]] = defaultdict(list)
     daily: dict[date, list[int]] = defaultdict(lambda: [0, 0, 0])  # n, verified, checked
@@ -246,7 +277,7 @@ def overview(
 
     def fb_count(d: date, name: str) -> int:
         row = fb_rows.get(d)
-        return int(getattr(row, name) or 0) if row is not None else 0
+        return 0 if row is None else row[("down", "rated", "corrected", "with_feedback").index(name)]
 
     feedback = [(d, rate(fb_count(d, "down"), fb_count(d, "rated")),
                  rate(fb_count(d, "corrected"), fb_count(d, "with_feedback")),
@@ -462,20 +493,16 @@ def search_interactions(
     if until is not None:
         where.append(Interaction.created_at < until)
 
-    def people(*cond: ColumnElement[bool]) -> Any:
-        return exists().where(Feedback.interaction_id == Interaction.id,
-                              Feedback.source.not_in(PEOPLE_FEEDBACK_EXCLUDES), *cond)  # fmt: skip
-
     if feedback == "any":
-        where.append(people())
+        where.append(_people())
     elif feedback == "none":
-        where.append(~people())
+        where.append(~_people())
     elif feedback == "down":
-        where.append(people(Feedback.thumbs == -1))
+        where.append(_people(Feedback.thumbs == -1))
     elif feedback == "up":
-        where.append(people(Feedback.thumbs == 1))
+        where.append(_people(Feedback.thumbs == 1))
     elif feedback == "corrected":
-        where.append(people(Feedback.corrected_answer.is_not(None)))
+        where.append(_people(Feedback.corrected_answer.is_not(None)))
     query = (
         select(
             Interaction.id,
@@ -488,9 +515,9 @@ def search_interactions(
             Interaction.latency_total_ms,
             Interaction.verified,
             Interaction.abstained,
-            people(Feedback.thumbs == -1).label("down"),
-            people(Feedback.thumbs == 1).label("up"),
-            people(Feedback.corrected_answer.is_not(None)).label("corrected"),
+            _people(Feedback.thumbs == -1).label("down"),
+            _people(Feedback.thumbs == 1).label("up"),
+            _people(Feedback.corrected_answer.is_not(None)).label("corrected"),
         )
         .where(*where)
         .order_by(Interaction.created_at.desc(), Interaction.id.desc())
