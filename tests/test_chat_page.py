@@ -240,6 +240,7 @@ def test_chat_page_streams_cites_records_feedback_and_continues(chat_home, start
             {"role": "user", "content": "And where do they return it?"},
         ]
         bob_next = c.post("/v1/chat/completions", json={"messages": thread}, timeout=60).json()["ragloop"]
+        assert c.get(f"/chat/passages/{first_id}/1").status_code == 404  # alice's turn: not bob's to read
     assert bob_next["turn_index"] == 1
     assert bob_next["conversation_id"] == bob_first["conversation_id"] != first.conversation_id
 
