@@ -121,7 +121,7 @@
       note.textContent = response.ok ? 'Thank you: recorded.' : await errorOf(response);
       return response.ok;
     }
-    for (const [value, label] of [['up', '👍 Helpful'], ['down', '👎 Not helpful']]) {
+    for (const [value, label] of [['up', 'Helpful'], ['down', 'Not helpful']]) {
       const button = el('button', 'thumbs thumbs-' + value, label);
       button.type = 'button';
       button.setAttribute('aria-pressed', 'false');
