@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sqlalchemy import select
+from typer.testing import CliRunner
 
+from ragloop.cli.main import app
 from ragloop.config import Settings
 from ragloop.errors import Conflict, DimensionMismatch, NotFound, RagloopError
 from ragloop.generation import release
@@ -230,6 +232,12 @@ def test_promote_with_an_embedder_and_rollback_move_the_pair(tuned_home: Setting
     # An embedder-only move, and back to the base embedder by name.
     release.promote(tuned_home, "production", embedder=TUNED)
     assert pair(tuned_home) == (base, TUNED)
+    listed = CliRunner().invoke(
+        app, ["models", "embedders", "--home", str(tuned_home.home)], env={"COLUMNS": "300"}
+    )
+    assert listed.exit_code == 0, listed.output
+    row = next(line for line in listed.output.splitlines() if TUNED in line)
+    assert "production" in row and f"{base}" in row
     assert run_cli(tuned_home, "models", "promote", "production", "--embedder", "base").exit_code == 0
     assert pair(tuned_home) == (base, None)
 

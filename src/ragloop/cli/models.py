@@ -52,6 +52,39 @@ def models_list(home: HomeOpt = None) -> None:
     console.print(table)
 
 
+@models_app.command("embedders")
+def models_embedders(home: HomeOpt = None) -> None:
+    """Embedder versions (tuned retriever embedders) with the aliases serving them and the KB versions
+    embedded with them; `base` is the configured base embedder."""
+    from ragloop.store.aliases import list_models
+    from ragloop.training.embedder import list_embedder_versions
+
+    settings = home_settings(home)
+    serving: dict[str | None, list[str]] = {}
+    for mv, names in list_models(settings.db_url):
+        for name in names:
+            serving.setdefault(_alias_embedder(settings, name), []).append(f"{name} ({mv.id})")
+    table = Table("embedder", "dim", "base", "pairs dataset", "KB versions", "served by", "created")
+    table.add_row("base", "", settings.embedding.model, "", "every", ", ".join(serving.get(None, [])), "")
+    for ev in list_embedder_versions(settings.db_url):
+        table.add_row(
+            ev.id,
+            str(ev.dim),
+            ev.base,
+            ev.dataset_id or "",
+            ", ".join(str(v) for v in ev.kb_versions or []) or "none (run `ragloop kb reembed`)",
+            ", ".join(serving.get(ev.id, [])),
+            ev.created_at.isoformat(timespec="seconds"),
+        )
+    console.print(table)
+
+
+def _alias_embedder(settings, alias: str) -> str | None:  # type: ignore[no-untyped-def]
+    from ragloop.store.aliases import served_pair
+
+    return served_pair(settings.db_url, alias).embedder_version
+
+
 @models_app.command("alias")
 def models_alias(
     name: Annotated[str, typer.Argument()],

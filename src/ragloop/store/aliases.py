@@ -78,7 +78,7 @@ def set_alias(
         else embedder_version
     )
     if embedder is not None and session.get(EmbedderVersion, embedder) is None:
-        raise NotFound(f"Embedder version {embedder!r} does not exist; see `ragloop embedders list`.")
+        raise NotFound(f"Embedder version {embedder!r} does not exist; see `ragloop models embedders`.")
     if alias is None:
         alias = ModelAlias(name=name, model_version_id=version_id, embedder_version=embedder)
         session.add(alias)

@@ -270,7 +270,7 @@ def create_experiment(
     cand, _ = aliases.resolve(session, candidate)
     cand_embedder = control_embedder if candidate_embedder is aliases.KEEP else candidate_embedder
     if cand_embedder is not None and session.get(EmbedderVersion, cand_embedder) is None:
-        raise NotFound(f"Embedder version {cand_embedder!r} does not exist; see `ragloop embedders list`.")
+        raise NotFound(f"Embedder version {cand_embedder!r} does not exist; see `ragloop models embedders`.")
     if (cand.id, cand_embedder) == (control.id, control_embedder):
         raise RagloopError(
             f"The candidate {candidate!r} is {cand.id} with embedder {cand_embedder or 'base'}, the pair "
