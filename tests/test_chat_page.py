@@ -225,8 +225,8 @@ def test_chat_page_streams_cites_records_feedback_and_continues(chat_home, start
             f"/api/interactions/{first_id}/feedback", json={"thumbs": "up", "source": "human"}, headers=header
         )
         assert r.status_code == 201 and r.json()["source"] == "end_user", r.text
-        evil = {"Origin": "http://evil.test"}
-        assert c.post("/chat/login", data={"key": alice_secret}, headers=evil).status_code == 403
+        for evil in ({"Origin": "http://evil.test"}, {"Sec-Fetch-Site": "cross-site"}):  # login CSRF
+            assert c.post("/chat/login", data={"key": alice_secret}, headers=evil).status_code == 403
 
     # Two people who open alike (the same question, the same answer: greedy decoding gives it) keep a
     # conversation each: bob's second turn continues bob's first, not alice's older one.

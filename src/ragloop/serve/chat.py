@@ -40,8 +40,13 @@ SESSION_MAX_AGE_S = 7 * 24 * 3600
 
 
 def _same_origin(request: Request) -> bool:
-    """Whether a form post comes from this server's own pages. Browsers send ``Origin`` on every POST; a
-    request without one (curl, an old client) is not a browser another site could drive."""
+    """Whether a form post comes from this server's own pages. Current browsers say so in
+    ``Sec-Fetch-Site``, which a reverse proxy leaves alone (it may rewrite ``Host``); otherwise ``Origin``,
+    which browsers send on every POST, must name this host. A request with neither (curl, an old client)
+    is not a browser another site could drive."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")  # none: typed or bookmarked by the user
     origin = request.headers.get("origin")
     if origin is None:
         return True
