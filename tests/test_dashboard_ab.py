@@ -38,7 +38,9 @@ from test_review_ui import browser  # noqa: F401  (the Chromium fixture)
 
 pytestmark = pytest.mark.browser
 
-QUIET = {"ab": {"check_interval_s": 3600.0}, "server": {"auth": "on"}}
+# Keys on; the server's own periodic A/B and drift checks out of the way, so the test knows every snapshot
+# and report there is.
+QUIET = {"ab": {"check_interval_s": 3600.0}, "drift": {"aliases": []}, "server": {"auth": "on"}}
 
 
 def keys(settings: Settings) -> dict[str, str]:
@@ -118,6 +120,10 @@ def test_experiments_pages_show_the_sequence_and_decision_and_the_buttons_work(
     with_estimate = [s for s in snaps if s["metrics"]["answer_length"]["interval"]["estimate"] is not None]
     assert len(snaps) == 3 and len(with_estimate) == 3
 
+    # A guardrail alert of this experiment (the check raises one when it rolls back) is shown on its page.
+    raised = alerts.raise_alert(settings, "guardrail", f"experiment {exp}", "Candidate rolled back: test",
+                                {"experiment_id": exp}, severity="critical")  # fmt: skip
+
     errors: list[str] = []
     page = signed_in(browser, server, secret["admin"], "/dashboard/experiments", errors)
     row = page.locator(f"tr[data-experiment='{exp}']")
@@ -138,6 +144,7 @@ def test_experiments_pages_show_the_sequence_and_decision_and_the_buttons_work(
     assert "worse" in page.inner_text("#verdict")
     assert page.locator("svg.chart[data-chart='guardrail-latency_p95'] g.series circle.pt").count() == 3
     assert page.locator("#srm .srm-p").count() == 1
+    assert "Candidate rolled back" in page.inner_text(f"#alerts tr[data-alert='{raised.id}']")
     shot(page, "dashboard-experiment.png")
 
     # Refused: no CSRF token (a plain POST, even with the admin key), a non-admin key, a scoped admin key.
@@ -314,5 +321,7 @@ def test_drift_page_draws_stored_reports_and_alerts_are_acknowledged(
     assert "Drift check done" in page.inner_text("#flash")
     newest = drift.latest_reports(settings, limit=1)[0]
     assert newest["source"] == "dashboard" and len(drift.latest_reports(settings)) == 4
+    # A newer report without enough data for a verdict does not hide the signals' history.
+    assert page.locator("svg.chart[data-chart='signal-query_domain'] circle.pt").count() >= 3
     assert errors == []
     page.close()

@@ -270,6 +270,12 @@ def experiment_page(request: Request, experiment_id: str, flash: str | None = No
                 name,
             )
         guardrails.append({"name": name, "entry": entry, "chart": chart})
+    # Its alerts (a rollback, an end at the maximum duration) where someone looking at it will see them.
+    raised = [
+        a
+        for a in alerts.list_alerts(settings, kind="guardrail", limit=500)
+        if (a.get("data") or {}).get("experiment_id") == row["id"]
+    ]
     # The checks that acted (ramp, rollback, stop), with the first and the latest for context.
     history = [snap for i, snap in enumerate(snaps) if snap.get("action") or i in (0, len(snaps) - 1)]
     context = {
@@ -277,6 +283,7 @@ def experiment_page(request: Request, experiment_id: str, flash: str | None = No
         "report": report,
         "snaps": snaps,
         "history": history,
+        "alerts": raised,
         "primary_chart": primary_chart,
         "guardrails": guardrails,
         "flash": flash,
@@ -333,16 +340,17 @@ router.add_api_route(
 
 
 def _signal_charts(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One chart per signal of the newest report: its value in each report, oldest first, against the
-    threshold the newest report used."""
-    if not reports:
-        return []
-    ordered = list(reversed(reports))
+    """One chart per signal any report has (in the newest report's order first): its value in each report,
+    oldest first, against the threshold of the newest report that has it. A report without enough data for
+    a verdict adds no point, and does not hide the history before it."""
+    newest: dict[str, dict[str, Any]] = {}
+    for rep in reports:  # newest first
+        for signal in rep.get("signals") or []:
+            newest.setdefault(signal["name"], {**signal, "report_at": rep["created_at"]})
     out = []
-    for latest in reports[0].get("signals") or []:
-        name = latest["name"]
+    for name, latest in newest.items():
         points = []
-        for rep in ordered:
+        for rep in reversed(reports):
             found = next((s for s in rep.get("signals") or [] if s.get("name") == name), None)
             if found is not None and found.get("value") is not None:
                 points.append((_at(rep["created_at"]), found["value"]))
@@ -359,10 +367,14 @@ def _signal_charts(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _histogram(report: dict[str, Any]) -> Any:
-    hist = (report.get("histograms") or {}).get("retrieval_top1")
-    if not hist or not hist.get("edges"):
-        return None
+def _histogram(reports: list[dict[str, Any]]) -> tuple[Markup | None, str | None]:
+    """The reference vs current histogram of the newest report that has one, and that report's time."""
+    for report in reports:
+        hist = (report.get("histograms") or {}).get("retrieval_top1")
+        if hist and hist.get("edges"):
+            break
+    else:
+        return None, None
     return charts.histogram(
         "Dense score of the top passage: reference vs current",
         "share of questions",
@@ -370,7 +382,7 @@ def _histogram(report: dict[str, Any]) -> Any:
         [("reference", hist["reference"]), ("current", hist["current"])],
         x_label="cosine similarity of the top passage",
         name="retrieval-top1",
-    )
+    ), report["created_at"]
 
 
 @router.get("/dashboard/drift", response_class=HTMLResponse)
@@ -386,13 +398,15 @@ def drift_page(request: Request, alias: str | None = None, flash: str | None = N
     alias = alias or (known[0] if known else aliases.DEFAULT_ALIAS)
     reports = [r for r in everything if r.get("alias") == alias]
     latest = reports[0] if reports else None
+    histogram, histogram_at = _histogram(reports)
     context = {
         "alias": alias,
         "aliases": known,
         "latest": latest,
         "reports": reports,
         "signals": _signal_charts(reports),
-        "histogram": _histogram(latest) if latest else None,
+        "histogram": histogram,
+        "histogram_at": histogram_at,
         "alerts": alerts.list_alerts(settings, limit=100),
         "flash": flash,
     }
