@@ -126,6 +126,7 @@ def test_chat_page_streams_cites_records_feedback_and_continues(chat_home, start
         alice, alice_secret = create_key(s, "alice")  # a user key: not admin
         alice_id = alice.id
         _, bob_secret = create_key(s, "bob")
+        _, admin_secret = create_key(s, "reviewer", admin=True)
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -184,6 +185,7 @@ def test_chat_page_streams_cites_records_feedback_and_continues(chat_home, start
             ]
             item = s.scalars(select(ReviewItem).where(ReviewItem.interaction_id == first_id)).one()
             assert (item.status, item.reason) == ("pending", "end_user_correction")
+            item_id = item.id
 
         # The conversation continues: the second turn is turn 1 of the same conversation.
         page.fill("#question", "And where do they return it?")
@@ -227,6 +229,12 @@ def test_chat_page_streams_cites_records_feedback_and_continues(chat_home, start
         assert r.status_code == 201 and r.json()["source"] == "end_user", r.text
         for evil in ({"Origin": "http://evil.test"}, {"Sec-Fetch-Site": "cross-site"}):  # login CSRF
             assert c.post("/chat/login", data={"key": alice_secret}, headers=evil).status_code == 403
+
+    # The reviewer's page offers the user's correction, ready to accept or edit.
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {admin_secret}"}) as c:
+        review = c.get(f"/review/item/{item_id}").text
+        assert 'id="suggested-note"' in review
+        assert ">Visitors wear a badge and return it [1].</textarea>" in review
 
     # Two people who open alike (the same question, the same answer: greedy decoding gives it) keep a
     # conversation each: bob's second turn continues bob's first, not alice's older one.
