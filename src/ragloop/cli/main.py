@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 from typer.core import TyperGroup
 
-from ragloop.cli import ab, answers, datasets, evaluation, feedback, ingest, keys, models, training
+from ragloop.cli import ab, answers, datasets, drift, evaluation, feedback, ingest, keys, models, training
 from ragloop.cli.common import err
 from ragloop.errors import RagloopError
 
@@ -41,6 +41,8 @@ for command in (
     feedback.feedback,
     datasets.synth,
     datasets.forget,
+    drift.drift,
+    drift.alerts,
 ):
     app.command()(command)
 for name, group in (

@@ -2,8 +2,10 @@
 
 ``GET/POST /api/jobs``, ``GET /api/jobs/{id}``, ``GET /api/jobs/{id}/logs``, ``POST /api/jobs/{id}/cancel``
 and ``/resume``; ``GET /api/models/{id}``, ``POST /api/models/{id}/promote``, ``POST /api/models/rollback``;
-``GET/POST /api/ab``, ``GET /api/ab/{id}`` (and ``/snapshots``), ``POST /api/ab/{id}/stop`` and ``/promote``
-(unscoped admin keys only). Routes call the same functions as ``ragloop train | jobs | models | ab``. A
+``GET/POST /api/ab``, ``GET /api/ab/{id}`` (and ``/snapshots``), ``POST /api/ab/{id}/stop`` and ``/promote``;
+``GET /api/drift``, ``POST /api/drift/run``, ``GET /api/alerts``, ``POST /api/alerts/{id}/ack`` (those two
+groups: unscoped admin keys only). Routes call the same functions as ``ragloop train | jobs | models | ab |
+drift | alerts``. A
 release (``generation.release``) loads the version *before* moving the alias, so a broken adapter is refused
 with the alias untouched; through this server it loads into the serving model, so the first request after a
 promotion does not pay the load.
@@ -23,7 +25,7 @@ from ragloop.config import Settings
 from ragloop.errors import PermissionDenied
 from ragloop.generation import release
 from ragloop.ingest.embed import embedder_id
-from ragloop.monitoring import ab
+from ragloop.monitoring import ab, alerts, drift
 from ragloop.serve.auth import OPEN, Caller, authenticate, require_admin
 from ragloop.serve.schemas import errors
 from ragloop.store import aliases, experiments
@@ -284,3 +286,74 @@ def promote_candidate(experiment_id: str, request: Request) -> dict:
     return ab.promote(
         _settings(request), experiment_id, note="api", load=request.app.state.assistant.backend_for
     )
+
+
+# Drift and alerts --------------------------------------------------------------------------------------
+
+
+def unscoped_monitor(caller: Caller = Depends(admin_caller)) -> Caller:
+    """A drift report quotes live questions of every collection (the uncovered ones, by topic) and alerts
+    speak of every alias, so an admin key scoped to some collections may not read or run them."""
+    if caller.collections is not None:
+        raise PermissionDenied(
+            "Drift reports and alerts need an admin key with no collection scope: they cover the questions "
+            "of every collection. Create one with `ragloop keys create NAME --admin`."
+        )
+    return caller
+
+
+_monitor = [Depends(unscoped_monitor)]
+
+
+class DriftRunRequest(BaseModel):
+    """``POST /api/drift/run``: what ``ragloop drift`` takes (its ``--window 7d|36h|500`` as days or records)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        default=aliases.DEFAULT_ALIAS, description="alias or version id whose drift is checked"
+    )
+    window_days: float | None = Field(default=None, gt=0, description="live records of the last days")
+    last_n: int | None = Field(
+        default=None, ge=1, description="else the last N live records (default: the [drift] window)"
+    )
+
+
+@router.get("/api/drift", dependencies=_monitor, responses=errors(400))
+def drift_reports(request: Request, alias: str | None = None, limit: int = 50) -> dict:
+    """Stored drift reports, newest first (of ``alias`` when given): the server's periodic checks' and
+    those run by ``ragloop drift`` or ``POST /api/drift/run``."""
+    data = drift.latest_reports(_settings(request), alias=alias, limit=max(1, min(limit, 500)))
+    return {"object": "list", "data": data}
+
+
+# Plain ``def``: a report embeds the window's questions and may retrieve the reference's (seconds).
+@router.post("/api/drift/run", status_code=201, dependencies=_monitor, responses=errors(400, 404, 413))
+def run_drift_check(request: Request, body: DriftRunRequest | None = None) -> dict:
+    """Check drift now: the report is computed, stored and returned; a warn or drift verdict raises an
+    alert (once per open condition)."""
+    body = body or DriftRunRequest()
+    return drift.run_drift(
+        _settings(request),
+        model_version=body.model,
+        window_days=body.window_days,
+        last_n=body.last_n,
+        kb=lambda: request.app.state.assistant.kb,
+        source="api",
+    )
+
+
+@router.get("/api/alerts", dependencies=_monitor, responses=errors(400))
+def list_alerts(request: Request, kind: str | None = None, open: bool = False, limit: int = 100) -> dict:
+    """Alerts, newest first (of ``kind``; only unacknowledged ones with ``open=true``), with their webhook
+    delivery (``delivered_at`` or ``delivery_error``)."""
+    rows = alerts.list_alerts(
+        _settings(request), limit=max(1, min(limit, 1000)), kind=kind, unacknowledged=open
+    )
+    return {"object": "list", "data": rows}
+
+
+@router.post("/api/alerts/{alert_id}/ack", dependencies=_monitor, responses=errors(400, 404))
+def acknowledge_alert(alert_id: int, request: Request) -> dict:
+    """Mark an alert seen: it leaves the open list, and its condition may raise a new alert."""
+    return alerts.acknowledge(_settings(request), alert_id)

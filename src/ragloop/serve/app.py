@@ -47,6 +47,7 @@ from ragloop.feedback.service import MAX_EVIDENCE, MAX_TEXT, add_feedback
 from ragloop.generation.assistant import AnswerRequest, AnswerResult, Assistant, answer_record
 from ragloop.ingest.pipeline import IngestReport, ingest_uploads, reconcile
 from ragloop.monitoring.ab import check_task
+from ragloop.monitoring.drift import drift_task
 from ragloop.monitoring.signals import signals_task
 from ragloop.serve import schemas
 from ragloop.serve.auth import (
@@ -162,7 +163,10 @@ def create_app(settings: Settings, assistant: Assistant | None = None) -> FastAP
         ab_check = check_task(settings, kb=lambda: assistant.kb)
         # Answer signals (verified citations, abstentions) stored for the dashboard's and drift's SQL.
         answer_signals = signals_task(settings, kb=lambda: assistant.kb)
-        scheduler = Scheduler(db_url, [retention_task(settings), ab_check, answer_signals]).start()
+        # Drift of each watched alias ([drift] aliases), a stored report and an alert when it drifts.
+        drift_check = drift_task(settings, kb=lambda: assistant.kb)
+        tasks = [retention_task(settings), ab_check, answer_signals, drift_check]
+        scheduler = Scheduler(db_url, tasks).start()
         yield
         scheduler.stop()
 
