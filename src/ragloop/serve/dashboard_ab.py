@@ -19,6 +19,7 @@ can neither read the cookie to copy it into a form nor make the browser send it 
 from __future__ import annotations
 
 import hmac
+import math
 import secrets
 from collections.abc import Callable
 from datetime import datetime
@@ -30,6 +31,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markupsafe import Markup
 
+from ragloop.config import Settings
 from ragloop.errors import RagloopError
 from ragloop.monitoring import ab, alerts
 from ragloop.serve import charts
@@ -50,7 +52,8 @@ def _csrf_token(request: Request) -> str:
     """The token of this browser: its cookie's, else a new one (set on the response by ``_page``)."""
     token = request.cookies.get(CSRF_COOKIE) or ""
     if len(token) < 32:
-        token = request.state.__dict__.setdefault("new_csrf", secrets.token_urlsafe(32))
+        token = getattr(request.state, "new_csrf", None) or secrets.token_urlsafe(32)
+        request.state.new_csrf = token
     return token
 
 
@@ -94,13 +97,13 @@ async def _post(request: Request) -> tuple[Any, Response | None]:
 def _page(request: Request, template: str, context: dict[str, Any], status: int = 200) -> Response:
     context = {**context, "csrf": _csrf_token(request)}
     response = render(request, template, context, status_code=status)
-    new = request.state.__dict__.get("new_csrf")
+    new = getattr(request.state, "new_csrf", None)
     if new:
         response.set_cookie(CSRF_COOKIE, new, httponly=True, samesite="strict", path="/")
     return response
 
 
-def _settings(request: Request) -> Any:
+def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -144,9 +147,10 @@ async def experiment_start(request: Request) -> Response:
     form, refused = await _post(request)
     if refused is not None:
         return refused
-    settings = _settings(request)
-    try:
-        started = ab.start(
+    settings, assistant = _settings(request), _assistant(request)
+
+    def start() -> dict[str, Any]:
+        return ab.start(
             settings,
             candidate=str(form.get("candidate") or "").strip(),
             alias=str(form.get("alias") or aliases.DEFAULT_ALIAS).strip(),
@@ -156,8 +160,11 @@ async def experiment_start(request: Request) -> Response:
             guardrails=[str(g) for g in form.getlist("guardrails")],
             min_units=int(_float(form.get("min_units") or experiments.DEFAULT_MIN_UNITS, "min_units")),
             max_days=_float(form.get("max_days"), "max_days") if form.get("max_days") else None,
-            load=_assistant(request).backend_for,
+            load=assistant.backend_for,
         )
+
+    try:  # the candidate is loaded first (seconds): in a worker thread, the event loop stays free
+        started = await anyio.to_thread.run_sync(start)
     except RagloopError as exc:
         rows = ab.list_all(settings)
         context = {"rows": rows, "error": str(exc), "form": dict(form), **_start_form_context(request)}
@@ -167,9 +174,12 @@ async def experiment_start(request: Request) -> Response:
 
 def _float(value: Any, name: str) -> float:
     try:
-        return float(str(value).strip())
+        number = float(str(value).strip())
     except ValueError:
-        raise RagloopError(f"{name}: {value!r} is not a number.") from None
+        number = math.nan
+    if not math.isfinite(number):
+        raise RagloopError(f"{name}: {value!r} is not a number.")
+    return number
 
 
 def _at(text: str) -> datetime:
@@ -242,7 +252,7 @@ def experiment_page(request: Request, experiment_id: str, flash: str | None = No
     row = report["experiment"]
     snaps = ab.snapshots(settings, row["id"])
     primary = row["primary_metric"]
-    unit = _UNITS.get(primary, "difference of shares" if primary != "rating" else "points")
+    unit = _UNITS.get(primary, "difference of shares")
     primary_chart = _interval_chart(
         "confidence-sequence",
         f"{primary}: candidate − control, with its confidence sequence",
@@ -299,8 +309,8 @@ def _experiment_action(
         if refused is not None:
             return refused
         path = f"/dashboard/experiments/{quote(experiment_id)}"
-        try:
-            message = action(request, experiment_id, form)
+        try:  # a promotion loads the candidate (seconds): in a worker thread
+            message = await anyio.to_thread.run_sync(action, request, experiment_id, form)
         except RagloopError as exc:
             return _back(path, f"Refused: {exc}")
         return _back(path, message)
@@ -437,7 +447,7 @@ async def alert_ack(request: Request, alert_id: int) -> Response:
     if refused is not None:
         return refused
     try:
-        alerts.acknowledge(_settings(request), alert_id)
+        await anyio.to_thread.run_sync(alerts.acknowledge, _settings(request), alert_id)
     except RagloopError as exc:
         return _back("/dashboard/drift", f"Refused: {exc}")
     back = str(form.get("next") or "")
