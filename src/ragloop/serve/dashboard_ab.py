@@ -24,7 +24,7 @@ import secrets
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import anyio
 from fastapi import APIRouter, Request
@@ -41,6 +41,7 @@ from ragloop.store import aliases, experiments
 
 CSRF_COOKIE = "ragloop_csrf"
 CSRF_FIELD = "csrf"
+FLASH_COOKIE = "ragloop_flash"
 
 router = APIRouter(include_in_schema=False)
 
@@ -95,8 +96,11 @@ async def _post(request: Request) -> tuple[Any, Response | None]:
 
 
 def _page(request: Request, template: str, context: dict[str, Any], status: int = 200) -> Response:
-    context = {**context, "csrf": _csrf_token(request)}
+    flash = unquote(request.cookies.get(FLASH_COOKIE) or "") or None
+    context = {"flash": flash, **context, "csrf": _csrf_token(request)}
     response = render(request, template, context, status_code=status)
+    if flash:
+        response.delete_cookie(FLASH_COOKIE)
     new = getattr(request.state, "new_csrf", None)
     if new:
         response.set_cookie(CSRF_COOKIE, new, httponly=True, samesite="strict", path="/")
@@ -112,8 +116,12 @@ def _assistant(request: Request) -> Any:
 
 
 def _back(path: str, message: str | None = None) -> RedirectResponse:
-    sep = "&" if "?" in path else "?"
-    return RedirectResponse(path + (f"{sep}flash={quote(message)}" if message else ""), status_code=303)
+    """Back to a page after an action; its outcome rides in a one-read cookie, not in the URL, where a
+    crafted link could make a trusted page show any text."""
+    response = RedirectResponse(path, status_code=303)
+    if message:
+        response.set_cookie(FLASH_COOKIE, quote(message[:500]), max_age=60, httponly=True, samesite="strict")
+    return response
 
 
 # Experiments ---------------------------------------------------------------------------------------------
@@ -130,7 +138,7 @@ def _start_form_context(request: Request) -> dict[str, Any]:
 
 
 @router.get("/dashboard/experiments", response_class=HTMLResponse)
-def experiments_page(request: Request, flash: str | None = None) -> Response:
+def experiments_page(request: Request) -> Response:
     who = _viewer(request)
     if not isinstance(who, Caller):
         return who
@@ -138,7 +146,7 @@ def experiments_page(request: Request, flash: str | None = None) -> Response:
     return _page(
         request,
         "dashboard/ab_list.html",
-        {"rows": rows, "flash": flash, "form": {}, **_start_form_context(request)},
+        {"rows": rows, "form": {}, **_start_form_context(request)},
     )
 
 
@@ -240,7 +248,7 @@ _UNITS = {
 
 
 @router.get("/dashboard/experiments/{experiment_id}", response_class=HTMLResponse)
-def experiment_page(request: Request, experiment_id: str, flash: str | None = None) -> Response:
+def experiment_page(request: Request, experiment_id: str) -> Response:
     who = _viewer(request)
     if not isinstance(who, Caller):
         return who
@@ -296,7 +304,6 @@ def experiment_page(request: Request, experiment_id: str, flash: str | None = No
         "alerts": raised,
         "primary_chart": primary_chart,
         "guardrails": guardrails,
-        "flash": flash,
     }
     return _page(request, "dashboard/ab_detail.html", context)
 
@@ -396,7 +403,7 @@ def _histogram(reports: list[dict[str, Any]]) -> tuple[Markup | None, str | None
 
 
 @router.get("/dashboard/drift", response_class=HTMLResponse)
-def drift_page(request: Request, alias: str | None = None, flash: str | None = None) -> Response:
+def drift_page(request: Request, alias: str | None = None) -> Response:
     who = _viewer(request)
     if not isinstance(who, Caller):
         return who
@@ -418,7 +425,6 @@ def drift_page(request: Request, alias: str | None = None, flash: str | None = N
         "histogram": histogram,
         "histogram_at": histogram_at,
         "alerts": alerts.list_alerts(settings, limit=100),
-        "flash": flash,
     }
     return _page(request, "dashboard/drift_page.html", context)
 
