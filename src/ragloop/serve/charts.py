@@ -115,9 +115,14 @@ class _Scale:
             return [(self(c), c[:14]) for c in self.cats[::step]]
         unique = sorted(set(xs), key=self._num)
         step = max(1, math.ceil(len(unique) / n))
+        # Times within a day or two (an experiment's checks, minutes apart) need the hour to tell apart.
+        timed = (
+            all(isinstance(x, datetime) for x in unique) and self._num(unique[-1]) - self._num(unique[0]) < 2
+        )
+        when = "%H:%M" if timed and len({x.date() for x in unique}) == 1 else "%d %H:%M" if timed else "%m-%d"
         out = []
         for x in unique[::step]:
-            text = x.strftime("%m-%d") if isinstance(x, date) else fmt(x)
+            text = x.strftime(when) if isinstance(x, date) else fmt(x)
             out.append((self(x), text))
         return out
 
