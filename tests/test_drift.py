@@ -114,6 +114,7 @@ def write_window(
     questions: list[str],
     start: datetime,
     version: str = VERSION,
+    embedder: str | None = None,
 ) -> None:
     """One live interaction per question, a minute apart from ``start``, with its retrieved passages."""
     kb_version = KnowledgeBase(settings).version
@@ -134,6 +135,7 @@ def write_window(
                     template_version=1,
                     prompt_sha256="p" * 64,
                     model_version=version,
+                    embedder_version=embedder,
                     model_alias="production",
                     gen_params={},
                     answer="An answer [1].",
@@ -298,7 +300,12 @@ def test_too_little_data_is_not_a_verdict(gdpr: dict, tmp_path: Path) -> None:
 
     # The trained version with only a few live records: its query and score signals say so too.
     write_window(settings, gdpr["hits"], gdpr["other"][:5], T0 + timedelta(days=3))
+    # The same version answering through another (tuned) embedder is another pair, another reference.
+    write_window(
+        settings, gdpr["hits"], gdpr["other"][5:40], T0 + timedelta(days=3, hours=1), embedder="emb-x"
+    )
     few = drift_report(settings, now=T0 + timedelta(days=4))
+    assert few["window"]["n"] == 5 and few["embedder_version"] is None
     for name in ("query_domain", "query_centroid", "retrieval_top1", "coverage_gap"):
         assert _signals(few)[name]["verdict"] == "not enough data"
 

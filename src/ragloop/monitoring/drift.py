@@ -42,12 +42,13 @@ from ragloop.config import Settings
 from ragloop.curation.refusal import is_refusal
 from ragloop.datasets.answers import ABSTAIN_ANSWER
 from ragloop.datasets.build import load_examples, rebuild_command
-from ragloop.errors import NotFound
+from ragloop.errors import Conflict, NotFound
 from ragloop.feedback.service import judgement
-from ragloop.ingest.embed import get_embedder
+from ragloop.ingest.embed import embedder_for
 from ragloop.ingest.kb import KnowledgeBase
 from ragloop.monitoring import drift_stats
 from ragloop.monitoring.drift_stats import Signal
+from ragloop.monitoring.signals import fill_signals
 from ragloop.store import aliases
 from ragloop.store.claims import Task
 from ragloop.store.db import session_scope
@@ -128,6 +129,7 @@ def _read_window(
     s: Any,
     version: str,
     *,
+    embedder: str | None,
     since: datetime | None,
     until: datetime,
     last_n: int | None,
@@ -142,6 +144,8 @@ def _read_window(
         Interaction.model_version == version,
         Interaction.source.in_(sorted(LIVE_SOURCES)),
         Interaction.created_at < until,
+        # per pair: the same model answering through another embedder's retrieval is another reference
+        Interaction.embedder_version.is_(None) if embedder is None else Interaction.embedder_version == embedder,
     )  # fmt: skip
     if since is not None:
         query = query.where(Interaction.created_at >= since)
@@ -181,15 +185,18 @@ def _read_window(
     return window
 
 
-def _promoted_at(s: Any, alias: str | None, version: str) -> datetime | None:
-    """When ``alias`` last came to serve ``version`` (the start of its current stint); without an alias, or
-    with no event for it, the version's first live record."""
+def _promoted_at(s: Any, alias: str | None, version: str, embedder: str | None) -> datetime | None:
+    """When ``alias`` last came to serve the pair (the start of its current stint); without an alias, or
+    with no event for it, the pair's first live record."""
     if alias:
         at = s.scalar(
             select(RegistryEvent.created_at)
             .where(
                 RegistryEvent.alias == alias,
                 RegistryEvent.model_version_id == version,
+                RegistryEvent.embedder_version.is_(None)
+                if embedder is None
+                else RegistryEvent.embedder_version == embedder,
                 RegistryEvent.action.in_(PROMOTION_ACTIONS),
             )
             .order_by(RegistryEvent.created_at.desc(), RegistryEvent.id.desc())
@@ -199,14 +206,25 @@ def _promoted_at(s: Any, alias: str | None, version: str) -> datetime | None:
             return at
     return s.scalar(
         select(Interaction.created_at)
-        .where(Interaction.model_version == version, Interaction.source.in_(sorted(LIVE_SOURCES)))
+        .where(
+            Interaction.model_version == version,
+            Interaction.source.in_(sorted(LIVE_SOURCES)),
+            Interaction.embedder_version.is_(None)
+            if embedder is None
+            else Interaction.embedder_version == embedder,
+        )
         .order_by(Interaction.created_at.asc())
         .limit(1)
     )
 
 
 def _first_window(
-    s: Any, version: str, promoted: datetime | None, current: _Window, days: float | None
+    s: Any,
+    version: str,
+    embedder: str | None,
+    promoted: datetime | None,
+    current: _Window,
+    days: float | None,
 ) -> _Window:
     """The first window after promotion, of the same length (days or records) as the current one, and never
     overlapping it: a version promoted less than a window ago has no baseline yet."""
@@ -214,11 +232,13 @@ def _first_window(
         return _Window()
     end = current.since or current.until or utcnow()
     if current.last_n is not None:
-        return _read_window(s, version, since=promoted, until=end, last_n=current.last_n, oldest_first=True)
+        return _read_window(
+            s, version, embedder=embedder, since=promoted, until=end, last_n=current.last_n, oldest_first=True
+        )
     until = min(promoted + timedelta(days=days or 0.0), end)
     if until <= promoted:
         return _Window(since=promoted, until=promoted)
-    return _read_window(s, version, since=promoted, until=until, last_n=None)
+    return _read_window(s, version, embedder=embedder, since=promoted, until=until, last_n=None)
 
 
 # The reference of a trained version ----------------------------------------------------------------------
@@ -258,10 +278,11 @@ def _safe(name: str) -> str:
 
 def _dataset_reference(
     settings: Settings, kb: KnowledgeBase, mv: ModelVersion, dv: DatasetVersion, rows: list[dict],
-    kb_version: int | None, embedder_name: str,
+    kb_version: int | None, embedder: str | None, embedder_name: str,
 ) -> _Reference:  # fmt: skip
-    """Training questions, embedded and retrieved at the trained KB version (cached)."""
-    from ragloop.retrieval.search import Retriever  # LanceDB search: only when a reference is built
+    """Training questions, embedded and retrieved at the trained KB version with the pair's embedder
+    (``embedder``: an embedder version id, None for the base one), cached."""
+    from ragloop.retrieval.search import Retriever, dense_column  # LanceDB: only to build a reference
 
     ref = _Reference("training dataset", dataset_id=dv.id, kb_version=kb_version)
     questions = _sample_questions(rows)
@@ -272,11 +293,13 @@ def _dataset_reference(
     searched = kb_version
     if kb_version is not None:
         try:
-            kb.table(kb_version)
-        except NotFound:
+            table = kb.table(kb_version)
+            if embedder is not None and table is not None:
+                dense_column(table, embedder, kb_version)
+        except (NotFound, Conflict) as exc:
             searched = None
             ref.note = (
-                f"KB version {kb_version} the model was trained against is no longer available (compacted); "
+                f"KB version {kb_version} the model was trained against cannot be searched here ({exc}); "
                 "reference scores retrieved from the current knowledge base."
             )
     top_k = settings.retrieval.top_k
@@ -294,12 +317,11 @@ def _dataset_reference(
             return ref
         except (OSError, KeyError, ValueError):  # a torn file: recompute it
             log.warning("drift reference cache %s unreadable; recomputing", path)
-    embedder = get_embedder(settings.embedding)
-    vectors = embedder.encode(questions)
     retriever = Retriever(settings, kb)
+    vectors = retriever.embedder_for(embedder).encode(questions)
     top1, topk = [], []
     for question, vector in zip(questions, vectors, strict=True):
-        hits = retriever.search(question, top_k, version=searched, query_vector=vector)
+        hits = retriever.search(question, top_k, version=searched, query_vector=vector, embedder=embedder)
         dense = [h.score_dense for h in hits if h.score_dense is not None]
         top1.append(max(dense) if dense else math.nan)
         topk.append(float(np.mean(dense)) if dense else math.nan)
@@ -325,7 +347,9 @@ def _finite(values: Iterable[float | None]) -> np.ndarray:
     return out[np.isfinite(out)]
 
 
-def _embed_sample(texts: list[str], cap: int, settings: Settings) -> tuple[list[int], np.ndarray]:
+def _embed_sample(
+    texts: list[str], cap: int, settings: Settings, embedder: str | None
+) -> tuple[list[int], np.ndarray]:
     """Indices of a seeded sample of at most ``cap`` texts, and their embeddings."""
     idx = list(range(len(texts)))
     if len(idx) > cap:
@@ -333,7 +357,7 @@ def _embed_sample(texts: list[str], cap: int, settings: Settings) -> tuple[list[
         idx = sorted(int(i) for i in rng.choice(len(texts), size=cap, replace=False))
     if not idx:
         return [], np.zeros((0, 0), dtype=np.float32)
-    vectors = get_embedder(settings.embedding).encode([texts[i] for i in idx])
+    vectors = embedder_for(settings, embedder).encode([texts[i] for i in idx])
     return idx, np.asarray(vectors, dtype=np.float32)
 
 
@@ -584,30 +608,35 @@ def drift_report(
     days = window_days if window_days is not None else cfg.window_days
     min_n = cfg.min_records
     knowledge = _kb_of(kb, settings)
-    embedder = get_embedder(settings.embedding)
+    # Verified citations are read from the records; answers the server's signals task has not reached yet
+    # are checked now (oldest first, as that task does), so a check run from the CLI is not short of them.
+    fill_signals(settings, kb=knowledge)
     with session_scope(settings.db_url) as s:
         mv, served_by = _resolve(s, alias, model_version)
+        # The pair the alias serves; a version named directly is served with the base embedder (None).
+        ev = aliases.served_pair(s, served_by).embedder_version if served_by else None
         dv = s.get(DatasetVersion, mv.dataset_id) if mv.dataset_id else None
         since = None if last_n is not None else until - timedelta(days=days)
-        current = _read_window(s, mv.id, since=since, until=until, last_n=last_n)
-        promoted = _promoted_at(s, served_by, mv.id)
-        baseline = _first_window(s, mv.id, promoted, current, days)
+        current = _read_window(s, mv.id, embedder=ev, since=since, until=until, last_n=last_n)
+        promoted = _promoted_at(s, served_by, mv.id, ev)
+        baseline = _first_window(s, mv.id, ev, promoted, current, days)
         train = _train_command(s, mv)
         mv_id, meta = mv.id, dict(mv.meta or {})
         s.expunge_all()
     kb_trained = (dv.kb_version if dv is not None else None) or meta.get("kb_version")
     rows = _train_rows(settings, dv) if dv is not None else []
 
-    cur_idx, cur_vectors = _embed_sample(current.queries, CURRENT_CAP, settings)
+    embedder_name = ev or embedder_for(settings, None).name
+    cur_idx, cur_vectors = _embed_sample(current.queries, CURRENT_CAP, settings, ev)
     ref: _Reference
     if dv is not None and rows:
-        ref = _dataset_reference(settings, knowledge, mv, dv, rows, kb_trained, embedder.name)
+        ref = _dataset_reference(settings, knowledge, mv, dv, rows, kb_trained, ev, embedder_name)
     else:
         note = (
             "No training dataset: the reference is the first window of live records after the version was "
             f"promoted{' to ' + served_by if served_by else ''} ({_iso(promoted) or 'never'})."
         )
-        _, base_vectors = _embed_sample(baseline.queries, CURRENT_CAP, settings)
+        _, base_vectors = _embed_sample(baseline.queries, CURRENT_CAP, settings, ev)
         ref = _window_reference(baseline, base_vectors, note)
 
     cur_top1 = _finite(current.top1)
@@ -656,7 +685,8 @@ def drift_report(
         "created_at": _iso(until),
         "alias": served_by,
         "model_version": mv_id,
-        "embedder": embedder.name,
+        "embedder": embedder_name,  # the embedder version id, or the base embedder's model name
+        "embedder_version": ev,
         "kb_version_trained": kb_trained,
         "kb_version_now": knowledge.version,
         "reference": {
