@@ -181,8 +181,26 @@ def test_search_filters_and_scope(settings: Settings) -> None:
     assert detail["replay"]["identical"] is False  # no such chunk in this home's (empty) knowledge base
 
 
-def test_models_view_lineage_metric_and_robustness(settings: Settings) -> None:
-    with session_scope(settings.db_url) as s:
+def test_a_text_search_reads_one_bounded_stretch_at_a_time(settings: Settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    seed_records(settings.db_url)
+    everything = [
+        r["id"] for r in dashboard.search_interactions(settings, text="vacation", limit=200)["rows"]
+    ]
+    monkeypatch.setattr(dashboard, "TEXT_SCAN_ROWS", 10)  # 41 records: five stretches, newest first
+    seen, before, stretches = [], None, 0
+    while True:
+        found = dashboard.search_interactions(settings, text="vacation", limit=200, before=before)
+        seen += [r["id"] for r in found["rows"]]
+        stretches += 1
+        if found["older_before"] is None:
+            break
+        before = found["older_before"]
+    assert stretches == 5 and seen == everything
+
+
+def seed_models(db_url: str) -> None:
+    """Two versions (the second trained on a dataset), each with three finished eval runs."""
+    with session_scope(db_url) as s:
         s.add(DatasetVersion(id="ds1", name="sft-set", content_hash="h", policy={"min_rating": 4},
                              source="interactions", kb_version=3, path="/x"))  # fmt: skip
         s.add(ModelVersion(id=VERSIONS[0], base_model="org/base", created_at=NOW - timedelta(days=2)))
@@ -193,6 +211,10 @@ def test_models_view_lineage_metric_and_robustness(settings: Settings) -> None:
                 s.add(EvalRun(model_version=version, dataset="/d/qa.jsonl", dataset_hash="dh", condition=condition,
                               n_distractors=k, status="done", n_examples=10,
                               metrics={"n": 10, "f1": 0.5 + 0.1 * i - 0.01 * k, "em": 0.3}))  # fmt: skip
+
+
+def test_models_view_lineage_metric_and_robustness(settings: Settings) -> None:
+    seed_models(settings.db_url)
     data = dashboard.models_view(settings)
     tuned = next(v for v in data["versions"] if v["id"] == VERSIONS[1])
     assert (tuned["parent_id"], tuned["dataset_name"], tuned["kb_version"], tuned["policy"]) == (
@@ -281,6 +303,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, kb_temp
     shutil.copytree(kb_template, settings.data_dir, dirs_exist_ok=True)
     settings = with_overrides(settings, server={"auth": "on"})
     facts = seed_records(settings.db_url)
+    seed_models(settings.db_url)
     with session_scope(settings.db_url) as s:
         _, admin = create_key(s, "admin", admin=True)
         _, scoped = create_key(s, "handbook-team", collections=["handbook"])
@@ -408,8 +431,16 @@ def test_pages_load_and_charts_show_the_records(site, browser) -> None:  # type:
     assert page.locator("tr.passage-row").count() >= 1 and "ninety days" in page.inner_text("main")
     _shoot(page, "interaction")
 
-    page.goto(f"{site['url']}/dashboard/models")
-    assert page.locator("#versions tr[data-version]").count() >= 1
+    page.goto(f"{site['url']}/dashboard/models?a={VERSIONS[0]}&b={VERSIONS[1]}")
+    assert page.locator("#versions tr[data-version]").count() >= 2
+    across = _series(page, "metric-across-versions")
+    assert {k: len(v) for k, v in across.items()} == {
+        "distractors k=0": 2,
+        "distractors k=4": 2,
+        "no-gold k=4": 2,
+    }
+    assert _series(page, "robustness")[VERSIONS[1]] == [pytest.approx(0.6), pytest.approx(0.56)]
+    assert page.locator("#compare").count() == 1
     _shoot(page, "models")
     assert errors == []
     page.close()

@@ -50,6 +50,7 @@ LIVE_SOURCES = ("api", "cli")
 PEOPLE_FEEDBACK_EXCLUDES = ("auto", "eval")
 FEEDBACK_FILTERS = ("any", "none", "down", "up", "corrected")
 PAGE_MAX = 200
+TEXT_SCAN_ROWS = 20_000  # records a text search reads per stretch, newest first (``search_interactions``)
 
 
 def _now() -> datetime:
@@ -126,7 +127,7 @@ def _people_feedback() -> Any:
 
 
 # Past days' aggregates change rarely (late feedback or signals, retention), so they are kept for a while per database,
-# scope and window; today and yesterday are read fresh on every view. Bounded, and per process.
+# scope and window; today is read fresh on every view. Bounded, and per process.
 CACHE_TTL_S = 600.0
 _CACHE: OrderedDict[tuple[Any, ...], tuple[float, Any]] = OrderedDict()
 _CACHE_MAX = 64
@@ -245,12 +246,12 @@ def overview(
       abstentions aside, whose citations were verified;
     - ``totals``: counts and rates over the whole window, latency of the latest day.
 
-    Days before yesterday come from a cache of up to ``CACHE_TTL_S`` seconds (they change only when
-    feedback or signals arrive late, or records expire); today and yesterday are read on every view.
+    Days before today come from a cache of up to ``CACHE_TTL_S`` seconds (they change only when feedback
+    or signals arrive late, or records expire); today is read on every view.
     """
     now = now or _now()
     since = datetime.combine((now - timedelta(days=max(1, days) - 1)).date(), datetime.min.time())
-    cutoff = max(since, datetime.combine(now.date() - timedelta(days=1), datetime.min.time()))
+    cutoff = max(since, datetime.combine(now.date(), datetime.min.time()))
     rows, fb_past = _past_days(settings, since, cutoff, collections) if cutoff > since else ([], [])
     rows = rows + _per_day_version(settings, cutoff, None, collections, per_row=True)
     fb_rows = {
@@ -470,11 +471,17 @@ def search_interactions(
     collections: Sequence[str] | None = None,
     limit: int = 50,
     offset: int = 0,
+    before: datetime | None = None,
 ) -> dict[str, Any]:
     """Interactions newest first, filtered: ``text`` in the question or the answer (case-insensitive),
-    ``model`` a version id or the alias that served it, ``since`` ≤ created_at < ``until``, ``feedback``
-    one of ``FEEDBACK_FILTERS`` (people's feedback: any, none, a thumbs down, up, a correction). Returns
-    ``rows`` (one page) and ``has_more``: no total count, which would cost a scan of every match."""
+    ``model`` a version id or the alias that served it, ``since`` ≤ created_at < ``until`` (and <
+    ``before``), ``feedback`` one of ``FEEDBACK_FILTERS`` (people's feedback: any, none, a thumbs down, up,
+    a correction). Returns ``rows`` (one page) and ``has_more``: no total count, which would cost a scan of
+    every match.
+
+    A text search matches no index, so it reads the newest ``TEXT_SCAN_ROWS`` records in its date range at
+    most: ``older_before`` is then where the next, older stretch starts (pass it as ``before``), so a
+    search that matches nothing costs the same on a table of a million records as on one of 20,000."""
     if feedback and feedback not in FEEDBACK_FILTERS:
         raise RagloopError(f"feedback must be one of {', '.join(FEEDBACK_FILTERS)}, not {feedback!r}.")
     limit = max(1, min(limit, PAGE_MAX))
@@ -492,6 +499,25 @@ def search_interactions(
         where.append(Interaction.created_at >= since)
     if until is not None:
         where.append(Interaction.created_at < until)
+    if before is not None:
+        where.append(Interaction.created_at < before)
+    older_before = None
+    if text:
+        span = [c for c in (Interaction.created_at >= since if since else None,
+                            Interaction.created_at < until if until else None,
+                            Interaction.created_at < before if before else None) if c is not None]  # fmt: skip
+        edge = (
+            select(Interaction.created_at)
+            .where(*span)
+            .order_by(Interaction.created_at.desc())
+            .offset(TEXT_SCAN_ROWS - 1)
+            .limit(2)
+        )
+        with session_scope(settings.db_url) as s:
+            found = list(s.scalars(edge))
+        if len(found) == 2:  # older records exist: this stretch ends at the oldest one read
+            older_before = found[0]
+            where.append(Interaction.created_at >= older_before)
 
     if feedback == "any":
         where.append(_people())
@@ -526,7 +552,8 @@ def search_interactions(
     )
     with session_scope(settings.db_url) as s:
         rows = [dict(r._mapping) for r in s.execute(query)]
-    return {"rows": rows[:limit], "has_more": len(rows) > limit, "limit": limit, "offset": max(0, offset)}
+    return {"rows": rows[:limit], "has_more": len(rows) > limit, "limit": limit, "offset": max(0, offset),
+            "older_before": older_before, "scan_rows": TEXT_SCAN_ROWS if text else None}  # fmt: skip
 
 
 def interaction_detail(

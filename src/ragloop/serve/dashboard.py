@@ -213,6 +213,7 @@ def dashboard_router(settings: Settings) -> APIRouter:
         until: str | None = None,
         feedback: str | None = None,
         page: int = 1,
+        before: str | None = None,
     ) -> Response:
         who = dashboard_caller(request)
         if who is None:
@@ -222,6 +223,11 @@ def dashboard_router(settings: Settings) -> APIRouter:
         if feedback and feedback not in FEEDBACK_FILTERS:
             errors.append(f"feedback: one of {', '.join(FEEDBACK_FILTERS)}.")
             feedback = None
+        try:  # where an older stretch of a text search starts (``search_interactions``)
+            stretch_end = datetime.fromisoformat(before) if before else None
+        except ValueError:
+            errors.append(f"before: {before!r} is not a date and time.")
+            stretch_end = None
         page = max(1, page)
         per_page = 50
         found = search_interactions(
@@ -229,13 +235,16 @@ def dashboard_router(settings: Settings) -> APIRouter:
             since=datetime.combine(start, time()) if start else None,
             until=datetime.combine(end + timedelta(days=1), time()) if end else None,  # the whole last day
             feedback=feedback or None, collections=who.collections,
-            limit=per_page, offset=(page - 1) * per_page,
+            limit=per_page, offset=(page - 1) * per_page, before=stretch_end,
         )  # fmt: skip
         query = {k: v for k, v in {"text": text, "model": model, "since": since, "until": until,
-                                   "feedback": feedback}.items() if v}  # fmt: skip
+                                   "feedback": feedback, "before": before}.items() if v}  # fmt: skip
         links = {
             "prev": f"?{urlencode({**query, 'page': page - 1})}" if page > 1 else None,
             "next": f"?{urlencode({**query, 'page': page + 1})}" if found["has_more"] else None,
+            "older": f"?{urlencode({**query, 'before': found['older_before'].isoformat()})}"
+            if found["older_before"] is not None
+            else None,
         }
         return render(request, "dashboard/interactions.html",
                       {"found": found, "q": query, "page": page, "links": links, "errors": errors,
