@@ -45,8 +45,8 @@ EXPECTED: dict[tuple[str, str], set[int]] = {
     ("post", "/api/jobs/{job_id}/cancel"): {401, 403, 404, 409, 500},
     ("post", "/api/jobs/{job_id}/resume"): {401, 403, 404, 409, 500},
     ("get", "/api/models/{model_id}"): {401, 403, 404, 500},
-    ("post", "/api/models/rollback"): {400, 401, 403, 404, 413, 500, 502},
-    ("post", "/api/models/{model_id}/promote"): {400, 401, 403, 404, 413, 500, 502},
+    ("post", "/api/models/rollback"): {400, 401, 403, 404, 409, 413, 500, 502},  # 409: embedder not ready
+    ("post", "/api/models/{model_id}/promote"): {400, 401, 403, 404, 409, 413, 500, 502},
 }
 ERROR_BODY = "#/components/schemas/ErrorBody"
 # An upload that ingested nothing carries its ingest report beside the error.

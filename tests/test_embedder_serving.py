@@ -201,6 +201,30 @@ def test_an_answer_served_with_the_tuned_embedder_records_it_and_replays_identic
     assert replayed.sha256 == replayed.recorded_sha256
 
 
+def test_a_live_evaluation_retrieves_with_the_embedder_named(tuned_home: Settings, tmp_path: Path) -> None:
+    import json
+
+    from ragloop.evaluation.run import EvalConfig, run_eval
+    from ragloop.store.models import EvalExample
+
+    qa = tmp_path / "qa.jsonl"
+    questions = [QUESTION, "What is the maximum fine?"]
+    qa.write_text("".join(json.dumps({"question": q, "answers": ["x"]}) + "\n" for q in questions))
+    config = EvalConfig(data=str(qa), condition="live", embedder=TUNED, max_new_tokens=4, batch_size=2)
+    with pytest.raises(Conflict, match="reembed"):  # the embedder reaches retrieval: no column yet
+        run_eval(tuned_home, config)
+    reembed(tuned_home, TUNED)
+    run = run_eval(tuned_home, config)
+    assert run.config["embedder"] == TUNED
+    with session_scope(tuned_home.db_url) as s:
+        shown = {
+            e.question: e.passage_ids
+            for e in s.scalars(select(EvalExample).where(EvalExample.run_id == run.id))
+        }
+    retriever = Retriever(tuned_home)
+    assert shown == {q: [h.chunk_id for h in retriever.search(q, 3, embedder=TUNED)] for q in questions}
+
+
 # Releases ---------------------------------------------------------------------------------------------------
 
 

@@ -58,7 +58,8 @@ def test_promote_and_rollback_switch_the_served_model_without_restart(
 
         promoted = client.post(f"/api/models/{v1.id}/promote", json={"alias": "production"})
         assert promoted.status_code == 200, promoted.text
-        assert promoted.json() == {"alias": "production", "model_version": v1.id, "previous": None}
+        assert promoted.json() == {"alias": "production", "model_version": v1.id, "previous": None,
+                                   "embedder_version": None, "previous_embedder": None}  # fmt: skip
         answer = ask(client)
         assert (answer["text"], answer["model_version"], answer["model_alias"]) == (
             solo[v1.id]["text"], v1.id, "production",
@@ -71,7 +72,8 @@ def test_promote_and_rollback_switch_the_served_model_without_restart(
 
         rolled = client.post("/api/models/rollback", json={"alias": "production"})
         assert rolled.status_code == 200, rolled.text
-        assert rolled.json() == {"alias": "production", "from": v2.id, "model_version": v1.id}
+        assert rolled.json() == {"alias": "production", "from": v2.id, "model_version": v1.id,
+                                 "embedder_version": None, "from_embedder": None}  # fmt: skip
         answer = ask(client)
         assert (answer["text"], answer["model_version"]) == (solo[v1.id]["text"], v1.id)
 

@@ -53,6 +53,9 @@ def eval_command(
     top_k: Annotated[
         int | None, typer.Option(help="Passages retrieved under live (default: retrieval.top_k setting).")
     ] = None,
+    embedder: Annotated[
+        str | None, typer.Option(help="Embedder version retrieving under live (default: the base one).")
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate a seeded random sample of N questions.")] = None,
     sample_seed: Annotated[int, typer.Option(help="Seed of the --limit sample.")] = 0,
     seed: Annotated[int, typer.Option(help="Seed of each question's distractors and passage order.")] = 0,
@@ -82,10 +85,12 @@ def eval_command(
         console.print(ctx.get_help())
         raise typer.Exit(code=2)
     from ragloop.evaluation.run import EvalConfig, reusable_run, run_eval
+    from ragloop.ingest.embed import embedder_id
 
     config = EvalConfig(data=data, model=model, format=fmt, split=split, limit=limit, sample_seed=sample_seed,
                         condition=condition, n_distractors=distractors, top_k=top_k, seed=seed,
-                        max_new_tokens=max_new_tokens, batch_size=batch_size, resume=resume)  # fmt: skip
+                        max_new_tokens=max_new_tokens, batch_size=batch_size, resume=resume,
+                        embedder=embedder_id(embedder))  # fmt: skip
     settings = home_settings(home)
     run = reusable_run(settings, config) if reuse else None
     if run is not None:

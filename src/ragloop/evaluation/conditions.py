@@ -159,13 +159,15 @@ def build_case(
     retriever: Retriever | None = None,
     top_k: int | None = None,
     kb_version: int | None = None,
+    embedder: str | None = None,
 ) -> EvalCase:
-    """The case for one item; ``live`` searches the KB (at ``kb_version`` when given, for rebuilding)."""
+    """The case for one item; ``live`` searches the KB (at ``kb_version`` when given, for rebuilding) with
+    ``embedder``'s vectors (None: the base embedder's)."""
     extra: dict = {}
     if condition == "live":
         if retriever is None:
             raise RagloopError("The live condition needs the knowledge base's retriever.")
-        hits = retriever.search(item.question, top_k, version=kb_version)
+        hits = retriever.search(item.question, top_k, version=kb_version, embedder=embedder)
         shown = [hit_passage(h) for h in hits]
         gold_ids = live_gold_ids(item, shown)
         extra = {"retrieval_scores": [round(h.score, 6) for h in hits]}

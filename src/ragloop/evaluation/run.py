@@ -67,6 +67,8 @@ class EvalConfig:
         condition: oracle | distractors | no-gold | closed-book | live (see ``conditions``).
         n_distractors: distractors shown under distractors / no-gold (default 4).
         top_k: passages retrieved under ``live`` (default ``[retrieval] top_k``).
+        embedder: under ``live``, the embedder version the retriever uses (None: the base embedder), so a
+            tuned retriever is measured end to end with any model version.
         seed: seeds each question's distractors and passage order.
     Generation (always greedy):
         max_new_tokens: default ``[generator] max_new_tokens``.
@@ -85,6 +87,7 @@ class EvalConfig:
     condition: str = "distractors"
     n_distractors: int | None = None
     top_k: int | None = None
+    embedder: str | None = None
     seed: int = 0
     max_new_tokens: int | None = None
     batch_size: int = 8
@@ -216,7 +219,8 @@ def prepare(
             skipped[reason] = skipped.get(reason, 0) + 1
             continue
         case = build_case(item, config.condition, k, pool, config.seed, template,
-                          retriever=retriever, top_k=top_k, kb_version=kb_version)  # fmt: skip
+                          retriever=retriever, top_k=top_k, kb_version=kb_version,
+                          embedder=config.embedder)  # fmt: skip
         cases.append(case)
     return Prepared(cases, skipped, len(items), data, k, top_k)
 
@@ -255,6 +259,8 @@ def _key_fields(
     }
     if engine != "transformers":  # the reference engine keeps the keys of runs stored before engines differed
         fields["engine"] = engine
+    if config.embedder is not None and config.condition == "live":  # base: the keys of runs stored before
+        fields["embedder"] = config.embedder
     return fields
 
 

@@ -169,7 +169,7 @@ def get_model(model_id: str, request: Request) -> dict:
 
 
 # Both run in the thread pool (plain ``def``): loading an adapter takes a while and must not block the loop.
-@router.post("/api/models/rollback", responses=errors(400, 404, 413, 502))
+@router.post("/api/models/rollback", responses=errors(400, 404, 409, 413, 502))
 def rollback(request: Request, body: AliasRequest | None = None) -> dict:
     """Point the alias back at its previous version (served from the next request on), once that version
     is loaded; if it cannot be, the alias does not move."""
@@ -183,7 +183,7 @@ def rollback(request: Request, body: AliasRequest | None = None) -> dict:
     }  # fmt: skip
 
 
-@router.post("/api/models/{model_id}/promote", responses=errors(400, 404, 413, 502))
+@router.post("/api/models/{model_id}/promote", responses=errors(400, 404, 409, 413, 502))
 def promote(model_id: str, request: Request, body: PromoteRequest | None = None) -> dict:
     """Serve ``model_id`` under the alias (default ``production``) from the next request on, without a
     restart, with the embedder named (else the alias's). The adapter is loaded first, and the embedder
