@@ -174,23 +174,27 @@ def test_experiments_pages_show_the_sequence_and_decision_and_the_buttons_work(
 
     # Stop from the page.
     page.fill("#stop-form input[name=reason]", "seen enough")
-    page.click("#stop")
-    page.wait_for_selector("#flash")
+    with page.expect_navigation():  # the redirect back lands on a fresh page
+        page.click("#stop")
+    assert page.inner_text("#flash") == "Experiment stopped."
     assert page.inner_text("#status") == "stopped" and status_of(settings, exp) == "stopped"
     assert "seen enough" in page.inner_text("#reason")
     assert page.locator("#stop").count() == 0 and page.locator("#promote").count() == 0
+    page.reload()  # the outcome is shown once, and is in no URL a link could carry
+    assert page.locator("#flash").count() == 0 and "flash" not in page.url
 
     # Start another from the list's form, then promote its candidate from its page.
     page.goto(f"{server.url}/dashboard/experiments")
     page.select_option("#candidate", candidate)
     page.fill("#share", "0.3")
-    page.click("#start")
-    page.wait_for_selector("#ab-panel")
+    with page.expect_navigation():
+        page.click("#start")
     second = re.search(r"/dashboard/experiments/([0-9a-f]+)", page.url).group(1)
     assert second != exp and status_of(settings, second) == "running"
     page.once("dialog", lambda dialog: dialog.accept())
-    page.click("#promote")
-    page.wait_for_selector("#flash")
+    with page.expect_navigation():
+        page.click("#promote")
+    assert page.inner_text("#flash") == f"production now serves {candidate}."
     assert page.inner_text("#status") == "promoted" and status_of(settings, second) == "promoted"
     with session_scope(settings.db_url) as s:
         assert s.get(ModelAlias, "production").model_version_id == candidate
@@ -309,15 +313,15 @@ def test_drift_page_draws_stored_reports_and_alerts_are_acknowledged(
     with session_scope(settings.db_url) as s:
         assert s.get(Alert, alert.id).acknowledged_at is None
 
-    page.click(f"tr[data-alert='{alert.id}'] button.ack")
-    page.wait_for_selector("#flash")
+    with page.expect_navigation():
+        page.click(f"tr[data-alert='{alert.id}'] button.ack")
     assert "acknowledged" in page.inner_text(f"tr[data-alert='{alert.id}']")
     with session_scope(settings.db_url) as s:
         assert s.get(Alert, alert.id).acknowledged_at is not None
 
     # Run a check now: a report of the served version is computed in the server and stored.
-    page.click("#run-drift")
-    page.wait_for_selector("#flash", timeout=60_000)
+    with page.expect_navigation(timeout=60_000):
+        page.click("#run-drift")
     assert "Drift check done" in page.inner_text("#flash")
     newest = drift.latest_reports(settings, limit=1)[0]
     assert newest["source"] == "dashboard" and len(drift.latest_reports(settings)) == 4
