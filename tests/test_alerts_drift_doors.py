@@ -270,7 +270,7 @@ def test_the_drift_and_alert_routes_answer_admin_keys_only(
         _, admin = create_key(s, "ops", admin=True)
         _, scoped = create_key(s, "handbook-admin", admin=True, collections=["handbook"])
         _, reader = create_key(s, "reader")
-    server = start_server(drifted, server={"auth": "on"})
+    server = start_server(drifted, server={"auth": "on"}, drift={"aliases": []})  # no periodic check here
     with server.client(admin) as client:
         run = client.post("/api/drift/run", json={"model": "production", "window_days": 7})
         assert run.status_code == 201, run.text
