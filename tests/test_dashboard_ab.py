@@ -97,9 +97,17 @@ def seed_experiment(settings: Settings, candidate: str) -> str:
     start = 0
     for size in (10, 25, 30):
         units = range(start, start + size)
-        for n in units:
-            serve(settings, exp, "control", [n], answer="Twenty-five days." + " x" * (n % 5))
-            serve(settings, exp, "candidate", [n], answer="Twenty-five days of paid leave." + " y" * (n % 7))
+        for k in range(5):  # answers of a few lengths per arm, so each arm's values vary
+            serve(
+                settings,
+                exp,
+                "control",
+                [n for n in units if n % 5 == k],
+                answer="Twenty-five days." + " x" * k,
+            )
+        for k in range(7):
+            serve(settings, exp, "candidate", [n for n in units if n % 7 == k],
+                  answer="Twenty-five days of paid leave." + " y" * k)  # fmt: skip
         start += size
         ab.check(settings, exp)
     return exp
