@@ -39,6 +39,8 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ARTICLES = (4, 6, 9, 13, 14, 15, 17, 23, 28, 30)
 UNIT_WORDS = 16
 N_TRAIN, N_HELD_OUT, N_OTHER = 160, 40, 40
+# Drift reads records and the knowledge base and never generates: the homes name no real model.
+NO_GENERATOR = Path("/nonexistent/generator")
 VERSION = "gdpr-v1"
 T0 = datetime(2026, 6, 1, 12, 0)  # the version's promotion; windows are placed after it
 TEMPLATES = (
@@ -164,10 +166,10 @@ def write_window(
 
 
 @pytest.fixture(scope="module")
-def gdpr(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict:
+def gdpr(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A home with the GDPR articles ingested and ``gdpr-v1`` (trained on half of the questions, the
     other half held out) promoted to production at T0."""
-    settings = make_home(tmp_path_factory.mktemp("drift"), tiny_model_dir)
+    settings = make_home(tmp_path_factory.mktemp("drift"), NO_GENERATOR)
     articles = _articles()
     report = ingest_uploads(settings, [_article_file(a) for a in articles], collection="gdpr")
     assert report.ok, report.errors
@@ -206,12 +208,12 @@ def gdpr(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict
     drift_report(settings)  # computes and caches the reference (under data/drift/), which clones copy
     get_engine(settings.db_url).dispose()  # checkpoint SQLite's WAL: clones copy the file
     return {"settings": settings, "train": train, "held_out": held_out, "gold_doc": gold_doc,
-            "articles": articles, "tiny": tiny_model_dir, "other": other, "hits": hits}  # fmt: skip
+            "articles": articles, "other": other, "hits": hits}  # fmt: skip
 
 
 def clone(gdpr: dict, tmp_path: Path) -> Settings:
     """A home of its own with the module's data, for a test that writes records or edits the KB."""
-    settings = make_home(tmp_path, gdpr["tiny"])
+    settings = make_home(tmp_path, NO_GENERATOR)
     shutil.copytree(gdpr["settings"].data_dir, settings.data_dir, dirs_exist_ok=True)
     return settings
 
