@@ -155,6 +155,7 @@ def test_coverage_gap_groups_uncovered_questions_into_topics(corpus):
     assert all(len(s) == 1 for s in top) and set().union(*top) == {"pubmed", "hotpot"}, topics
     assert all(t["label"] and t["n"] >= len(t["examples"]) > 0 for t in topics)
     assert sum(t["n"] for t in topics) <= gap.details["n_uncovered"]
+    assert gap.details["n_topics"] >= len(topics) > 2
     json.dumps(gap.to_dict())  # question texts and all: JSON-safe for the stored report
 
 
