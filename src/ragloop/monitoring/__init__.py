@@ -8,6 +8,8 @@ sample-ratio-mismatch check. See docs/ab.md, "Statistics". ``metrics`` reads wha
 records; ``ab`` starts, reports, stops and promotes experiments, and is the check a running server makes
 (snapshots, automatic rollback, ramp stages). See docs/ab.md, "Running an experiment".
 ``drift_stats`` holds the statistics of drift monitoring, pure too (docs/drift.md, "Statistics").
+``alerts`` records what the unattended checks (drift, guardrail rollbacks) want a person to see, once per
+open condition, and posts it to the configured webhook (docs/drift.md, "Alerts").
 """
 
 from ragloop.monitoring.stats import (
