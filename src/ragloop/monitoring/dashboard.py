@@ -126,8 +126,8 @@ def _people_feedback() -> Any:
 # Overview ---------------------------------------------------------------------------------------------
 
 
-# Past days' aggregates change rarely (late feedback or signals, retention), so they are kept for a while per database,
-# scope and window; today is read fresh on every view. Bounded, and per process.
+# Past days' aggregates change rarely (late feedback or signals, retention), so they are kept for a while
+# per database, scope and window; today is read fresh on every view. Bounded, and per process.
 CACHE_TTL_S = 600.0
 _CACHE: OrderedDict[tuple[Any, ...], tuple[float, Any]] = OrderedDict()
 _CACHE_MAX = 64
