@@ -741,7 +741,7 @@ def run_drift(
         s.add(
             DriftReport(
                 id=report["id"],
-                created_at=_naive(now),
+                created_at=datetime.fromisoformat(report["created_at"].removesuffix("Z")),  # the report's own
                 alias=report["alias"],
                 model_version=report["model_version"],
                 embedder=report["embedder"],
