@@ -32,11 +32,14 @@ LEFT, RIGHT, TOP, BOTTOM = 62, 16, 34, 58  # plot margins: y ticks left, title t
 
 @dataclass(frozen=True)
 class Series:
-    """One line (or one set of bars): ``points`` are (x, y); a y of None is a gap, drawn as no point."""
+    """One line (or one set of bars): ``points`` are (x, y); a y of None is a gap, drawn as no point.
+    ``dashed``: a dashed line with hollow points (a second condition of the same thing); ``colour``: a
+    colour of its own instead of the next of the palette (to pair it with another series)."""
 
     label: str
     points: Sequence[tuple[Any, float | None]] = field(default_factory=list)
     dashed: bool = False
+    colour: str | None = None
 
 
 @dataclass(frozen=True)
@@ -248,7 +251,7 @@ def line_chart(
                     f"<title>{escape(t.label)}: {escape(fmt(t.y))} {escape(unit)}</title></line></g>")  # fmt: skip
         legend.append((t.label, "#b42318", True))
     for i, s in enumerate(series):
-        colour = PALETTE[i % len(PALETTE)]
+        colour = s.colour or PALETTE[i % len(PALETTE)]
         pts = [(px, v) for px, v in s.points if v is not None]
         dash = ' stroke-dasharray="5 3"' if s.dashed else ""
         part = [f'<g class="series" data-series="{escape(s.label)}" data-points="{len(pts)}">']
@@ -266,7 +269,8 @@ def line_chart(
                 )
         for px, v in pts:
             tip = f"{s.label} · {_x_text(px)}: {fmt(v)} {unit}"
-            part.append(f'<circle class="pt" cx="{x(px):.1f}" cy="{y(v):.1f}" r="3.5" fill="{colour}" '
+            fill = f'fill="#fff" stroke="{colour}" stroke-width="2"' if s.dashed else f'fill="{colour}"'
+            part.append(f'<circle class="pt" cx="{x(px):.1f}" cy="{y(v):.1f}" r="3.5" {fill} '
                         f'data-x="{escape(_x_text(px))}" data-y="{v}"><title>{escape(tip)}</title></circle>')  # fmt: skip
         part.append("</g>")
         body.extend(part)
@@ -298,7 +302,7 @@ def bar_chart(
     width = slot * 0.8 / max(1, len(series))
     body, legend = [], []
     for i, s in enumerate(series):
-        colour = PALETTE[i % len(PALETTE)]
+        colour = s.colour or PALETTE[i % len(PALETTE)]
         pts = [(str(px), v) for px, v in s.points if v is not None]
         part = [f'<g class="series" data-series="{escape(s.label)}" data-points="{len(pts)}">']
         for cat, v in pts:

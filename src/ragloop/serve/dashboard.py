@@ -195,9 +195,12 @@ def dashboard_router(settings: Settings) -> APIRouter:
             [charts.Series(label, points) for label, points in data["across"].items()],
             x_label="model version (newest run per condition)", name="metric-across-versions",
         )  # fmt: skip
+        # One colour per version; its gold-removed runs dashed, with hollow points, in the same colour.
+        order = list(dict.fromkeys(label.split(" · ")[0] for label in data["robustness"]))
         robustness = charts.line_chart(
-            f"Robustness: {m} against the number of distractors", m,
-            [charts.Series(label, points, dashed=label.endswith("gold removed"))
+            f"Robustness: {m} against the number of distractors (hollow: gold removed)", m,
+            [charts.Series(label, points, dashed=label.endswith("gold removed"),
+                           colour=charts.PALETTE[order.index(label.split(" · ")[0]) % len(charts.PALETTE)])
              for label, points in data["robustness"].items()],
             x_label="distractors shown (k; 0 = gold alone)", name="robustness",
         )  # fmt: skip
