@@ -176,19 +176,21 @@ def _per_day_version(
 
 
 def _feedback_per_day(
-    settings: Settings, lo: datetime, hi: datetime | None, collections: Sequence[str] | None, *, per_row: bool
+    settings: Settings, lo: datetime, hi: datetime | None, collections: Sequence[str] | None, *, recent: bool
 ) -> list[tuple[Any, ...]]:
     """(day, down, rated, corrected, with_feedback) of people's feedback on live interactions with lo <=
-    created_at < hi (the interaction's day), each interaction counted once: read from the feedback table
-    (much smaller), each row joined to its interaction by key."""
+    created_at < hi (the interaction's day), each interaction counted once. Over many days it is read from
+    the feedback table (much smaller), each row joined to its interaction by key; over a ``recent`` day,
+    from that day's interactions, each probing its feedback by key. Either way few interactions are
+    involved, so the scope is checked row by row."""
     where = [Interaction.created_at >= lo, Interaction.source.in_(LIVE_SOURCES)]
     if hi is not None:
         where.append(Interaction.created_at < hi)
-    scope = visible_to(collections, per_row=per_row)
+    scope = visible_to(collections, per_row=True)
     if scope is not None:
         where.append(scope)
     day = func.date(Interaction.created_at)
-    if per_row:  # a day or two: driven by those interactions, probing their feedback by key
+    if recent:
         counts = [func.sum(case((_people(*cond), 1), else_=0)) for cond in _FEEDBACK_KINDS]
         query = select(day, *counts).where(*where, _people()).group_by(day)
         with session_scope(settings.db_url) as s:
@@ -219,7 +221,7 @@ def _past_days(
     # Every interaction of the window is read: the set form of the scope reads the passages once.
     value = (
         _per_day_version(settings, lo, hi, collections, per_row=False),
-        _feedback_per_day(settings, lo, hi, collections, per_row=False),
+        _feedback_per_day(settings, lo, hi, collections, recent=False),
     )
     with _cache_lock:
         _CACHE[key] = (now, value)
@@ -255,7 +257,7 @@ def overview(
     rows, fb_past = _past_days(settings, since, cutoff, collections) if cutoff > since else ([], [])
     rows = rows + _per_day_version(settings, cutoff, None, collections, per_row=True)
     fb_rows = {
-        r[0]: r[1:] for r in fb_past + _feedback_per_day(settings, cutoff, None, collections, per_row=True)
+        r[0]: r[1:] for r in fb_past + _feedback_per_day(settings, cutoff, None, collections, recent=True)
     }
 
     requests: dict[str, list[tuple[date, int]]] = defaultdict(list)
