@@ -10,6 +10,7 @@ tested. Real LanceDB, real SQLite, the real tiny generator, a real server over H
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -193,7 +194,8 @@ def test_an_answer_served_with_the_tuned_embedder_records_it_and_replays_identic
         assert (row.embedder_version, row.kb_version) == (TUNED, record["kb_version"])
     hits = Retriever(tuned_home).search(QUESTION, 3, embedder=TUNED)
     assert [p["passage_id"] for p in record["passages"]] == [h.chunk_id for h in hits]
-    assert_tuned_scores(tuned_home, hits, QUESTION)
+    shown = [SimpleNamespace(**p) for p in record["passages"]]
+    assert_tuned_scores(tuned_home, shown, QUESTION)  # the served retrieval used the tuned vectors
 
     ingest_uploads(tuned_home, [("later.txt", b"A later document changes the knowledge base.")])
     replayed = replay(tuned_home, record["interaction_id"])
@@ -291,6 +293,8 @@ def test_an_ab_candidate_arm_with_an_embedder_serves_it(tuned_home: Settings) ->
                           conversation_id=f"unit-{i}", source="api")
         )  # fmt: skip
         served.setdefault(result.arm, set()).add(result.embedder_version)
+        if result.arm == "candidate":  # its passages were found with the tuned model and column
+            assert_tuned_scores(tuned_home, result.passages, QUESTION)
     assert served == {"control": {None}, "candidate": {TUNED}}
     report = ab.status(tuned_home)
     assert report["arms"]["candidate"]["embedder_version"] == TUNED
