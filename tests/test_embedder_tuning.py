@@ -270,3 +270,28 @@ def test_hybrid_retrieval_eval_on_the_kb_and_a_dimension_mismatch(kb_home, tmp_p
     )
     with pytest.raises(DimensionMismatch, match="dimension 384"):
         evaluate_retrieval(switched, items, mode="hybrid")
+
+
+def test_negatives_mined_with_the_current_retriever_record_embedder_and_kb_version(kb_home, tmp_path):
+    """An imported question's negatives can be mined from the knowledge base: what the base retriever
+    returns that is not the gold passage; the dataset says which embedder and KB version mined them."""
+    from ragloop.ingest.kb import KnowledgeBase
+
+    kb = KnowledgeBase(kb_home)
+    rows = kb.table().to_arrow().to_pylist()
+    gold = next(r for r in rows if "ninety" in r["text"])
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": "How often must passwords be rotated?", "answers": ["90"],
+                                              "gold": [{"title": gold["title"], "text": gold["text"]}]}])  # fmt: skip
+    report = build_pairs(
+        kb_home, NO_PII, from_interactions=False, imports=[("generic", qa)], mine=2, min_pairs=1
+    )
+    [row] = [r for split in load_pairs(kb_home, report.dataset_id).values() for r in split]
+    assert row["negatives"] and {n["origin"] for n in row["negatives"]} == {"mined"}
+    assert gold["chunk_id"] not in {n["id"] for n in row["negatives"]}
+    assert {n["id"] for n in row["negatives"]} <= {r["chunk_id"] for r in rows}
+    mined = report.counts["negatives"]["mined"]
+    assert (
+        mined["embedder"] == "base"
+        and mined["kb_version"] == kb.version
+        and mined["added"] == len(row["negatives"])
+    )

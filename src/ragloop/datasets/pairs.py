@@ -175,11 +175,15 @@ def mine_negatives(
             )
         kwargs["embedder"] = embedder
     version = kb.version
+    vectors: list[Any] = [None] * len(items)
+    if embedder is None:  # the base embedder: all questions in batches, not one model call per question
+        from ragloop.ingest.embed import get_embedder
+
+        vectors = list(get_embedder(settings.embedding).encode([i.question for i in items]))
     out, added = [], 0
-    for item in items:
-        hits = retriever.search(
-            item.question, k + len(item.gold) + 2, mode="hybrid", version=version, **kwargs
-        )
+    for item, vector in zip(items, vectors, strict=True):
+        hits = retriever.search(item.question, k + len(item.gold) + 2, mode="hybrid", version=version,
+                                query_vector=vector, **kwargs)  # fmt: skip
         known = {passage_text_key(p.text) for p in item.distractors}
         mined = []
         for h in hits:

@@ -183,11 +183,14 @@ def _kb_vectors(enc: _Encoder, rows: list[dict], arrow: Any, batch_size: int) ->
     key = hashlib.sha256(json.dumps([[r["chunk_id"], r["text_sha256"]] for r in rows]).encode()).hexdigest()[
         :16
     ]
-    cache = enc.folder / f"kb-vectors-{key}.npy" if enc.folder is not None else None
+    # A dot-folder: not part of the model's files, so the embedder's weights hash (a base_hash when it is
+    # tuned further) does not change when it is evaluated.
+    cache = enc.folder / ".kb-vectors" / f"{key}.npy" if enc.folder is not None else None
     if cache is not None and cache.exists():
         return np.load(cache)
     vectors = np.asarray(enc.encode(texts), dtype=np.float32) if texts else np.zeros((0, enc.dim), np.float32)
     if cache is not None:
+        cache.parent.mkdir(exist_ok=True)
         np.save(cache, vectors)
     return vectors
 

@@ -78,10 +78,11 @@ class EmbedderTrainConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.epochs <= 0 or self.batch_size < 2 or self.learning_rate <= 0 or self.negatives < 0:
+        if (self.epochs <= 0 or self.batch_size < 2 or self.learning_rate <= 0 or self.negatives < 0
+                or not 0 <= self.warmup_ratio < 1):  # fmt: skip
             raise RagloopError(
                 "Embedder training needs epochs > 0, batch_size >= 2 (in-batch negatives), learning_rate > 0 "
-                "and negatives >= 0."
+                "negatives >= 0 and 0 <= warmup_ratio < 1."
             )
 
 
@@ -199,7 +200,8 @@ def validate_embedder_job(settings: Settings, config: dict[str, Any]) -> dict[st
 
 def training_rows(pairs: list[dict], negatives: int, seed: int) -> dict[str, list[str]]:
     """Columns anchor, positive, negative_1..n (texts as ingestion embeds them). MNRL needs the same number
-    of negatives in every row: a pair with fewer is topped up with random passages of the same split that
+    of negatives in every row: a pair with more gets a seeded random sample of them (distractors, shown
+    and mined alike), a pair with fewer is topped up with random passages of the same split that
     are neither its positive nor its negatives (the split's own passages: no other split's gold leaks in)."""
 
     def text(p: dict) -> str:
@@ -213,7 +215,7 @@ def training_rows(pairs: list[dict], negatives: int, seed: int) -> dict[str, lis
     for row in pairs:
         positive = text(row["positive"])
         negs = [t for t in dict.fromkeys(text(p) for p in row.get("negatives", [])) if t != positive]
-        negs = negs[:negatives]
+        negs = rng.sample(negs, min(negatives, len(negs)))  # a mix of every kind the pair has
         while len(negs) < negatives and len(pool) > len(negs) + 1:
             pick = rng.choice(pool)
             if pick != positive and pick not in negs:
@@ -317,7 +319,7 @@ def train_embedder(
         num_train_epochs=config.epochs,
         per_device_train_batch_size=config.batch_size,
         learning_rate=config.learning_rate,
-        warmup_ratio=config.warmup_ratio,
+        warmup_steps=config.warmup_ratio,  # below 1: a share of the steps (transformers 5)
         seed=config.seed,
         batch_sampler=BatchSamplers.NO_DUPLICATES,
         save_strategy="steps",
