@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import json
 import random
+import shlex
 import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+import typer
 
-from conftest import make_home
+from conftest import make_home, with_overrides
+from ragloop.cli.main import app as cli_app
+from ragloop.cli.training import _overrides
 from ragloop.config import Settings
 from ragloop.ingest.kb import KnowledgeBase
 from ragloop.ingest.pipeline import ingest_uploads, remove_documents
@@ -28,11 +32,13 @@ from ragloop.store.models import (
     DatasetVersion,
     DriftReport,
     Interaction,
+    Job,
     ModelAlias,
     ModelVersion,
     Passage,
     RegistryEvent,
 )
+from ragloop.training.config import load_train_config
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # Articles with many points, so a small text gives enough questions (~180 points: half trained on, asked twice, 40 of the others held out).
@@ -218,12 +224,32 @@ def clone(gdpr: dict, tmp_path: Path) -> Settings:
     return settings
 
 
+def _parse_cli(command: str) -> dict:
+    """The options `ragloop` would call its command with, parsed by the CLI itself (nothing run)."""
+    argv = shlex.split(command, comments=True)
+    assert argv[0] == "ragloop"
+    command = typer.main.get_command(cli_app)
+    for word in argv[1:]:
+        sub = command.commands.get(word) if hasattr(command, "commands") else None  # a group's subcommand
+        if sub is None:
+            break
+        command, argv = sub, argv[1:]
+    return command.make_context(argv[0], argv[1:]).params
+
+
 def _signals(report: dict) -> dict[str, dict]:
     return {sig["name"]: sig for sig in report["signals"]}
 
 
 def test_other_domain_window_is_drift_and_a_held_out_window_is_not(gdpr: dict, tmp_path: Path) -> None:
     settings = clone(gdpr, tmp_path)
+    # The version's training job, as `ragloop train sft` records it: settings left at their default are None.
+    with session_scope(settings.db_url) as s:
+        s.add(Job(id="job-gdpr", kind="sft", status="succeeded",
+                  config={"dataset": "ds-gdpr", "base": "packaged", "name": "gdpr",
+                          "train": {"learning_rate": 0.0005, "batch_size": None, "max_steps": None}}))  # fmt: skip
+        mv = s.get(ModelVersion, VERSION)
+        mv.meta = {**mv.meta, "job_id": "job-gdpr"}
     shifted_at = T0 + timedelta(days=10)
     write_window(settings, gdpr["hits"], gdpr["other"], shifted_at)
     report = drift_report(settings, now=shifted_at + timedelta(days=1))
@@ -238,7 +264,11 @@ def test_other_domain_window_is_drift_and_a_held_out_window_is_not(gdpr: dict, t
     rec = report["recommendation"]
     assert rec["retrain"] and any(r.startswith("query_domain") for r in rec["reasons"])
     assert rec["commands"][0] == "ragloop dataset build --name gdpr"
-    assert rec["commands"][1].startswith("ragloop train sft --dataset <new dataset id>")
+    # Both commands are the CLI's own syntax, pasteable into a shell once the new id is filled in.
+    train_args = _parse_cli(rec["commands"][1])
+    assert train_args["dataset"] == "NEW_DATASET_ID" and train_args["base"] == "packaged"
+    load_train_config(None, **_overrides(train_args["set_"]))  # every --set value passes validation
+    assert _parse_cli(rec["commands"][0])["name"] == "gdpr"
     assert report["coverage"]["uncovered_share"] > 0.1 and report["coverage"]["threshold_score"] is not None
     hist = report["histograms"]["retrieval_top1"]
     assert sum(hist["reference"]) == report["reference"]["n_questions"] and sum(hist["current"]) == N_OTHER
@@ -248,8 +278,12 @@ def test_other_domain_window_is_drift_and_a_held_out_window_is_not(gdpr: dict, t
     # Held-out questions of the same kind, in a later window: the same version, no drift.
     later = T0 + timedelta(days=30)
     write_window(settings, gdpr["hits"], [e["question"] for e in gdpr["held_out"]], later)
-    calm = drift_report(settings, now=later + timedelta(days=1))
+    # (with a threshold of its own: each signal's threshold is a setting)
+    calm = drift_report(
+        with_overrides(settings, drift={"centroid_distance": 0.2}), now=later + timedelta(days=1)
+    )
     sig = _signals(calm)
+    assert sig["query_centroid"]["threshold"] == 0.2
     assert calm["window"]["n"] == len(gdpr["held_out"])
     for name in ("query_domain", "coverage_gap"):
         assert sig[name]["verdict"] in ("ok", "warn"), sig[name]
@@ -308,6 +342,9 @@ def test_too_little_data_is_not_a_verdict(gdpr: dict, tmp_path: Path) -> None:
     )
     few = drift_report(settings, now=T0 + timedelta(days=4))
     assert few["window"]["n"] == 5 and few["embedder_version"] is None
+    # An unchanged knowledge base is no verdict on five live records.
+    assert _signals(few)["kb_changed"]["verdict"] == "ok"
+    assert few["verdict"] == "not enough data" and few["not_enough_data"]
     for name in ("query_domain", "query_centroid", "retrieval_top1", "coverage_gap"):
         assert _signals(few)[name]["verdict"] == "not enough data"
 

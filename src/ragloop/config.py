@@ -166,6 +166,7 @@ class DriftSettings(BaseModel):
     check_interval_s: float = Field(default=3600.0, gt=0)
     aliases: list[str] = Field(default_factory=lambda: ["production"])
     domain_auc: float = Field(default=0.55, gt=0.5, lt=1)  # Evidently's default for the domain classifier
+    centroid_distance: float = Field(default=0.1, gt=0, le=2)  # cosine, ours (measured: drift_stats)
     score_pvalue: float = Field(default=0.05, gt=0, lt=1)  # KS test on dense retrieval scores
     score_wasserstein: float = Field(default=0.1, gt=0)  # normalised Wasserstein (Evidently's default)
     coverage_percentile: float = Field(default=5.0, gt=0, lt=50)

@@ -30,6 +30,7 @@ import hashlib
 import logging
 import math
 import re
+import shlex
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -84,6 +85,9 @@ MAX_NAMED_DOCUMENTS = 50
 # that other remedies (the KB, the retriever) may fix.
 RETRAIN_SIGNALS = ("query_domain", "query_centroid", "coverage_gap", "kb_changed")
 PROMOTION_ACTIONS = ("promote", "alias", "rollback")
+# The train command's dataset: the id the rebuild prints. A word, not "<new dataset id>", which a shell
+# pasting the command would read as a redirection from a file named "new".
+NEW_DATASET = "NEW_DATASET_ID"
 _BATCH = 500
 
 
@@ -521,7 +525,7 @@ def _train_command(s: Any, mv: ModelVersion) -> str | None:
         return None
     job = s.get(Job, meta["job_id"]) if meta.get("job_id") else None
     config = dict(job.config or {}) if job is not None else {}
-    parts = ["ragloop", "train", kind, "--dataset", "<new dataset id>"]
+    parts = ["ragloop", "train", kind, "--dataset", NEW_DATASET]
     if kind == "dpo":
         parts += ["--from", str(config.get("from") or mv.parent_id or "<sft version>")]
     if config.get("base"):
@@ -529,12 +533,13 @@ def _train_command(s: Any, mv: ModelVersion) -> str | None:
     if config.get("config_path"):
         parts += ["--config", str(config["config_path"])]
     for key, value in sorted((config.get("train") or {}).items()):
-        parts += ["--set", f"{key}={value}"]
+        # None is the setting's default (auto): `--set batch_size=None` would read as the string "None"
+        # and fail the config's validation, so an unset setting is left out.
+        if value is not None:
+            parts += ["--set", f"{key}={value}"]
     if config.get("name") or meta.get("name"):
         parts += ["--name", str(config.get("name") or meta.get("name"))]
-    import shlex
-
-    return " ".join(p if p == "<new dataset id>" else shlex.quote(p) for p in parts)
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def _recommendation(
@@ -559,11 +564,11 @@ def _recommendation(
             commands.append(rebuild_command(dv))
             commands.append(
                 train
-                or f"ragloop train sft --dataset <new dataset id>  # hyperparameters: ragloop models show {mv.id}"
+                or f"ragloop train sft --dataset {NEW_DATASET}  # hyperparameters: ragloop models show {mv.id}"
             )
         else:  # the base model: its first fine-tune, on the traffic it served
             commands.append("ragloop dataset build --name retrain")
-            commands.append("ragloop train sft --dataset <new dataset id>")
+            commands.append(f"ragloop train sft --dataset {NEW_DATASET}")
     return {"retrain": bool(reasons), "reasons": reasons, "commands": commands}
 
 
@@ -642,7 +647,7 @@ def drift_report(
     cur_top1 = _finite(current.top1)
     signals: list[Signal] = [
         drift_stats.domain_classifier(ref.embeddings, cur_vectors, threshold=cfg.domain_auc, min_n=min_n),
-        drift_stats.centroid_distance(ref.embeddings, cur_vectors, min_n=min_n),
+        drift_stats.centroid_distance(ref.embeddings, cur_vectors, threshold=cfg.centroid_distance, min_n=min_n),
         drift_stats.score_shift(_finite(ref.top1), cur_top1, name="retrieval_top1", pvalue=cfg.score_pvalue,
                                 wasserstein=cfg.score_wasserstein, min_n=min_n),
         drift_stats.score_shift(_finite(ref.topk), _finite(current.topk), name="retrieval_topk",
@@ -678,6 +683,12 @@ def drift_report(
                    0, 0, {"reason": "the version has no training dataset"})
         )  # fmt: skip
     verdict = drift_stats.overall(signals)
+    if verdict == "ok" and all(
+        sig.verdict == "not enough data" for sig in signals if sig.name != "kb_changed"
+    ):
+        # An unchanged knowledge base says nothing of the live traffic: "ok" over a window of five records
+        # would read as a clean bill. A KB warn or drift stands on its own (it needs no live records).
+        verdict = "not enough data"
     ref_best = _finite(ref.top1)
     coverage_sig = next(sig for sig in signals if sig.name == "coverage_gap")
     return {
