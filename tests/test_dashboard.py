@@ -306,8 +306,9 @@ def site(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, kb_temp
     seed_models(settings.db_url)
     with session_scope(settings.db_url) as s:
         _, admin = create_key(s, "admin", admin=True)
-        _, scoped = create_key(s, "handbook-team", collections=["handbook"])
+        _, scoped = create_key(s, "handbook-team", admin=True, collections=["handbook"])
         _, user = create_key(s, "user")
+        _, scoped_user = create_key(s, "handbook-user", collections=["handbook"])
     app = create_app(settings)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -328,7 +329,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, kb_temp
     live_id = r.json()["ragloop"]["interaction_id"]
     fill_signals(settings)  # before any page is read, so the server's own task has nothing left to change
     yield {"url": url, "settings": settings, "facts": facts, "admin": admin, "scoped": scoped, "user": user,
-           "live_id": live_id}  # fmt: skip
+           "scoped_user": scoped_user, "live_id": live_id}  # fmt: skip
     server.should_exit = True
     thread.join(timeout=15)
     sock.close()
@@ -424,6 +425,10 @@ def test_pages_load_and_charts_show_the_records(site, browser) -> None:  # type:
     page.wait_for_url("**feedback=down**")
     assert page.locator("tr.result").count() == sum(
         f["version"] == VERSIONS[1] and f.get("thumbs") == -1 for f in facts)  # fmt: skip
+    # In words: an emoji thumb is an empty box on a machine without an emoji font (Debian's default).
+    page.goto(f"{site['url']}/dashboard/interactions?feedback=down")
+    n_down = sum(f.get("thumbs") == -1 for f in facts)
+    assert n_down and page.locator("tr.result [data-thumbs=down]").all_inner_texts() == ["down"] * n_down
     _shoot(page, "interactions")
 
     page.goto(f"{site['url']}/dashboard/interactions/{site['live_id']}")
@@ -472,9 +477,34 @@ def test_a_scoped_key_sees_nothing_of_another_collection(site, browser) -> None:
     _shoot(page, "scoped-overview")
     errors = [e for e in errors if "404" not in e]  # the refused record's own status
     assert errors == []
-    # A user key without a scope would read every user's questions: refused.
-    page.goto(f"{site['url']}/dashboard/logout")
-    page.fill("input[name=key]", site["user"])
-    page.click("button.primary")
-    assert "admin key or a key scoped" in page.inner_text(".error")
+    # A user key reads only its own records through the API; the dashboard shows everyone's: refused,
+    # scoped or not (an end user of the chat with a key scoped to handbook reads no one else's questions).
+    for key in (site["user"], site["scoped_user"]):
+        page.goto(f"{site['url']}/dashboard/logout")
+        page.fill("input[name=key]", key)
+        page.click("button.primary")
+        assert "needs an admin key" in page.inner_text(".error")
+        assert page.goto(f"{site['url']}/dashboard/interactions").url.endswith(
+            "/dashboard/login?next=/dashboard/interactions"
+        )
     page.close()
+
+
+def test_the_sign_in_form_refuses_another_site_and_user_keys(site) -> None:  # type: ignore[no-untyped-def]
+    """Login CSRF: another site's form must not sign this browser in with a key of its choosing; and the
+    header path takes no user key either (no browser: plain HTTP)."""
+    import httpx
+
+    url = f"{site['url']}/dashboard/login"
+    body = {"key": site["admin"], "next": "/dashboard"}
+    for evil in ({"Origin": "http://evil.test"}, {"Sec-Fetch-Site": "cross-site"}):
+        r = httpx.post(url, data=body, headers=evil)
+        assert r.status_code == 403 and "set-cookie" not in r.headers, evil
+    same = {"Sec-Fetch-Site": "same-origin", "Origin": site["url"]}
+    r = httpx.post(url, data=body, headers=same)
+    assert r.status_code == 303 and "ragloop_key=" in r.headers["set-cookie"]
+    r = httpx.post(url, data={**body, "key": site["scoped_user"]}, headers=same)
+    assert r.status_code == 400 and "set-cookie" not in r.headers
+    for key in (site["scoped_user"], site["user"]):
+        r = httpx.get(f"{site['url']}/dashboard/interactions", headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 303 and "vacation" not in r.text

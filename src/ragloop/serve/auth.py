@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
 from ragloop.config import ServerSettings
 from ragloop.errors import AuthError, ConfigError, PermissionDenied
@@ -100,6 +102,23 @@ def request_caller(
         )
     who = authenticate(db_url, cookie)
     return Caller(who.key_id, who.admin, who.collections, name=who.name, session=True)
+
+
+def same_origin(request: Any) -> bool:
+    """Whether a form post (``request``: a Starlette request) comes from this server's own pages: the check
+    for the sign-in forms (the chat's, the dashboard's), which another site could otherwise post to sign a
+    browser in with a key of its choosing (login CSRF). Current browsers say so in ``Sec-Fetch-Site``,
+    which a reverse proxy leaves alone (it may rewrite ``Host``); otherwise ``Origin``, which browsers send
+    on every POST, must name this host. A request with neither (curl, an old client) is not a browser
+    another site could drive."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")  # none: typed or bookmarked by the user
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    parts = urlsplit(origin)
+    return parts.netloc != "" and parts.netloc == request.headers.get("host")
 
 
 def require_admin(caller: Caller) -> None:

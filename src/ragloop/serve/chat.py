@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -31,27 +30,13 @@ from ragloop.serve.auth import (
     authenticate,
     may_read_interaction,
     request_caller,
+    same_origin,
 )
 from ragloop.store.queries import visible_interaction
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 # A browser session lasts a working week, then asks for the key again.
 SESSION_MAX_AGE_S = 7 * 24 * 3600
-
-
-def _same_origin(request: Request) -> bool:
-    """Whether a form post comes from this server's own pages. Current browsers say so in
-    ``Sec-Fetch-Site``, which a reverse proxy leaves alone (it may rewrite ``Host``); otherwise ``Origin``,
-    which browsers send on every POST, must name this host. A request with neither (curl, an old client)
-    is not a browser another site could drive."""
-    site = request.headers.get("sec-fetch-site")
-    if site is not None:
-        return site in ("same-origin", "none")  # none: typed or bookmarked by the user
-    origin = request.headers.get("origin")
-    if origin is None:
-        return True
-    parts = urlsplit(origin)
-    return parts.netloc != "" and parts.netloc == request.headers.get("host")
 
 
 def chat_router(settings: Settings, auth_on: bool) -> APIRouter:
@@ -81,7 +66,7 @@ def chat_router(settings: Settings, auth_on: bool) -> APIRouter:
 
     @router.post("/chat/login")
     def chat_login(request: Request, key: str = Form("")) -> Response:
-        if not _same_origin(request):
+        if not same_origin(request):
             return sign_in_page(request, "Sign in from this server's own page.", status=403)
         try:
             authenticate(db_url, key.strip())
@@ -100,7 +85,7 @@ def chat_router(settings: Settings, auth_on: bool) -> APIRouter:
 
     @router.post("/chat/logout")
     def chat_logout(request: Request) -> Response:
-        if not _same_origin(request):
+        if not same_origin(request):
             return HTMLResponse("Sign out from this server's own page.", status_code=403)
         response = RedirectResponse("/chat", status_code=303)
         response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")

@@ -2,10 +2,12 @@
 Interactions), with charts from ``serve.charts``.
 
 Sign-in is the review UI's: the key sits in the same HttpOnly cookie (``serve.ui.COOKIE``), given once on a
-login page, never in a URL. The dashboard takes an admin key (everything) or a key scoped to collections
-(only records, passages and aggregates of those: ``monitoring.dashboard.visible_to``); a user key with
-no scope is refused, since it would otherwise read every other user's questions. Its own login page exists
-because the review UI's accepts admin keys only and sends people to the review queue.
+login page, never in a URL. The dashboard takes the review queue's keys: an admin key, unscoped
+(everything) or scoped to collections (only records, passages and aggregates of those:
+``monitoring.dashboard.visible_to``). A user key, scoped or not, is refused: through the API it reads only
+its own records, while the dashboard shows every user's questions (an end user signed in to the chat must
+not read the others' conversations here). Its own login page exists because the review UI's sends people
+to the review queue.
 
 Other dashboard pages (``serve.dashboard_ab``: experiments, drift) reuse ``dashboard_caller``,
 ``login_redirect`` and ``render`` from here, so every page signs in, scopes and looks the same.
@@ -30,7 +32,7 @@ from ragloop.monitoring.dashboard import (
     search_interactions,
 )
 from ragloop.serve import charts
-from ragloop.serve.auth import OPEN, Caller, authenticate
+from ragloop.serve.auth import OPEN, Caller, authenticate, same_origin
 from ragloop.serve.ui import COOKIE, TEMPLATES
 
 # The pages of the dashboard's own navigation, in order: (path, label).
@@ -57,8 +59,8 @@ def dashboard_caller(request: Request) -> Caller | None:
             who = authenticate(settings.db_url, secret)
         except RagloopError:
             who = None
-        if who is not None and not who.admin and who.collections is None:
-            who = None  # a user key without a scope would see every other user's questions
+        if who is not None and not who.admin:
+            who = None  # a user key reads only its own records through the API: no one else's questions here
     request.state.caller = who
     return who
 
@@ -119,13 +121,19 @@ def dashboard_router(settings: Settings) -> APIRouter:
 
     @router.post("/dashboard/login")
     def login(request: Request, key: str = Form(...), next: str = Form("/dashboard")) -> Response:
+        # Login CSRF: another site must not sign this browser in with a key of its choosing (the person
+        # would then read, and act on, that key's view of the records).
+        if not same_origin(request):
+            request.state.caller = None
+            return render(request, "dashboard/login.html",
+                          {"next": "/dashboard", "error": "Sign in from this server's own page."}, status_code=403)  # fmt: skip
         try:
             who = authenticate(settings.db_url, key)
         except RagloopError as exc:
             return login_page(request, next, str(exc))
-        if not who.admin and who.collections is None:
+        if not who.admin:
             return login_page(
-                request, next, "The dashboard needs an admin key or a key scoped to collections."
+                request, next, "The dashboard needs an admin key (scoped to collections or not)."
             )
         # Only back into the dashboard: a login link must not send people to another site.
         target = (
