@@ -9,6 +9,7 @@ import re
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Column, Table
 
 from ragloop.cli.common import HomeOpt, JsonOpt, console, home_settings
@@ -102,16 +103,16 @@ def _print_report(report: dict[str, Any]) -> None:
         + (f" ({ref['note']})" if ref.get("note") else ""),
         highlight=False,
     )
-    # Names, numbers and verdicts whole; the statistic's description wraps in a narrow terminal.
+    # Numbers and verdicts whole. The statistic goes under the signal's name, where it wraps: a column of
+    # its own was squeezed to nothing in an 80-column terminal by the five columns that must not wrap.
     whole = {"no_wrap": True}
     table = Table(
-        Column("signal", **whole), Column("statistic", ratio=1), Column("value", **whole),
+        Column("signal · statistic", min_width=22, ratio=1), Column("value", **whole),
         Column("threshold", **whole), Column("verdict", **whole), Column("n ref / cur", **whole),
     )  # fmt: skip
     for sig in report.get("signals") or []:
         table.add_row(
-            sig["name"],
-            sig.get("statistic", ""),
+            f"{sig['name']}\n[dim]{escape(sig.get('statistic', ''))}[/]",
             _fmt(sig.get("value")),
             _fmt(sig.get("threshold")),
             _verdict(sig.get("verdict", "")),
