@@ -280,6 +280,17 @@ def test_charts_markup_counts_series_and_points() -> None:
     assert re.findall(r'data-series="([^"]+)" data-points="(\d+)"', hist) == [("ref", "2"), ("cur", "2")]
     assert 'class="chart empty"' in str(charts.line_chart("Empty", "x", [], x_label="day"))
     assert not math.isnan(float(re.search(r'data-y="([^"]+)"', svg).group(1)))
+    # Many long labels (model versions): the legend wraps within the chart's width, which grows to hold
+    # the extra rows; one row ran past the right edge and cut the last labels off.
+    labels = [f"gdpr-demo-v{i}-tuned-on-reviewed-answers" for i in range(6)]
+    wide = str(charts.line_chart("Versions", "requests", [charts.Series(v, [(1, i)]) for i, v in enumerate(labels)],
+                                 x_label="day"))  # fmt: skip
+    legend = re.search(r'<g class="legend">(.*?)</g>', wide).group(1)
+    entries = re.findall(r'<text x="([\d.]+)" y="([\d.]+)">([^<]+)</text>', legend)
+    assert [t for _, _, t in entries] == labels
+    assert all(float(x) + charts.CHAR_W * len(t) <= charts.WIDTH for x, _, t in entries)
+    height = float(re.search(r'viewBox="0 0 \d+ (\d+)"', wide).group(1))
+    assert len({y for _, y, _ in entries}) > 1 and max(float(y) for _, y, _ in entries) < height
 
 
 # Browser ------------------------------------------------------------------------------------------------

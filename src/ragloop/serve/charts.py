@@ -165,37 +165,60 @@ def _y_scale(lo: float, hi: float) -> tuple[Any, list[float]]:
     return y, ticks
 
 
+# Font sizes in viewBox units: a chart is drawn at about 70 % of its viewBox in the dashboard's two-column
+# grid, so 13 reads as ~9 px there; 11 (read as ~7.7 px) was too small to read in the screenshots.
+FONT, TITLE_FONT, LEGEND_ROW = 13, 15, 17
+CHAR_W = 0.6 * FONT  # a generous average glyph width, to lay the legend out without measuring text
+
+
+def _legend_rows(legend: list[tuple[str, str, bool]]) -> list[list[tuple[float, str, str, bool]]]:
+    """The legend's entries as rows of (x, label, colour, dashed), wrapped to the chart's width: with
+    many series (versions, conditions) one row ran past the right edge and the last labels were cut."""
+    rows: list[list[tuple[float, str, str, bool]]] = [[]]
+    lx = float(LEFT)
+    for label, colour, dashed in legend:
+        width = 26 + CHAR_W * len(label)
+        if rows[-1] and lx + width > WIDTH - RIGHT:
+            rows.append([])
+            lx = float(LEFT)
+        rows[-1].append((lx, label, colour, dashed))
+        lx += width + 10
+    return rows
+
+
 def _frame(name: str, title: str, unit: str, x_label: str, body: list[str], legend: list[tuple[str, str, bool]],
            y: Any, y_ticks: list[float], x_ticks: list[tuple[float, str]]) -> Markup:  # fmt: skip
     e = escape
+    rows = _legend_rows(legend)
+    height = HEIGHT + LEGEND_ROW * (len(rows) - 1)  # extra legend rows below, the plot unchanged
     out = [
-        f'<svg class="chart" data-chart="{e(name)}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
+        f'<svg class="chart" data-chart="{e(name)}" viewBox="0 0 {WIDTH} {height}" role="img" '
         f'aria-label="{e(title)}" xmlns="http://www.w3.org/2000/svg" style="width:100%;height:auto;'
-        'font:11px system-ui,sans-serif">',
+        f'font:{FONT}px system-ui,sans-serif">',
         f"<title>{e(title)}</title>",
-        f'<text class="chart-title" x="{LEFT}" y="16" style="font-size:13px;font-weight:600">{e(title)}</text>',
-        f'<text class="unit" x="12" y="{(TOP + HEIGHT - BOTTOM) / 2:.0f}" text-anchor="middle" '
-        f'transform="rotate(-90 12 {(TOP + HEIGHT - BOTTOM) / 2:.0f})" fill="#667085">{e(unit)}</text>',
+        f'<text class="chart-title" x="12" y="18" style="font-size:{TITLE_FONT}px;font-weight:600">{e(title)}</text>',
+        f'<text class="unit" x="14" y="{(TOP + HEIGHT - BOTTOM) / 2:.0f}" text-anchor="middle" '
+        f'transform="rotate(-90 14 {(TOP + HEIGHT - BOTTOM) / 2:.0f})" fill="#475467">{e(unit)}</text>',
     ]
     for t in y_ticks:
         py = y(t)
         out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{py:.1f}" y2="{py:.1f}" stroke="#e4e7ec"/>'
-                   f'<text x="{LEFT - 6}" y="{py + 4:.1f}" text-anchor="end" fill="#667085">{e(fmt(t))}</text>')  # fmt: skip
+                   f'<text x="{LEFT - 6}" y="{py + 4:.1f}" text-anchor="end" fill="#475467">{e(fmt(t))}</text>')  # fmt: skip
     base = HEIGHT - BOTTOM
     for px, text in x_ticks:
-        out.append(f'<text x="{px:.1f}" y="{base + 14}" text-anchor="middle" fill="#667085">{e(text)}</text>')
+        out.append(f'<text x="{px:.1f}" y="{base + 15}" text-anchor="middle" fill="#475467">{e(text)}</text>')
     out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{base}" y2="{base}" stroke="#98a2b3"/>')
-    out.append(f'<text class="x-label" x="{(LEFT + WIDTH - RIGHT) / 2:.0f}" y="{base + 29}" text-anchor="middle" '
-               f'fill="#667085">{e(x_label)}</text>')  # fmt: skip
+    out.append(f'<text class="x-label" x="{(LEFT + WIDTH - RIGHT) / 2:.0f}" y="{base + 31}" text-anchor="middle" '
+               f'fill="#475467">{e(x_label)}</text>')  # fmt: skip
     out.extend(body)
-    # Legend: one swatch per series (and band, threshold), in a row under the x label.
-    lx, ly = LEFT, HEIGHT - 10
+    # Legend: one swatch per series (and band, threshold), in rows under the x label.
     out.append('<g class="legend">')
-    for label, colour, dashed in legend:
-        dash = ' stroke-dasharray="5 3"' if dashed else ""
-        out.append(f'<line x1="{lx}" x2="{lx + 16}" y1="{ly - 4}" y2="{ly - 4}" stroke="{colour}" stroke-width="3"{dash}/>'
-                   f'<text x="{lx + 20}" y="{ly}">{e(label)}</text>')  # fmt: skip
-        lx += 30 + 6.5 * len(label)
+    for i, row in enumerate(rows):
+        ly = HEIGHT - 8 + LEGEND_ROW * i
+        for lx, label, colour, dashed in row:
+            dash = ' stroke-dasharray="5 3"' if dashed else ""
+            out.append(f'<line x1="{lx:.0f}" x2="{lx + 18:.0f}" y1="{ly - 4}" y2="{ly - 4}" stroke="{colour}" '
+                       f'stroke-width="3"{dash}/><text x="{lx + 22:.0f}" y="{ly}">{e(label)}</text>')  # fmt: skip
     out.append("</g></svg>")
     return Markup("".join(out))
 
@@ -204,9 +227,9 @@ def _empty(name: str, title: str) -> Markup:
     e = escape
     return Markup(
         f'<svg class="chart empty" data-chart="{e(name)}" viewBox="0 0 {WIDTH} 80" role="img" aria-label="{e(title)}" '
-        f'style="width:100%;height:auto;font:12px system-ui,sans-serif"><title>{e(title)}</title>'
-        f'<text x="{LEFT}" y="16" style="font-size:13px;font-weight:600">{e(title)}</text>'
-        f'<text x="{LEFT}" y="48" fill="#667085">No data for this view.</text></svg>'
+        f'style="width:100%;height:auto;font:{FONT}px system-ui,sans-serif"><title>{e(title)}</title>'
+        f'<text x="12" y="18" style="font-size:{TITLE_FONT}px;font-weight:600">{e(title)}</text>'
+        f'<text x="12" y="50" fill="#475467">No data for this view.</text></svg>'
     )
 
 
