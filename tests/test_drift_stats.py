@@ -216,3 +216,23 @@ def test_domain_classifier_subsamples_thousands_of_rows(corpus):
     signal = domain_classifier(ref, cur)
     assert signal.details["rows_used"] == {"reference": 2000, "current": 2000}
     assert signal.verdict == "drift"  # a quarter from another domain
+
+
+def test_coverage_gap_keeps_its_level_with_a_small_reference():
+    """The 5th percentile of 30 reference scores is itself noisy: judged as if it were exact (a binomial test
+    against 5 %), unchanged windows of 100 were called drift in about 28 % of draws. Synthetic scores, no
+    embedder: the level is a property of the test, not of the text."""
+    rng = np.random.default_rng(0)
+    draws, alarms = 300, 0
+    for _ in range(draws):
+        ref, cur = rng.normal(size=30), rng.normal(size=100)
+        emb = rng.normal(size=(100, 8)).astype(np.float32)
+        gap = coverage_gap(ref, cur, [f"question {i}" for i in range(100)], emb, max_topics=1)
+        alarms += gap.verdict != "ok"
+    # At level 0.05 the expected count is at most 15; 30 (10 %) would be twice the level.
+    assert alarms <= 0.10 * draws, alarms
+    # A real gap is still found: a third of the window far below every reference score.
+    cur = np.r_[rng.normal(size=67), rng.normal(size=33) - 5]
+    emb = rng.normal(size=(100, 8)).astype(np.float32)
+    gap = coverage_gap(rng.normal(size=30), cur, [f"q {i}" for i in range(100)], emb)
+    assert gap.verdict == "drift", gap

@@ -7,7 +7,7 @@ inflating false positives), their verdict, the split of alpha across guardrails,
 sample-ratio-mismatch check. See docs/ab.md, "Statistics". ``metrics`` reads what each arm did from the
 records; ``ab`` starts, reports, stops and promotes experiments, and is the check a running server makes
 (snapshots, automatic rollback, ramp stages). See docs/ab.md, "Running an experiment".
-``drift_stats`` holds the statistics of drift monitoring, pure too (docs/drift.md, "Statistics").
+``drift_stats`` holds the statistics of drift monitoring, pure too (docs/drift.md, "False alarms and power, measured").
 ``alerts`` records what the unattended checks (drift, guardrail rollbacks) want a person to see, once per
 open condition, and posts it to the configured webhook (docs/drift.md, "Alerts").
 """
