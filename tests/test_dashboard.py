@@ -291,6 +291,11 @@ def test_charts_markup_counts_series_and_points() -> None:
     assert all(float(x) + charts.CHAR_W * len(t) <= charts.WIDTH for x, _, t in entries)
     height = float(re.search(r'viewBox="0 0 \d+ (\d+)"', wide).group(1))
     assert len({y for _, y, _ in entries}) > 1 and max(float(y) for _, y, _ in entries) < height
+    # A long title (a drift signal's name and statistic) is fitted to the width, empty or not; a short one is not.
+    long = "kb_changed: share of training examples whose gold passage changed or was deleted since training"
+    for svg_text in (str(charts.line_chart(long, "share", [], x_label="report")), wide):
+        fitted = re.search(r'<text class="chart-title"[^>]*>', svg_text).group(0)
+        assert ('textLength="' in fitted) == (svg_text != wide), fitted
 
 
 # Browser ------------------------------------------------------------------------------------------------

@@ -186,6 +186,19 @@ def _legend_rows(legend: list[tuple[str, str, bool]]) -> list[list[tuple[float, 
     return rows
 
 
+def _title(title: str, y: int) -> str:
+    """The chart's title, squeezed to the chart's width when it is longer (SVG ``textLength``): a long
+    title (a drift signal's name and statistic) ran past the right edge and lost its end."""
+    room = WIDTH - 24
+    fit = (
+        f' textLength="{room}" lengthAdjust="spacingAndGlyphs"'
+        if 0.56 * TITLE_FONT * len(title) > room
+        else ""
+    )
+    return (f'<text class="chart-title" x="12" y="{y}"{fit} style="font-size:{TITLE_FONT}px;font-weight:600">'
+            f"{escape(title)}</text>")  # fmt: skip
+
+
 def _frame(name: str, title: str, unit: str, x_label: str, body: list[str], legend: list[tuple[str, str, bool]],
            y: Any, y_ticks: list[float], x_ticks: list[tuple[float, str]]) -> Markup:  # fmt: skip
     e = escape
@@ -196,7 +209,7 @@ def _frame(name: str, title: str, unit: str, x_label: str, body: list[str], lege
         f'aria-label="{e(title)}" xmlns="http://www.w3.org/2000/svg" style="width:100%;height:auto;'
         f'font:{FONT}px system-ui,sans-serif">',
         f"<title>{e(title)}</title>",
-        f'<text class="chart-title" x="12" y="18" style="font-size:{TITLE_FONT}px;font-weight:600">{e(title)}</text>',
+        _title(title, 18),
         f'<text class="unit" x="14" y="{(TOP + HEIGHT - BOTTOM) / 2:.0f}" text-anchor="middle" '
         f'transform="rotate(-90 14 {(TOP + HEIGHT - BOTTOM) / 2:.0f})" fill="#475467">{e(unit)}</text>',
     ]
@@ -228,8 +241,8 @@ def _empty(name: str, title: str) -> Markup:
     return Markup(
         f'<svg class="chart empty" data-chart="{e(name)}" viewBox="0 0 {WIDTH} 80" role="img" aria-label="{e(title)}" '
         f'style="width:100%;height:auto;font:{FONT}px system-ui,sans-serif"><title>{e(title)}</title>'
-        f'<text x="12" y="18" style="font-size:{TITLE_FONT}px;font-weight:600">{e(title)}</text>'
-        f'<text x="12" y="50" fill="#475467">No data for this view.</text></svg>'
+        + _title(title, 18)
+        + '<text x="12" y="50" fill="#475467">No data for this view.</text></svg>'
     )
 
 
