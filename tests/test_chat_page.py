@@ -127,6 +127,7 @@ def test_chat_page_streams_cites_records_feedback_and_continues(chat_home, start
         alice_id = alice.id
         _, bob_secret = create_key(s, "bob")
         _, admin_secret = create_key(s, "reviewer", admin=True)
+        _, elsewhere_secret = create_key(s, "other-team", admin=True, collections=["elsewhere"])
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -249,6 +250,11 @@ def test_chat_page_streams_cites_records_feedback_and_continues(chat_home, start
         ]
         bob_next = c.post("/v1/chat/completions", json={"messages": thread}, timeout=60).json()["ragloop"]
         assert c.get(f"/chat/passages/{first_id}/1").status_code == 404  # alice's turn: not bob's to read
+    # An admin key scoped to another collection: as if absent too (a 403 said the turn exists).
+    other = httpx.get(
+        f"{server.url}/chat/passages/{first_id}/1", headers={"Authorization": f"Bearer {elsewhere_secret}"}
+    )
+    assert other.status_code == 404 and "badge" not in other.text
     assert bob_next["turn_index"] == 1
     assert bob_next["conversation_id"] == bob_first["conversation_id"] != first.conversation_id
 

@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 
 from ragloop.config import Settings
-from ragloop.errors import NotFound, PermissionDenied, RagloopError
+from ragloop.errors import NotFound, RagloopError
 from ragloop.generation.replay import shown_passages
 from ragloop.serve.auth import (
     CSRF_HEADER,
@@ -112,7 +112,9 @@ def chat_router(settings: Settings, auth_on: bool) -> APIRouter:
             if recorded is None:
                 raise NotFound(f"The answer showed no passage [{n}].")
             if who.collections is not None and recorded.collection not in who.collections:
-                raise PermissionDenied("This API key may not read that passage's collection.")
+                # As if absent, as the dashboard answers a record out of scope: a 403 told a scoped admin
+                # key that this turn exists and read another collection.
+                raise NotFound(f"No interaction {interaction_id!r} visible to this API key.")
             shown, _ = shown_passages(request.app.state.assistant.kb, interaction)
             text = next((p.text for p in shown if p.chunk_id == recorded.chunk_id), None)
         except RagloopError as exc:
