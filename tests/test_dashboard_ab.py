@@ -337,3 +337,23 @@ def test_drift_page_draws_stored_reports_and_alerts_are_acknowledged(
     assert page.locator("svg.chart[data-chart='signal-query_domain'] circle.pt").count() >= 3
     assert errors == []
     page.close()
+
+
+def test_a_guardrail_chart_draws_its_limit_only_when_it_has_one() -> None:
+    """A hard-limit guardrail with no limit set (an experiment started without one) drew a 'limit' legend
+    entry with no line anywhere; with a limit, both series are drawn."""
+    from ragloop.serve.dashboard_ab import _limit_chart
+
+    def snaps(limit: float | None) -> list[dict[str, Any]]:
+        return [{"at": f"2026-01-01T10:0{i}:00Z",
+                 "metrics": {"latency_p95": {"candidate": {"value": 100.0 + i}, "limit": limit}}}
+                for i in range(3)]  # fmt: skip
+
+    def series(svg: str) -> list[tuple[str, str]]:
+        return re.findall(r'<g class="series" data-series="([^"]+)" data-points="(\d+)"', svg)
+
+    assert series(str(_limit_chart("g", "p95", "ms", snaps(None), "latency_p95"))) == [("candidate", "3")]
+    assert series(str(_limit_chart("g", "p95", "ms", snaps(500.0), "latency_p95"))) == [
+        ("candidate", "3"),
+        ("limit", "3"),
+    ]

@@ -229,13 +229,10 @@ def _limit_chart(name: str, title: str, unit: str, snaps: list[dict[str, Any]], 
         at = _at(snap["at"])
         values.append((at, value))
         limits.append((at, entry.get("limit")))
-    return charts.line_chart(
-        title,
-        unit,
-        [charts.Series("candidate", values), charts.Series("limit", limits, dashed=True)],
-        x_label="check time (UTC)",
-        name=name,
-    )
+    series = [charts.Series("candidate", values)]
+    if any(v is not None for _, v in limits):  # no legend entry for a limit that is drawn nowhere
+        series.append(charts.Series("limit", limits, dashed=True))
+    return charts.line_chart(title, unit, series, x_label="check time (UTC)", name=name)
 
 
 _UNITS = {
