@@ -53,7 +53,7 @@ from ragloop.datasets.build import (
 )
 from ragloop.datasets.importers import read_qa_file
 from ragloop.datasets.qa import QAItem, QAPassage, passage_id, passage_text_key, unique_passages
-from ragloop.errors import PairsFormatError, TooFewPairs
+from ragloop.errors import PairsFormatError, RagloopError, TooFewPairs
 from ragloop.store.db import session_scope
 from ragloop.store.models import DatasetSource, DatasetVersion, Interaction
 
@@ -169,7 +169,7 @@ def mine_negatives(
     kwargs: dict[str, Any] = {}
     if embedder is not None:
         if "embedder" not in inspect.signature(retriever.search).parameters:
-            raise PairsFormatError(
+            raise RagloopError(
                 "Mining with a tuned embedder needs retrieval by embedder (`kb reembed` first); mine with the "
                 "base embedder (no --mine-embedder)."
             )
