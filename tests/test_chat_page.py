@@ -313,5 +313,11 @@ def test_an_end_users_feedback_neither_closes_a_review_nor_outranks_a_later_revi
     assert (j.corrected_answer, j.awaiting_review) == ("A.", True)
     assert judgement(rows).corrected_answer == "B."  # as given (the A/B correction rate's reading)
     assert rows[1].corrected_answer == "B."  # the records themselves are untouched
+    # An end user's passage marks correct the retrieval: not a target either until a reviewer has looked.
+    marks = [Feedback(id=3, reviewer_id="u", source="end_user", thumbs=1, gold_ranks=[2], irrelevant_ranks=[1],
+                      created_at=t0)]  # fmt: skip
+    j = judgement(marks, end_user_corrections="review")
+    assert (j.gold_ranks, j.irrelevant_ranks, j.accepted) == ([], [], True)
+    assert judgement(marks).gold_ranks == [2]
     with pytest.raises(Exception, match="end_user_corrections"):
         parse_policy({"end_user_corrections": "always"})

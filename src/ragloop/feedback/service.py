@@ -290,7 +290,8 @@ def judgement(
     """Fold every reviewer's latest feedback. ``end_user_corrections`` (``END_USER_CORRECTIONS``) says what
     an end user's correction (and the evidence sent with it) counts for: the default ``trust`` reads
     feedback as given (the A/B correction rate counts users' corrections); curation passes its policy's
-    setting, ``review`` unless a policy says otherwise. End users' thumbs and ratings count either way."""
+    setting, ``review`` unless a policy says otherwise: an end user's correction, evidence and gold or
+    irrelevant marks are then set aside. End users' thumbs and ratings count either way."""
     if end_user_corrections not in END_USER_CORRECTIONS:
         raise RagloopError(
             f"end_user_corrections must be one of {', '.join(END_USER_CORRECTIONS)}, "
@@ -338,7 +339,10 @@ def judgement(
 
 
 def _without_correction(fb: Feedback) -> Feedback:
-    """A detached copy of an end user's feedback keeping its votes but not its correction or evidence (the
-    record itself is never changed: it may still be attached to a session)."""
+    """A detached copy of an end user's feedback keeping its votes but not what corrects the answer or its
+    retrieval: the correction, the evidence, and the passages marked gold or irrelevant (an end user's
+    marks would otherwise become retrieval targets no reviewer has seen). The record itself is never
+    changed: it may still be attached to a session."""
     columns = {c.name: getattr(fb, c.name) for c in Feedback.__table__.columns}
-    return Feedback(**{**columns, "corrected_answer": None, "evidence": None})
+    unset = {"corrected_answer": None, "evidence": None, "gold_ranks": None, "irrelevant_ranks": None}
+    return Feedback(**{**columns, **unset})
