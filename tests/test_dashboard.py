@@ -436,6 +436,8 @@ def test_pages_load_and_charts_show_the_records(site, browser) -> None:  # type:
     page.click("form.filters button")
     page.wait_for_url("**model=v-tuned**")
     assert page.locator("tr.result").count() == sum(f["version"] == VERSIONS[1] for f in facts)
+    # Each row names the version that answered (an alias alone hides which arm of an A/B it was).
+    assert {t.split()[0] for t in page.locator("tr.result td.model").all_inner_texts()} == {VERSIONS[1]}
     page.select_option("select[name=feedback]", "down")
     page.click("form.filters button")
     page.wait_for_url("**feedback=down**")
