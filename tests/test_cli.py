@@ -95,3 +95,19 @@ def test_ask_json_prints_the_record_the_api_returns(kb_home: Settings, live_serv
         p["passage_id"] for p in api["ragloop"]["passages"]
     ]
     assert set(printed["latency_ms"]) == set(api["ragloop"]["latency_ms"])
+
+
+def test_dataset_command_names_files_absolutely(tmp_path, monkeypatch):
+    """A dataset's stored rebuild command runs from any directory: relative file arguments (as typed from a
+    project's parent folder) become absolute and the home is named, so drift's retrain advice can be pasted."""
+    from ragloop.cli.common import dataset_command
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAGLOOP_HOME", "demo-home")
+    cmd = dataset_command(
+        ["dataset", "build", "--name", "d", "--import", "generic:demo-home/synth.jsonl", "--policy=p.yaml"]
+    )
+    assert f"generic:{tmp_path}/demo-home/synth.jsonl" in cmd
+    assert f"--policy {tmp_path}/p.yaml" in cmd
+    assert cmd.endswith(f"--home {tmp_path}/demo-home")
+    assert dataset_command(["ask", "x"]) == ""

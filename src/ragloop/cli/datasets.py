@@ -3,7 +3,6 @@ and erasure (stages 5-6, logic in ``ragloop.datasets`` and ``ragloop.curation``)
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ragloop.cli.common import HomeOpt, console, err, home_settings
+from ragloop.cli.common import HomeOpt, console, dataset_command, err, home_settings
 
 dataset_app = typer.Typer(no_args_is_help=True, help="Curated, versioned training datasets.")
 
@@ -81,7 +80,6 @@ def dataset_build(
     home: HomeOpt = None,
 ) -> None:
     """Curate, anonymise, split and RAFT-format a dataset version (same inputs + seed = same hash)."""
-    import shlex
 
     from ragloop.curation.policy import load_policy
     from ragloop.datasets.build import build_dataset
@@ -91,9 +89,7 @@ def dataset_build(
     for spec in import_ or []:
         fmt, _, path = spec.rpartition(":") if ":" in spec and not Path(spec).exists() else ("", "", spec)
         imports.append((fmt or "auto", Path(path)))
-    command = (
-        "ragloop " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["dataset"] else ""
-    )
+    command = dataset_command()
     report = build_dataset(
         settings,
         load_policy(policy),
@@ -144,7 +140,6 @@ def dataset_pairs(
     home: HomeOpt = None,
 ) -> None:
     """Retriever-tuning pairs (question, positive passage, hard negatives) as a dataset version."""
-    import shlex
 
     from ragloop.curation.policy import load_policy
     from ragloop.datasets.pairs import build_pairs
@@ -154,9 +149,7 @@ def dataset_pairs(
     for spec in import_ or []:
         fmt, _, path = spec.rpartition(":") if ":" in spec and not Path(spec).exists() else ("", "", spec)
         imports.append((fmt or "auto", Path(path)))
-    command = (
-        "ragloop " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["dataset"] else ""
-    )
+    command = dataset_command()
     report = build_pairs(
         settings,
         load_policy(policy),
