@@ -295,3 +295,25 @@ def test_negatives_mined_with_the_current_retriever_record_embedder_and_kb_versi
         and mined["kb_version"] == kb.version
         and mined["added"] == len(row["negatives"])
     )
+
+
+def test_pairs_follow_the_policys_end_user_corrections(kb_home):
+    """An end user's gold mark (chat page) becomes a positive only as the user's policy says: under the
+    default ("review") it waits for a reviewer, under "trust" it counts as a reviewer's. Pairs used the
+    default policy's reading whatever policy was given, so "trust" built nothing."""
+    from ragloop.curation.policy import parse_policy
+
+    assistant = Assistant(kb_home)
+    msgs = [{"role": "user", "content": "How many days of paid vacation do I get?"}]
+    answer = assistant.answer(AnswerRequest(messages=msgs, max_tokens=4, k=3))
+    with session_scope(kb_home.db_url) as s:
+        add_feedback(s, answer.interaction_id, {"reviewer_id": "user", "thumbs": "down", "gold": [1],
+                                                "corrected_answer": "Twenty-five days [1].",
+                                                "source": "end_user"})  # fmt: skip
+    with pytest.raises(TooFewPairs, match="Only 0"):
+        build_pairs(kb_home, NO_PII, min_pairs=1)
+    trust = parse_policy({"end_user_corrections": "trust", "pii": {"enabled": False}})
+    report = build_pairs(kb_home, trust, min_pairs=1)
+    [row] = [r for split in load_pairs(kb_home, report.dataset_id).values() for r in split]
+    assert row["item_id"] == answer.interaction_id
+    assert row["positive"]["id"] == answer.passages[0].chunk_id

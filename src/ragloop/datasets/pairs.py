@@ -307,7 +307,8 @@ def build_pairs(
     items: list[QAItem] = []
     source_ids: list[str] = []
     if from_interactions:
-        candidates = load_candidates(settings)
+        # The user's policy decides how end users' corrections and passage marks count, as for generator data.
+        candidates = load_candidates(settings, policy=policy)
         counts["sources"]["interactions"] = len(candidates)
         kept, reports = apply_filters(candidates, policy)
         counts["filters"] = [
