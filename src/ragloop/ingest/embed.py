@@ -69,7 +69,10 @@ class Embedder:
     @property
     def dim(self) -> int:
         # sentence-transformers 5 renamed the method (the old name warns, and will go); older ones lack the new.
-        get = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        get = (
+            getattr(self.model, "get_embedding_dimension", None)
+            or self.model.get_sentence_embedding_dimension
+        )
         return int(get())
 
     @property
