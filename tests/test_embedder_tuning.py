@@ -317,3 +317,27 @@ def test_pairs_follow_the_policys_end_user_corrections(kb_home):
     [row] = [r for split in load_pairs(kb_home, report.dataset_id).values() for r in split]
     assert row["item_id"] == answer.interaction_id
     assert row["positive"]["id"] == answer.passages[0].chunk_id
+
+
+def test_erasing_a_record_marks_the_embedders_trained_on_its_pairs(kb_home):
+    """An embedder trained on pairs built from a record later erased carries the erased data as a model
+    version does: forget marks it (and an embedder tuned further from it), as it marks the dataset."""
+    from ragloop.curation.erasure import forget
+
+    assistant = Assistant(kb_home)
+    msgs = [{"role": "user", "content": "How many days of paid vacation do I get?"}]
+    answer = assistant.answer(AnswerRequest(messages=msgs, max_tokens=4, k=3))
+    with session_scope(kb_home.db_url) as s:
+        add_feedback(s, answer.interaction_id, {"reviewer_id": "rev", "thumbs": "down", "gold": [1],
+                                                "corrected_answer": "Twenty-five days [1]."})  # fmt: skip
+    dataset = build_pairs(kb_home, NO_PII, min_pairs=1).dataset_id
+    with session_scope(kb_home.db_url) as s:
+        s.add(EmbedderVersion(id="e1", base="packaged", path="/x/e1", dim=384, dataset_id=dataset, meta={}))
+        s.add(EmbedderVersion(id="e2", base="e1", path="/x/e2", dim=384, dataset_id="pairs-other", meta={}))
+        s.add(EmbedderVersion(id="e3", base="packaged", path="/x/e3", dim=384, dataset_id="pairs-x", meta={}))
+    report = forget(kb_home, text="paid vacation")
+    assert report.interactions == 1 and report.embedders == ["e1", "e2"]
+    with session_scope(kb_home.db_url) as s:
+        marks = {ev.id: ev.meta.get("contains_erased", False) for ev in s.scalars(select(EmbedderVersion))}
+        assert "retrain on the rebuilt dataset" in s.get(EmbedderVersion, "e1").meta["erased_note"]
+    assert marks == {"e1": True, "e2": True, "e3": False}

@@ -301,3 +301,5 @@ def forget(
         console.print(f"dataset {ds} marked as containing erased data; rebuild: {r.rebuild.get(ds)}")
     for mv in r.models:
         console.print(f"model {mv} marked as trained on erased data")
+    for ev in r.embedders:
+        console.print(f"embedder {ev} marked as trained on erased data")

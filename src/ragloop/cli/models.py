@@ -71,7 +71,8 @@ def models_embedders(home: HomeOpt = None) -> None:
             ev.id,
             str(ev.dim),
             ev.base,
-            ev.dataset_id or "",
+            (ev.dataset_id or "")
+            + (" [red](erased data)[/]" if (ev.meta or {}).get("contains_erased") else ""),
             ", ".join(str(v) for v in ev.kb_versions or []) or "none (run `ragloop kb reembed`)",
             ", ".join(serving.get(ev.id, [])),
             ev.created_at.isoformat(timespec="seconds"),

@@ -1,8 +1,10 @@
 """Erasure (GDPR Article 17) and retention.
 
 ``forget`` deletes the raw records (interactions, the passages they showed, feedback, review items) and,
-through lineage, marks every dataset version built from them, and every model version trained on those
-datasets, as containing erased data, with the command that rebuilds them without it. Retention expires
+through lineage, marks every dataset version built from them, and every model version and embedder version
+trained on those datasets (or tuned further from one), as containing erased data, with the command that
+rebuilds them without it. An embedder version has no column for the mark (its table came later): it is
+``meta["contains_erased"]`` and ``meta["erased_note"]``. Retention expires
 records older than N days the same way; ``retention_task`` is how a running server does it every
 ``[records] retention_interval_s`` (one server among those sharing the database, through ``store.claims``).
 """
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from ragloop.config import Settings
 from ragloop.errors import RagloopError
@@ -22,6 +25,7 @@ from ragloop.store.db import session_scope
 from ragloop.store.models import (
     DatasetSource,
     DatasetVersion,
+    EmbedderVersion,
     Feedback,
     Interaction,
     ModelVersion,
@@ -41,6 +45,7 @@ class ForgetReport:
     feedback: int = 0
     datasets: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
+    embedders: list[str] = field(default_factory=list)
     rebuild: dict[str, str] = field(default_factory=dict)  # dataset id -> command that rebuilds it
 
 
@@ -89,6 +94,7 @@ def forget(
             found |= frontier
         models = sorted(found)
         report.datasets, report.models = datasets, models
+        report.embedders = _embedders_from(s, datasets)
         for dv in (
             s.scalars(select(DatasetVersion).where(DatasetVersion.id.in_(datasets))) if datasets else []
         ):
@@ -110,6 +116,12 @@ def forget(
             mv.erased_note = (
                 f"{when}: built from {source}, which contains erased records; retrain on the rebuilt dataset."
             )
+        for ev in s.scalars(select(EmbedderVersion).where(EmbedderVersion.id.in_(report.embedders))):
+            source = f"dataset {ev.dataset_id}" if ev.dataset_id in datasets else f"base {ev.base}"
+            note = (
+                f"{when}: built from {source}, which contains erased records; retrain on the rebuilt dataset."
+            )
+            ev.meta = {**(ev.meta or {}), "contains_erased": True, "erased_note": note}  # a new dict: saved
         for chunk in range(0, len(ids), 500):
             part = ids[chunk : chunk + 500]
             for model in (Feedback, ReviewItem, Passage):
@@ -117,6 +129,21 @@ def forget(
             s.execute(delete(DatasetSource).where(DatasetSource.interaction_id.in_(part)))
             s.execute(delete(Interaction).where(Interaction.id.in_(part)))
     return report
+
+
+def _embedders_from(s: Session, datasets: list[str]) -> list[str]:
+    """Embedder versions trained on these datasets, and those tuned further from one of them (``base`` is
+    the embedder id it started from): the retriever carries the erased records as a generator does."""
+    if not datasets:
+        return []
+    found = set(s.scalars(select(EmbedderVersion.id).where(EmbedderVersion.dataset_id.in_(datasets))))
+    frontier = set(found)
+    while frontier:
+        frontier = (
+            set(s.scalars(select(EmbedderVersion.id).where(EmbedderVersion.base.in_(frontier)))) - found
+        )
+        found |= frontier
+    return sorted(found)
 
 
 def apply_retention(settings: Settings) -> ForgetReport | None:
