@@ -341,3 +341,28 @@ def test_erasing_a_record_marks_the_embedders_trained_on_its_pairs(kb_home):
         marks = {ev.id: ev.meta.get("contains_erased", False) for ev in s.scalars(select(EmbedderVersion))}
         assert "retrain on the rebuilt dataset" in s.get(EmbedderVersion, "e1").meta["erased_note"]
     assert marks == {"e1": True, "e2": True, "e3": False}
+
+
+def test_negatives_are_mined_from_the_other_sections_of_the_gold_passages_document(home, tmp_path):
+    """A long document's chunks all share its title (the GDPR's sections, a handbook's): the other sections
+    are the hard negatives there are. Mining dropped every chunk with the gold passage's title, so such a
+    knowledge base gave no negative at all; a chunk overlapping the gold passage is still left out."""
+    from ragloop.ingest.kb import KnowledgeBase
+    from ragloop.ingest.pipeline import ingest_uploads
+
+    topics = ["vacation days", "password rotation", "badge loss", "expense claims", "remote work"]
+    body = "".join(f"## Rule {n}\n\n" + "".join(f"Rule {n} line {k} says {t} matter for reason {k}. " for k in range(12)) + "\n\n"
+                   for n, t in enumerate(topics))  # fmt: skip
+    ingest_uploads(home, [("rules.md", f"# Staff rules\n\n{body}".encode())], collection="rules")
+    rows = KnowledgeBase(home).table().to_arrow().to_pylist()
+    assert len({r["title"] for r in rows}) == 1 and len(rows) >= 5  # one document, one title, many chunks
+    gold = next(r for r in rows if "password rotation" in r["text"])
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": "How is password rotation handled?", "answers": ["x"],
+                                              "gold": [{"title": gold["title"], "text": gold["text"]}]}])  # fmt: skip
+    report = build_pairs(
+        home, NO_PII, from_interactions=False, imports=[("generic", qa)], mine=3, min_pairs=1
+    )
+    [row] = [r for split in load_pairs(home, report.dataset_id).values() for r in split]
+    negatives = {n["id"]: n["text"] for n in row["negatives"]}
+    assert len(negatives) == 3 and gold["chunk_id"] not in negatives
+    assert not any("password rotation" in text for text in negatives.values())  # no chunk sharing its words

@@ -144,14 +144,25 @@ def _squash(text: str) -> str:
     return "".join(text.lower().split())
 
 
+SHARED_RUN_WORDS = 8  # a chunk sharing this many words in a row with a gold passage overlaps it
+
+
+def _runs(text: str) -> set[tuple[str, ...]]:
+    words = text.lower().split()
+    return {tuple(words[i : i + SHARED_RUN_WORDS]) for i in range(len(words) - SHARED_RUN_WORDS + 1)}
+
+
 def _is_gold(hit_title: str, hit_text: str, gold: list[QAPassage]) -> bool:
-    """A retrieved chunk that is (part of) a gold passage is no negative. Conservative on purpose: a chunk of
-    a gold passage, or any chunk with a gold passage's title, is left out, since a false negative (a chunk
-    holding the answer, trained to rank low) harms more than one negative fewer."""
+    """A retrieved chunk that is (part of) a gold passage is no negative. Conservative on purpose: a chunk
+    inside a gold passage or holding one, or sharing a run of words with one (a chunk straddling its edge),
+    is left out, since a false negative (a chunk holding the answer, trained to rank low) harms more than one
+    negative fewer. The title alone does not decide: every chunk of one long document (a regulation, a
+    handbook) shares its title, so a title rule mined no negative at all from such a knowledge base."""
     text = _squash(hit_text)
+    runs = _runs(hit_text)
     for g in gold:
         key = _squash(g.text)
-        if (g.title and hit_title == g.title) or text in key or key in text:
+        if text in key or key in text or runs & _runs(g.text):
             return True
     return False
 
