@@ -179,8 +179,8 @@ def kb_reembed(
     rate = report.n_embedded / report.embed_s if report.embed_s else 0.0
     console.print(
         f"knowledge base version {report.kb_version}: {report.n_embedded} chunks embedded with "
-        f"{report.embedder} (dim {report.dim}, {rate:.0f} chunks/s); version {report.previous_version} and "
-        "older serve the base embedder",
+        f"{report.embedder} (dim {report.dim}, {rate:.0f} chunks/s); versions up to {report.previous_version} "
+        "have no vectors of it",
         highlight=False,
     )
 
