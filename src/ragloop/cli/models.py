@@ -32,7 +32,8 @@ def _embedder(name: str | None):  # type: ignore[no-untyped-def]
 
 
 def _pair(version: str, embedder: str | None) -> str:
-    return f"{version} (embedder {embedder or 'base'})"
+    """A served pair as a person reads it: the embedder is named only when it is a tuned one."""
+    return f"{version} (embedder {embedder})" if embedder else version
 
 
 @models_app.command("list")
@@ -97,7 +98,9 @@ def models_alias(
     from ragloop.generation.release import set_alias
 
     moved = set_alias(home_settings(home), name, version, note="cli", embedder=_embedder(embedder))
-    console.print(f"{name} → {_pair(moved.model_version, moved.embedder_version)}", highlight=False)
+    console.print(
+        f"{name} → {_pair(moved.model_version, moved.embedder_version)}", highlight=False, soft_wrap=True
+    )
 
 
 @models_app.command("show")
@@ -175,7 +178,9 @@ def models_promote(
     from ragloop.generation.release import promote
 
     moved = promote(home_settings(home), version, alias, note="cli", embedder=_embedder(embedder))
-    console.print(f"{alias} → {_pair(moved.model_version, moved.embedder_version)}", highlight=False)
+    console.print(
+        f"{alias} → {_pair(moved.model_version, moved.embedder_version)}", highlight=False, soft_wrap=True
+    )
 
 
 @models_app.command("rollback")
@@ -190,6 +195,7 @@ def models_rollback(
         f"{alias}: {_pair(moved.previous or '', moved.previous_embedder)} → "
         f"{_pair(moved.model_version, moved.embedder_version)}",
         highlight=False,
+        soft_wrap=True,  # one line, however long the ids: scripts read it
     )
 
 

@@ -87,8 +87,10 @@ def _train(kind: str, home: Path | None, foreground: bool, **options) -> None:  
         raise typer.Exit(code=1)
     if kind == "embedder":
         embedder = job.result.get("embedder_version")
-        console.print(f"job {job.id} succeeded: embedder version [bold]{embedder}[/]")
-        console.print(f"measure it: ragloop eval retrieval --embedder {embedder} --qa HELDOUT.jsonl")
+        console.print(f"job {job.id} succeeded: embedder version [bold]{embedder}[/]", soft_wrap=True)
+        console.print(
+            f"measure it: ragloop eval retrieval --embedder {embedder} --qa HELDOUT.jsonl", soft_wrap=True
+        )
         return
     console.print(f"job {job.id} succeeded: model version [bold]{job.result.get('model_version')}[/]")
     console.print(f"serve it: ragloop models promote {job.result.get('model_version')}")
