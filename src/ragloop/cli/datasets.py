@@ -51,6 +51,16 @@ def synth(
     )
 
 
+def _imports(specs: list[str] | None) -> list[tuple[str, Path]]:
+    """``--import [FORMAT:]FILE`` values as (format, path); a path that exists as typed is taken whole, so a
+    file name holding a colon still works."""
+    imports = []
+    for spec in specs or []:
+        fmt, _, path = spec.rpartition(":") if ":" in spec and not Path(spec).exists() else ("", "", spec)
+        imports.append((fmt or "auto", Path(path)))
+    return imports
+
+
 @dataset_app.command("build")
 def dataset_build(
     name: Annotated[str, typer.Option(help="Dataset name.")] = "dataset",
@@ -85,10 +95,7 @@ def dataset_build(
     from ragloop.datasets.build import build_dataset
 
     settings = home_settings(home)
-    imports = []
-    for spec in import_ or []:
-        fmt, _, path = spec.rpartition(":") if ":" in spec and not Path(spec).exists() else ("", "", spec)
-        imports.append((fmt or "auto", Path(path)))
+    imports = _imports(import_)
     command = dataset_command()
     report = build_dataset(
         settings,
@@ -145,10 +152,7 @@ def dataset_pairs(
     from ragloop.datasets.pairs import build_pairs
 
     settings = home_settings(home)
-    imports = []
-    for spec in import_ or []:
-        fmt, _, path = spec.rpartition(":") if ":" in spec and not Path(spec).exists() else ("", "", spec)
-        imports.append((fmt or "auto", Path(path)))
+    imports = _imports(import_)
     command = dataset_command()
     report = build_pairs(
         settings,

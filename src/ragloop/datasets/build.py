@@ -214,6 +214,19 @@ def content_hash(splits: dict[str, list[RaftExample]]) -> str:
     return digest.hexdigest()
 
 
+def curated_records(settings: Settings, policy: Policy, counts: dict) -> tuple[list[QAItem], list[str]]:
+    """The recorded interactions that pass the policy's filters, as QA items, with their ids; what each
+    filter dropped goes into ``counts``. The one reading of records behind generator and retriever data, so
+    both follow the same policy (end users' corrections included)."""
+    candidates = load_candidates(settings, policy=policy)
+    counts["sources"]["interactions"] = len(candidates)
+    kept, reports = apply_filters(candidates, policy)
+    counts["filters"] = [
+        {"filter": r.name, "before": r.before, "dropped": r.dropped, "reasons": r.reasons} for r in reports
+    ]
+    return candidates_to_items(kept), [c.interaction_id for c in kept]
+
+
 def build_dataset(
     settings: Settings,
     policy: Policy,
@@ -232,15 +245,8 @@ def build_dataset(
     items: list[QAItem] = []
     source_ids: list[str] = []
     if from_interactions:
-        candidates = load_candidates(settings, policy=policy)
-        counts["sources"]["interactions"] = len(candidates)
-        kept, reports = apply_filters(candidates, policy)
-        counts["filters"] = [
-            {"filter": r.name, "before": r.before, "dropped": r.dropped, "reasons": r.reasons}
-            for r in reports
-        ]
-        items += candidates_to_items(kept)
-        source_ids = [c.interaction_id for c in kept]
+        recorded, source_ids = curated_records(settings, policy, counts)
+        items += recorded
     for fmt, path in imports:
         imported = read_qa_file(Path(path), fmt)
         counts["sources"][f"import:{Path(path).name}"] = len(imported)

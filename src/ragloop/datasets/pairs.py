@@ -40,13 +40,12 @@ from sqlalchemy import select
 
 from ragloop.config import Settings
 from ragloop.curation.pii.entities import RECOGNIZER_VERSION
-from ragloop.curation.pipeline import apply_filters, load_candidates
 from ragloop.curation.policy import Policy
 from ragloop.datasets.build import (
     SPLITS,
     _home_secret,
     anonymise_items,
-    candidates_to_items,
+    curated_records,
     decontaminate,
     get_dataset,
     split_items,
@@ -319,18 +318,10 @@ def build_pairs(
     source_ids: list[str] = []
     if from_interactions:
         # The user's policy decides how end users' corrections and passage marks count, as for generator data.
-        candidates = load_candidates(settings, policy=policy)
-        counts["sources"]["interactions"] = len(candidates)
-        kept, reports = apply_filters(candidates, policy)
-        counts["filters"] = [
-            {"filter": r.name, "before": r.before, "dropped": r.dropped, "reasons": r.reasons}
-            for r in reports
-        ]
-        recorded = candidates_to_items(kept)
+        recorded, source_ids = curated_records(settings, policy, counts)
         items += [
             replace(i, meta={**i.meta, "source": "interaction", "negative_origin": "shown"}) for i in recorded
         ]
-        source_ids = [c.interaction_id for c in kept]
         counts["negatives"]["from_records"] = _record_negatives(settings, source_ids)
     for fmt, path in imports:
         got = read_qa_file(Path(path), fmt)
