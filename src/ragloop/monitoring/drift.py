@@ -517,6 +517,16 @@ def _histogram(ref: np.ndarray, cur: np.ndarray) -> dict[str, Any]:
     }
 
 
+def _train_defaults() -> dict[str, Any]:
+    """The training settings' defaults, as a job records them (JSON values)."""
+    import json
+    from dataclasses import asdict
+
+    from ragloop.training.config import TrainConfig
+
+    return json.loads(json.dumps(asdict(TrainConfig()), default=str))
+
+
 def _train_command(s: Any, mv: ModelVersion) -> str | None:
     """The command that trains this version again on a rebuilt dataset, from its job's recorded options."""
     meta = mv.meta or {}
@@ -532,10 +542,12 @@ def _train_command(s: Any, mv: ModelVersion) -> str | None:
         parts += ["--base", str(config["base"])]
     if config.get("config_path"):
         parts += ["--config", str(config["config_path"])]
+    # The job records every setting as resolved; the command names only those that differ from the defaults
+    # (a config file's values are then overridden back, so with one every recorded setting is kept). None is
+    # a setting's default (auto): `--set batch_size=None` would read as the string "None" and fail.
+    defaults = {} if config.get("config_path") else _train_defaults()
     for key, value in sorted((config.get("train") or {}).items()):
-        # None is the setting's default (auto): `--set batch_size=None` would read as the string "None"
-        # and fail the config's validation, so an unset setting is left out.
-        if value is not None:
+        if value is not None and defaults.get(key, object()) != value:
             parts += ["--set", f"{key}={value}"]
     if config.get("name") or meta.get("name"):
         parts += ["--name", str(config.get("name") or meta.get("name"))]
