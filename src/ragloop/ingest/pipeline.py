@@ -20,13 +20,14 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
 
 from ragloop.config import Settings
 from ragloop.errors import IngestError, RagloopError
@@ -401,6 +402,32 @@ def _ingest_one(
     (report.replaced if old_docs else report.added).append(source.source_path)
 
 
+@contextmanager
+def recording_version(
+    settings: Settings, kb: KnowledgeBase, before: int, version: int, change: dict, embedders: Iterable[str]
+) -> Iterator[Session]:
+    """Record KB version ``version`` (already written to the table) in one transaction: its KBVersion row,
+    the tuned embedders whose columns it filled, and whatever the caller writes in the session it is given.
+    If recording fails the table goes back to ``before``, so the knowledge base never serves a version the
+    records do not know; once recorded, the version is tagged (kept by compaction) and marked committed.
+    Ingest and re-embedding both end this way."""
+    try:
+        with session_scope(settings.db_url) as s:
+            yield s
+            s.add(KBVersion(version=version, change=change, n_chunks=kb.count(), tag=version_tag(version)))
+            for name in embedders:
+                row = s.get(EmbedderVersion, name)
+                if row is not None:  # a new list: JSON columns do not track in-place changes
+                    row.kb_versions = [*(row.kb_versions or []), version]
+    except BaseException:
+        log.error("Recording KB version %s failed; restoring version %s.", version, before)
+        kb.restore(before)
+        kb.mark_committed()
+        raise
+    kb.tag(version)
+    kb.mark_committed(version)
+
+
 def _commit(settings: Settings, kb: KnowledgeBase, change: _Change, report: IngestReport) -> None:
     """Apply ``change`` to the KB as one version and record it; undo the KB write if recording fails."""
     before = kb.version
@@ -412,38 +439,25 @@ def _commit(settings: Settings, kb: KnowledgeBase, change: _Change, report: Inge
     version = kb.apply(change.chunks, vectors, change.delete_doc_ids, tuned)
     if os.environ.get("RAGLOOP_TEST_CRASH_AFTER_KB_WRITE") == "1":  # tests: die between the two writes
         os.kill(os.getpid(), signal.SIGKILL)
-    try:
-        with session_scope(settings.db_url) as s:
-            new_ids = {row["id"] for row in change.documents}
-            for doc_id in change.delete_doc_ids:
-                if doc_id not in new_ids:
-                    doc = s.get(Document, doc_id)
-                    if doc is not None:
-                        s.delete(doc)
-            now = utcnow()
-            for row in change.documents:
-                doc = s.get(Document, row["id"])
-                if doc is None:
-                    s.add(Document(**row, kb_version=version, created_at=now, updated_at=now))
-                else:
-                    for key, value in row.items():
-                        setattr(doc, key, value)
-                    doc.kb_version, doc.updated_at = version, now
-            what = {"added": report.added, "replaced": report.replaced, "removed": report.removed}
-            if tuned:  # which tuned embedders' columns the new chunks filled (the base one always is)
-                what["embedders"] = sorted(tuned)
-            s.add(KBVersion(version=version, change=what, n_chunks=kb.count(), tag=version_tag(version)))
-            for name in tuned:
-                row = s.get(EmbedderVersion, name)
-                if row is not None:  # a new list: JSON columns do not track in-place changes
-                    row.kb_versions = [*(row.kb_versions or []), version]
-    except BaseException:
-        log.error("Recording KB version %s failed; restoring version %s.", version, before)
-        kb.restore(before)
-        kb.mark_committed()
-        raise
-    kb.tag(version)
-    kb.mark_committed(version)
+    what = {"added": report.added, "replaced": report.replaced, "removed": report.removed}
+    if tuned:  # which tuned embedders' columns the new chunks filled (the base one always is)
+        what["embedders"] = sorted(tuned)
+    with recording_version(settings, kb, before, version, what, tuned) as s:
+        new_ids = {row["id"] for row in change.documents}
+        for doc_id in change.delete_doc_ids:
+            if doc_id not in new_ids:
+                doc = s.get(Document, doc_id)
+                if doc is not None:
+                    s.delete(doc)
+        now = utcnow()
+        for row in change.documents:
+            doc = s.get(Document, row["id"])
+            if doc is None:
+                s.add(Document(**row, kb_version=version, created_at=now, updated_at=now))
+            else:
+                for key, value in row.items():
+                    setattr(doc, key, value)
+                doc.kb_version, doc.updated_at = version, now
     report.kb_version = version
     report.n_chunks = len(change.chunks)
 

@@ -22,10 +22,8 @@ import numpy as np
 from ragloop.config import Settings
 from ragloop.errors import DimensionMismatch, NotFound, RagloopError
 from ragloop.ingest.embed import Embedder, embedder_for, embedder_id
-from ragloop.ingest.kb import KnowledgeBase, vector_column, version_tag
-from ragloop.ingest.pipeline import _reconcile, embedding_text, write_lock
-from ragloop.store.db import session_scope
-from ragloop.store.models import EmbedderVersion, KBVersion
+from ragloop.ingest.kb import KnowledgeBase, vector_column
+from ragloop.ingest.pipeline import _reconcile, embedding_text, recording_version, write_lock
 
 log = logging.getLogger(__name__)
 
@@ -104,26 +102,9 @@ def reembed(
             return ReembedReport(name, before, before, 0, embed_s, model.dim)
         ids = [r["chunk_id"] for r in missing]
         version = kb.set_vectors(name, ids, np.stack([done[i] for i in ids]))
-        try:
-            with session_scope(settings.db_url) as s:
-                s.add(
-                    KBVersion(
-                        version=version,
-                        change={"reembed": name, "n_embedded": len(ids), "column": vector_column(name)},
-                        n_chunks=kb.count(),
-                        tag=version_tag(version),
-                    )
-                )
-                row = s.get(EmbedderVersion, name)
-                if row is not None:  # a new list: JSON columns do not track in-place changes
-                    row.kb_versions = [*(row.kb_versions or []), version]
-        except BaseException:
-            log.error("Recording KB version %s failed; restoring version %s.", version, before)
-            kb.restore(before)
-            kb.mark_committed()
-            raise
-        kb.tag(version)
-        kb.mark_committed(version)
+        change = {"reembed": name, "n_embedded": len(ids), "column": vector_column(name)}
+        with recording_version(settings, kb, before, version, change, [name]):
+            pass  # nothing of its own to write: the KB version row and the embedder's list of versions
     return ReembedReport(name, before, version, len(ids), embed_s, model.dim)
 
 
